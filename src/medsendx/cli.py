@@ -1,0 +1,62 @@
+"""The ``medsendx`` command line: one entry point, one module per subcommand.
+
+Subcommands are imported only when used, so ``medsendx segment`` does not pay for the
+network stack and ``medsendx --help`` stays fast. To add one, write
+``medsendx/commands/<name>.py`` exposing a click command and list it in ``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from medsendx import __version__
+
+# name -> "module:attribute" of a click.Command
+COMMANDS: dict[str, str] = {
+    "inspect": "medsendx.commands.inspect:inspect_cmd",
+    "view": "medsendx.commands.inspect:view_cmd",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="medsendx")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="MEDSENDX_CONFIG",
+    help="TOML settings file (default: ./medsendx.toml when present).",
+)
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """MedSendX: the edge DICOM gateway for mobile imaging units.
+
+    De-identifies scans at the source (DICOM PS3.15 Annex E), triages them on the device
+    and delivers them to the hospital through a crash-safe outbox. Settings come from a
+    TOML file and MEDSENDX_* environment variables; see the README.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["config_path"] = config_path
+
+
+def main() -> None:
+    try:
+        cli(prog_name="medsendx")
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,1 @@
+"""One module per ``medsendx`` subcommand; see :mod:`medsendx.cli`."""

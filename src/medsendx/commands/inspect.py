@@ -1,0 +1,139 @@
+"""``medsendx inspect`` and ``medsendx view``: look at a DICOM file (the prototype's
+inspector and viewer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+from rich.table import Table
+
+from medsendx.commands._common import console, err_console
+from medsendx.dicomio import DicomReadError, display_image, frame_count, read_dataset, save_png, stored_pixels
+
+SUMMARY_FIELDS = [
+    ("Patient", ["PatientName", "PatientID", "PatientBirthDate", "PatientSex"]),
+    ("Study", ["StudyDate", "StudyDescription", "AccessionNumber", "StudyInstanceUID"]),
+    ("Series", ["Modality", "SeriesDescription", "SeriesNumber", "SeriesInstanceUID", "BodyPartExamined"]),
+    ("Instance", ["SOPClassUID", "SOPInstanceUID", "InstanceNumber"]),
+    ("Device", ["Manufacturer", "ManufacturerModelName", "StationName", "InstitutionName"]),
+]
+
+DEID_FIELDS = [
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "AccessionNumber",
+    "StudyDate",
+    "InstitutionName",
+    "ReferringPhysicianName",
+    "StationName",
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
+    "BurnedInAnnotation",
+]
+
+
+def _value(ds, keyword: str) -> str:
+    if keyword not in ds:
+        return "[dim]absent[/dim]"
+    value = ds.data_element(keyword).value
+    text = str(value) if value not in (None, "") else "[dim]empty[/dim]"
+    return text if len(text) < 80 else text[:77] + "..."
+
+
+def _load(path: str):
+    try:
+        return read_dataset(path)
+    except DicomReadError as exc:
+        err_console.print(f"[red]error:[/red] {path}: {exc}")
+        raise SystemExit(1)
+
+
+def _pixel_rows(ds) -> list[tuple[str, str]]:
+    rows = [("Transfer syntax", f"{ds.file_meta.TransferSyntaxUID.name} ({ds.file_meta.TransferSyntaxUID})")]
+    if "PixelData" not in ds:
+        return rows + [("Pixel data", "none")]
+    rows.append(
+        (
+            "Dimensions",
+            f"{ds.get('Rows', '?')} x {ds.get('Columns', '?')}, {frame_count(ds)} frame(s), "
+            f"{ds.get('SamplesPerPixel', 1)} sample(s), {ds.get('BitsAllocated', '?')}-bit "
+            f"{'signed' if ds.get('PixelRepresentation', 0) else 'unsigned'}, "
+            f"{ds.get('PhotometricInterpretation', '?')}",
+        )
+    )
+    try:
+        arr = stored_pixels(ds)
+        rows.append(("Pixel range (stored)", f"{arr.min()} .. {arr.max()}"))
+        if "RescaleSlope" in ds or "RescaleIntercept" in ds:
+            slope, intercept = float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))
+            lo, hi = float(np.min(arr)) * slope + intercept, float(np.max(arr)) * slope + intercept
+            rows.append(("Pixel range (modality units)", f"{lo:g} .. {hi:g} {ds.get('RescaleType', 'HU' if ds.get('Modality') == 'CT' else '')}"))
+    except DicomReadError as exc:
+        rows.append(("Pixel data", f"[red]{exc}[/red]"))
+    return rows
+
+
+def _render(ds, png: str | None) -> None:
+    if not png:
+        return
+    try:
+        save_png(display_image(ds), png)
+    except DicomReadError as exc:
+        err_console.print(f"[red]error:[/red] cannot render: {exc}")
+        raise SystemExit(1)
+    console.print(f"wrote {png}")
+
+
+@click.command("inspect")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--all", "show_all", is_flag=True, help="Print the full dataset dump.")
+@click.option("--png", type=click.Path(dir_okay=False), help="Render the image (first frame) to this PNG.")
+def inspect_cmd(file: str, show_all: bool, png: str | None) -> None:
+    """Show the key metadata of a DICOM FILE (patient, study, modality, pixels).
+
+    The image is rendered as a radiologist would see it: rescale slope/intercept, the
+    object's window or VOI LUT, MONOCHROME1 inverted, colour kept, first frame.
+    """
+    ds = _load(file)
+    if show_all:
+        console.print(str(ds), markup=False)
+    else:
+        table = Table(title=Path(file).name, show_header=False)
+        table.add_column("group", style="bold")
+        table.add_column("attribute")
+        table.add_column("value")
+        for group, keywords in SUMMARY_FIELDS:
+            for i, keyword in enumerate(keywords):
+                table.add_row(group if i == 0 else "", keyword, _value(ds, keyword))
+        for i, (name, text) in enumerate(_pixel_rows(ds)):
+            table.add_row("Pixels" if i == 0 else "", name, text)
+        console.print(table)
+    _render(ds, png)
+
+
+@click.command("view")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--png", type=click.Path(dir_okay=False), help="Render the image (first frame) to this PNG.")
+def view_cmd(file: str, png: str | None) -> None:
+    """Confirm at a glance that FILE is de-identified: identity fields, provenance and the
+    de-identification options recorded in it; optionally render the image."""
+    ds = _load(file)
+    table = Table(title=f"de-identification of {Path(file).name}")
+    table.add_column("attribute", style="bold")
+    table.add_column("value")
+    for keyword in DEID_FIELDS:
+        table.add_row(keyword, _value(ds, keyword))
+    codes = ds.get("DeidentificationMethodCodeSequence", [])
+    for item in codes:
+        table.add_row("  method code", f"{item.get('CodeValue', '?')} {item.get('CodeMeaning', '')}")
+    private = sum(1 for elem in ds.iterall() if elem.tag.is_private)
+    table.add_row("private elements", str(private))
+    console.print(table)
+    removed = str(ds.get("PatientIdentityRemoved", "")).upper() == "YES"
+    console.print("[green]marked de-identified[/green]" if removed else "[red]NOT marked de-identified[/red]")
+    _render(ds, png)
