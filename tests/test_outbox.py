@@ -71,7 +71,7 @@ def test_state_machine_and_file_removed_only_after_sent(outbox: Outbox, tmp_path
 
     assert outbox.retry(failed=True, waiting=True) == 2
     assert {i.id for i in outbox.claim(limit=10)} == {refused.id, flaky.id}
-    assert outbox.totals()["raw_sent"] == ok.size
+    assert outbox.stats()["raw_bytes"] == ok.size
 
 
 def test_order_is_priority_then_age(outbox: Outbox, tmp_path: Path, ct_head) -> None:

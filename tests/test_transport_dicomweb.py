@@ -45,7 +45,7 @@ def test_stow_delivers_every_object_once_compressed_and_bit_exact(orthanc, tmp_p
     for uid, ds in stored.items():
         assert ds.file_meta.TransferSyntaxUID == JPEGLSLossless
         assert np.array_equal(ds.pixel_array, originals[uid])
-    assert outbox.totals()["wire_bytes"] < 0.3 * raw
+    assert outbox.stats()["wire_bytes"] < 0.3 * raw
 
     # Idempotent: the same objects again (what a crash before 'sent' leads to) -> one copy.
     transport = open_transport(destination, settings)

@@ -47,7 +47,7 @@ def test_folder_delivery_is_atomic_idempotent_and_lossless(tmp_path: Path, ct_he
         assert got.file_meta.TransferSyntaxUID == JPEGLSLossless
         assert np.array_equal(got.pixel_array, want.pixel_array), "pixels must survive bit for bit"
         assert got.PatientID == want.PatientID  # only the pixel encoding changed
-    assert outbox.totals()["wire_bytes"] < raw_total * 0.3
+    assert outbox.stats()["wire_bytes"] < raw_total * 0.3
 
     # Sending the same objects again (a crash after the write, before 'sent') leaves one copy.
     again = real_samples(ct_head[:6], tmp_path / "again")

@@ -110,6 +110,15 @@ class GatewaySettings:
     min_free_bytes: int = 500 * 1024 * 1024
     study_quiet_seconds: float = 0.0  # 0: stream each instance as soon as it is ready
     workers: int = 2
+    # Address the DICOM receiver listens on (the scanner is on the truck's LAN); the
+    # health/metrics port always listens on loopback only.
+    bind_address: str = "0.0.0.0"
+    # A dropped file counts as completely written once its size and mtime have not changed
+    # for this long (a USB copy or a slow network share writes in pieces).
+    settle_seconds: float = 2.0
+    # At most this many objects wait for a pipeline worker; receivers block beyond it
+    # (backpressure on the scanner instead of unbounded memory).
+    queue_size: int = 32
 
 
 @dataclass

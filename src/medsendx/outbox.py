@@ -438,13 +438,17 @@ class Outbox:
             self._drop_if_orphan(path)
         return removed
 
-    def totals(self) -> dict[str, int]:
-        """Byte totals for summaries: raw size and wire bytes of sent rows, retried rows."""
+    def stats(self) -> dict[str, Any]:
+        """Figures for summaries and metrics: ``raw_bytes`` (size of sent objects),
+        ``wire_bytes`` (bytes put on the wire, failed attempts included), ``retries``
+        (transient faults), ``retried_objects`` and ``last_sent_at`` (epoch or None)."""
         with self._transaction() as conn:
             row = conn.execute(
-                """SELECT COALESCE(SUM(CASE WHEN state = 'sent' THEN size END), 0) AS raw_sent,
-                          COALESCE(SUM(wire_bytes), 0) AS wire,
-                          COALESCE(SUM(CASE WHEN transient_faults > 0 THEN 1 END), 0) AS retried
+                """SELECT COALESCE(SUM(CASE WHEN state = 'sent' THEN size END), 0) AS raw_bytes,
+                          COALESCE(SUM(wire_bytes), 0) AS wire_bytes,
+                          COALESCE(SUM(transient_faults), 0) AS retries,
+                          COALESCE(SUM(CASE WHEN transient_faults > 0 THEN 1 END), 0) AS retried_objects,
+                          MAX(sent_at) AS last_sent_at
                    FROM outbox"""
             ).fetchone()
-        return {"raw_sent": row["raw_sent"], "wire_bytes": row["wire"], "retried": row["retried"]}
+        return dict(row)
