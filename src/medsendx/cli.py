@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "inspect": "medsendx.commands.inspect:inspect_cmd",
     "view": "medsendx.commands.inspect:view_cmd",
     "anonymize": "medsendx.commands.anonymize:anonymize_cmd",
+    "gateway": "medsendx.commands.gateway:gateway_cmd",
+    "status": "medsendx.commands.status:status_cmd",
 }
 
 
