@@ -76,8 +76,13 @@ class OutboxSettings:
     backoff_cap_seconds: float = 300.0
     connect_timeout_seconds: float = 10.0
     read_timeout_seconds: float = 60.0
+    total_timeout_seconds: float = 600.0  # one request/association end to end
     verify_tls: bool = True
     compress: bool = True  # lossless transcoding on the wire where the peer accepts it
+    batch_max_objects: int = 16  # instances per STOW-RS request / C-STORE association
+    # Bytes per STOW-RS request: a reset loses at most one request, so keep it small on 4G.
+    batch_max_bytes: int = 1024 * 1024
+    ca_file: str = ""  # extra CA bundle for TLS peers (empty: system store)
 
 
 @dataclass
@@ -105,6 +110,15 @@ class GatewaySettings:
     min_free_bytes: int = 500 * 1024 * 1024
     study_quiet_seconds: float = 0.0  # 0: stream each instance as soon as it is ready
     workers: int = 2
+    # Address the DICOM receiver listens on (the scanner is on the truck's LAN); the
+    # health/metrics port always listens on loopback only.
+    bind_address: str = "0.0.0.0"
+    # A dropped file counts as completely written once its size and mtime have not changed
+    # for this long (a USB copy or a slow network share writes in pieces).
+    settle_seconds: float = 2.0
+    # At most this many objects wait for a pipeline worker; receivers block beyond it
+    # (backpressure on the scanner instead of unbounded memory).
+    queue_size: int = 32
 
 
 @dataclass

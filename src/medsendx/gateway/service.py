@@ -1,0 +1,294 @@
+"""The gateway service: receiver + drop folders -> pipeline workers -> outbox -> delivery.
+
+Lifecycle:
+- start: staged objects left by an earlier run (a crash, ``kill -9``, a power cut) are
+  queued again first; then the receiver, the drop-folder watcher, the pipeline workers,
+  the deliverer and the health/metrics port start.
+- run: a bounded queue feeds ``gateway.workers`` pipeline threads. When it is full, the
+  receiver's C-STORE handler and the watcher wait: the scanner is slowed, not overrun.
+- stop (SIGTERM, Ctrl-C): no new associations, the workers finish the object in hand,
+  buffered QC features are written, the deliverer stops between two objects. Whatever is
+  still staged is processed at the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from medsendx.config import Settings
+from medsendx.gateway.logs import get_logger, log_event
+from medsendx.gateway.metrics import MetricsServer, collect, gateway_db, staging_dir
+from medsendx.gateway.receiver import Receiver
+from medsendx.gateway.staging import Staging
+from medsendx.gateway.state import GatewayState
+from medsendx.gateway.watcher import DropFolderWatcher, DroppedFile
+
+log = get_logger("medsendx.gateway.service")
+
+RETRY_ERROR_SECONDS = 10.0  # a staged object whose processing failed on our side is retried
+
+
+@dataclass(frozen=True)
+class Job:
+    path: Path
+    dropped: DroppedFile | None = None  # None: a staged object from the receiver
+
+
+class GatewayService:
+    """Everything ``medsendx gateway`` runs, startable and stoppable in-process (tests, demo)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        dicom_port: int | None = None,
+        http_port: int | None = None,
+        deliver: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.gw = settings.gateway
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state = GatewayState(gateway_db(settings))
+        self.staging = Staging(staging_dir(settings))
+        self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max(1, self.gw.queue_size))
+        self._queued: set[Path] = set()
+        self._queued_lock = threading.Lock()
+        self.stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._deliver = deliver
+        self.pipeline = self._make_pipeline()
+        self.receiver = Receiver(
+            self.gw, self.staging, self._on_staged, self._on_refused,
+            port=self.gw.dicom_port if dicom_port is None else dicom_port,
+        )
+        self.watcher = (
+            DropFolderWatcher(
+                [Path(d) for d in self.gw.watch_dirs], self._on_dropped, self.state.seen,
+                policy=self.gw.originals, settle_seconds=self.gw.settle_seconds,
+            )
+            if self.gw.watch_dirs
+            else None
+        )
+        self.metrics_server = MetricsServer(
+            self.gw.http_port if http_port is None else http_port, self.metrics, self.health
+        )
+
+    def _make_pipeline(self):
+        from medsendx.pipeline import Pipeline
+
+        hold = self._hold if self.gw.study_quiet_seconds > 0 else None
+        return Pipeline(self.settings, hold=hold)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> "GatewayService":
+        for i in range(max(1, self.gw.workers)):
+            self._spawn(self._worker, f"pipeline-{i}")
+        self._spawn(self._resume, "resume-staged")
+        if self.gw.study_quiet_seconds > 0:
+            self._spawn(self._release_quiet_studies, "study-hold")
+        if self._deliver:
+            self._spawn(self._deliver_forever, "deliverer")
+        self.metrics_server.start()
+        self.receiver.start()
+        if self.watcher is not None:
+            self.watcher.start()
+        log_event(
+            log, "gateway started", station=self.settings.station_id, dicom_port=self.receiver.port,
+            http_port=self.metrics_server.port, workers=self.gw.workers,
+            study_quiet_seconds=self.gw.study_quiet_seconds,
+        )
+        return self
+
+    def stop(self) -> None:
+        """Graceful stop: finish what is in hand, keep the rest staged for the next start."""
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        log_event(log, "gateway stopping")
+        self.receiver.stop()
+        if self.watcher is not None:
+            self.watcher.stop()
+        # Unblock the workers: drain what is queued (it stays staged) and post one stop mark each.
+        while True:
+            try:
+                self.jobs.get_nowait()
+            except queue.Empty:
+                break
+        for _ in range(max(1, self.gw.workers)):
+            try:
+                self.jobs.put_nowait(None)
+            except queue.Full:
+                break
+        for thread in self._threads:
+            thread.join(timeout=60)
+        self.pipeline.close()
+        self.metrics_server.stop()
+        log_event(log, "gateway stopped", staged_left=len(self.staging.pending()))
+        self.state.close()
+
+    def run_until_signalled(self) -> None:
+        """Run until SIGTERM or SIGINT, then stop gracefully."""
+        signalled = threading.Event()
+
+        def handler(signum: int, frame: Any) -> None:
+            log_event(log, "signal received", signal=signal.Signals(signum).name)
+            signalled.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+        self.start()
+        while not signalled.wait(timeout=1.0):
+            pass
+        self.stop()
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    # --- intake -------------------------------------------------------------------------------
+    def _submit(self, job: Job) -> None:
+        """Queue a job once; blocks while the queue is full (backpressure)."""
+        with self._queued_lock:
+            if job.path in self._queued:
+                return
+            self._queued.add(job.path)
+        while not self.stopping.is_set():
+            try:
+                self.jobs.put(job, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+        with self._queued_lock:
+            self._queued.discard(job.path)
+
+    def _on_staged(self, path: Path, size: int) -> None:
+        self.state.add("received")
+        self.state.add("received_bytes", size)
+        self._submit(Job(path))
+
+    def _on_refused(self, reason: str) -> None:
+        self.state.add("refused")
+
+    def _on_dropped(self, item: DroppedFile) -> None:
+        self.state.add("received")
+        self.state.add("received_bytes", item.size)
+        self._submit(Job(item.path, dropped=item))
+
+    def _resume(self) -> None:
+        pending = self.staging.pending()
+        if pending:
+            log_event(log, "resuming staged objects from an earlier run", count=len(pending))
+        for path in pending:
+            if self.stopping.is_set():
+                return
+            self._submit(Job(path))
+
+    # --- work ---------------------------------------------------------------------------------
+    def _worker(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None or self.stopping.is_set():
+                return
+            try:
+                self._process(job)
+            finally:
+                with self._queued_lock:
+                    self._queued.discard(job.path)
+
+    def _process(self, job: Job) -> None:
+        try:
+            result = self.pipeline.process(job.path)
+        except Exception as exc:  # our own bug or a full disk: keep the raw object, retry later
+            self.state.add("errors")
+            log_event(log, "pipeline failed; object kept for retry", logging.ERROR, error=type(exc).__name__)
+            self._retry_later(job)
+            return
+        fields = {"status": result.status, "sop_instance_uid": result.sop_instance_uid, "priority": result.priority}
+        if result.status == "quarantined":
+            self.state.add("quarantined")
+            fields["reason"] = result.reason
+        elif result.status == "duplicate":
+            self.state.add("duplicates")
+        elif result.status in ("queued", "held"):
+            self.state.add("deidentified")
+        else:
+            self.state.add("errors")
+            log_event(log, "object not processed; kept for retry", logging.ERROR, reason=result.reason)
+            self._retry_later(job)
+            return
+        log_event(log, "object processed", **fields)
+        if job.dropped is not None:
+            self.state.mark_seen(job.dropped.sha256, result.status)
+            if self.watcher is not None:
+                self.watcher.done(job.dropped)
+        else:
+            self.staging.remove(job.path)  # the only raw copy goes as soon as it is committed
+
+    def _retry_later(self, job: Job) -> None:
+        def again() -> None:
+            if not self.stopping.wait(RETRY_ERROR_SECONDS):
+                if job.dropped is None:
+                    self._submit(job)
+                elif self.watcher is not None:
+                    self.watcher.forget(job.dropped)
+
+        threading.Thread(target=again, name="retry", daemon=True).start()
+
+    # --- study-aware sending --------------------------------------------------------------------
+    def _hold(self, sop_uid: str, study_uid: str, path: Path, priority: int | None) -> None:
+        self.state.hold(sop_uid, study_uid, path, priority)
+
+    def _release_quiet_studies(self) -> None:
+        quiet = self.gw.study_quiet_seconds
+        while not self.stopping.wait(min(1.0, quiet / 2)):
+            self.release_quiet_studies(quiet)
+
+    def release_quiet_studies(self, quiet_seconds: float) -> int:
+        """Queue every held study that has been quiet long enough, highest priority first."""
+        released = 0
+        for study in self.state.quiet_studies(quiet_seconds):
+            objects = self.state.held_objects(study)
+            for obj in objects:
+                fresh = self.pipeline.outbox.enqueue(
+                    obj.path, sop_instance_uid=obj.sop_instance_uid, study_instance_uid=obj.study_instance_uid,
+                    destination=self.pipeline.destination, priority=obj.priority,
+                )
+                if not fresh:
+                    self.state.add("duplicates")
+                self.state.release(obj.sop_instance_uid)
+                released += 1
+            log_event(log, "quiet study released", study_instance_uid=study, objects=len(objects))
+        return released
+
+    # --- delivery -----------------------------------------------------------------------------
+    def _deliver_forever(self) -> None:
+        from medsendx.delivery import Deliverer
+
+        deliverer = Deliverer(self.pipeline.outbox, self.settings)
+        try:
+            deliverer.run_forever(self.stopping)
+        except Exception as exc:
+            log_event(log, "deliverer stopped on an error", logging.ERROR, error=type(exc).__name__)
+
+    # --- health and figures ---------------------------------------------------------------------
+    def metrics(self):
+        return collect(self.settings, self.state)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "stopping" if self.stopping.is_set() else "ok",
+            "station": self.settings.station_id,
+            "dicom_port": self.receiver.port,
+            "staged": len(self.staging.pending()),
+            "queue": self.jobs.qsize(),
+            "free_bytes": self.staging.free_bytes(),
+            "time": time.time(),
+        }

@@ -1,0 +1,124 @@
+"""The gateway's own durable state: counters, dropped files already handled, held studies.
+
+One SQLite database (WAL) in the state directory, next to the outbox. Every change is one
+transaction, so a ``kill -9`` leaves either the old or the new value. Nothing identifying
+is stored here: files are known by the SHA-256 of their content, objects by the UIDs the
+de-identifier made.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# The counters the gateway keeps across restarts (exported on /metrics and by `status`).
+COUNTERS = (
+    "received",  # objects accepted from a scanner (C-STORE) or a drop folder
+    "received_bytes",  # their raw size
+    "deidentified",  # objects de-identified and committed to the outbox (or held)
+    "quarantined",  # objects that went to quarantine instead
+    "duplicates",  # objects that were already queued or sent (a scanner re-sent them)
+    "refused",  # C-STORE requests answered with a failure status
+    "errors",  # pipeline failures of our own (the staged object is kept and retried)
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS seen (
+    sha256 TEXT PRIMARY KEY, outcome TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS held (
+    sop_instance_uid TEXT PRIMARY KEY, study_instance_uid TEXT NOT NULL,
+    path TEXT NOT NULL, priority INTEGER, held_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS held_study ON held (study_instance_uid);
+"""
+
+
+@dataclass(frozen=True)
+class HeldObject:
+    sop_instance_uid: str
+    study_instance_uid: str
+    path: Path
+    priority: int | None
+    held_at: float
+
+
+class GatewayState:
+    """Thread-safe access to ``gateway.sqlite3`` (one connection guarded by a lock)."""
+
+    def __init__(self, db_path: Path) -> None:
+        db_path = Path(db_path)
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- counters ------------------------------------------------------------------------
+    def add(self, name: str, amount: int = 1) -> None:
+        if name not in COUNTERS:
+            raise ValueError(f"unknown counter {name}")
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO counters(name, value) VALUES(?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                (name, amount),
+            )
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            rows = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+        return {name: int(rows.get(name, 0)) for name in COUNTERS}
+
+    # --- dropped files already handled (by content hash) ------------------------------------
+    def seen(self, sha256: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT outcome FROM seen WHERE sha256 = ?", (sha256,)).fetchone()
+        return row[0] if row else None
+
+    def mark_seen(self, sha256: str, outcome: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO seen(sha256, outcome, at) VALUES(?, ?, ?)", (sha256, outcome, time.time())
+            )
+
+    # --- studies held until quiet ------------------------------------------------------------
+    def hold(self, sop_instance_uid: str, study_instance_uid: str, path: Path, priority: int | None) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO held VALUES(?, ?, ?, ?, ?)",
+                (sop_instance_uid, study_instance_uid, str(path), priority, time.time()),
+            )
+
+    def quiet_studies(self, quiet_seconds: float, now: float | None = None) -> list[str]:
+        """Studies whose newest held object arrived at least ``quiet_seconds`` ago."""
+        now = time.time() if now is None else now
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT study_instance_uid FROM held GROUP BY study_instance_uid HAVING MAX(held_at) <= ?",
+                (now - quiet_seconds,),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def held_objects(self, study_instance_uid: str | None = None) -> list[HeldObject]:
+        """Held objects (of one study), highest triage priority first, then oldest first."""
+        query = "SELECT * FROM held"
+        args: tuple = ()
+        if study_instance_uid is not None:
+            query += " WHERE study_instance_uid = ?"
+            args = (study_instance_uid,)
+        query += " ORDER BY COALESCE(priority, -1) DESC, held_at ASC"
+        with self._lock:
+            rows = self._db.execute(query, args).fetchall()
+        return [HeldObject(r[0], r[1], Path(r[2]), r[3], r[4]) for r in rows]
+
+    def release(self, sop_instance_uid: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM held WHERE sop_instance_uid = ?", (sop_instance_uid,))

@@ -1,0 +1,208 @@
+"""One way from a raw DICOM file to a queued, de-identified object.
+
+    raw file -> de-identification (medsendx.deid) -> triage record (medsendx.triage)
+             -> QC features (medsendx.fleet) -> outbox (medsendx.outbox), or held until
+                its study is quiet (the gateway's study-aware mode)
+
+Used by the gateway for every received or dropped object and by ``medsendx send`` for a
+folder, so both behave the same. ``process_file`` never raises for bad input: the object
+is quarantined (by the de-identifier) and the result says so. It is idempotent: the
+de-identified UIDs are deterministic and the outbox refuses a SOP Instance UID it already
+holds, so processing the same raw file twice (a restart after ``kill -9``) queues it once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from medsendx.config import Settings
+from medsendx.fsutil import atomic_write_bytes, private_dir
+
+log = logging.getLogger("medsendx.pipeline")
+
+Status = Literal["queued", "duplicate", "held", "quarantined", "error"]
+
+# (sop_instance_uid, study_instance_uid, path, priority) -> None: keep the object back
+# until its study is quiet instead of queueing it now.
+HoldFn = Callable[[str, str, Path, "int | None"], None]
+
+
+@dataclass
+class PipelineResult:
+    """What happened to one input file. ``reason`` is in our words, never the object's."""
+
+    status: Status
+    sop_instance_uid: str | None = None  # the de-identified UID
+    study_instance_uid: str | None = None
+    output: Path | None = None
+    priority: int | None = None
+    triage: dict[str, Any] | None = None
+    reason: str = ""
+    removed: int = 0  # attributes removed/replaced by de-identification, when reported
+
+    @property
+    def committed(self) -> bool:
+        """The raw input may be deleted: its de-identified copy is safe (or quarantined)."""
+        return self.status in ("queued", "duplicate", "held", "quarantined")
+
+
+def outgoing_dir(settings: Settings) -> Path:
+    """De-identified objects waiting for delivery."""
+    return settings.state_dir / "outgoing"
+
+
+def triage_dir(settings: Settings) -> Path:
+    return settings.state_dir / "triage"
+
+
+def features_root(settings: Settings) -> Path:
+    return settings.state_dir / "features"
+
+
+@dataclass
+class Pipeline:
+    """The parts of the pipeline, built once and reused for many files (thread-safe)."""
+
+    settings: Settings
+    destination: str | None = None
+    hold: HoldFn | None = None
+    with_triage: bool = True
+    with_features: bool = True
+    feature_batch: int = 64
+    _rows: list[dict[str, Any]] = field(default_factory=list, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def __post_init__(self) -> None:
+        from medsendx.deid import Deidentifier
+        from medsendx.outbox import Outbox
+
+        self.destination = self.destination or self.settings.destination
+        pixel_cleaner = None
+        try:
+            from medsendx.pixels import make_pixel_cleaner
+
+            pixel_cleaner = make_pixel_cleaner(self.settings)
+        except ImportError:
+            pass  # without a cleaner, objects at risk of burned-in text are quarantined
+        self.deidentifier = Deidentifier(self.settings, pixel_cleaner=pixel_cleaner)
+        self.outbox = Outbox(self.settings.outbox_db)
+        self.out_dir = outgoing_dir(self.settings)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def process(self, path: Path) -> PipelineResult:
+        outcome = self.deidentifier.deidentify_file(Path(path), self.out_dir)
+        if outcome.status == "quarantined":
+            return PipelineResult("quarantined", reason=outcome.reason or "quarantined")
+        if outcome.status != "ok" or outcome.output is None:
+            return PipelineResult("error", reason=outcome.reason or "de-identification failed")
+        result = PipelineResult(
+            "queued",
+            sop_instance_uid=outcome.sop_instance_uid,
+            study_instance_uid=outcome.study_instance_uid,
+            output=outcome.output,
+            removed=_removed_count(outcome.report),
+        )
+        self._triage_and_features(result)
+        if self.hold is not None:
+            self.hold(result.sop_instance_uid, result.study_instance_uid, result.output, result.priority)
+            result.status = "held"
+            return result
+        fresh = self.outbox.enqueue(
+            result.output,
+            sop_instance_uid=result.sop_instance_uid,
+            study_instance_uid=result.study_instance_uid,
+            destination=self.destination,
+            priority=result.priority,
+        )
+        if not fresh:
+            result.status = "duplicate"
+        return result
+
+    def _triage_and_features(self, result: PipelineResult) -> None:
+        """Triage and QC features are advisory: a failure there never blocks delivery."""
+        if not (self.with_triage or self.with_features):
+            return
+        from medsendx.dicomio import read_dataset
+
+        try:
+            ds = read_dataset(result.output)  # the de-identified object: nothing raw here
+        except Exception:
+            return
+        record: dict[str, Any] | None = None
+        if self.with_triage:
+            try:
+                from medsendx.triage import triage_dataset
+
+                triage = triage_dataset(ds)
+                record = triage.to_dict()
+                result.priority = int(triage.priority)
+                result.triage = record
+                tdir = private_dir(triage_dir(self.settings))
+                atomic_write_bytes(tdir / f"{result.sop_instance_uid}.json", json.dumps(record).encode(), mode=0o600)
+            except ImportError:
+                pass
+            except Exception as exc:
+                log.warning("triage failed", extra={"fields": {"sop_instance_uid": result.sop_instance_uid, "error": type(exc).__name__}})
+        if self.with_features:
+            try:
+                from medsendx.fleet import extract_features
+
+                row = extract_features(ds, record)
+            except ImportError:
+                return
+            except Exception as exc:
+                log.warning("QC features failed", extra={"fields": {"sop_instance_uid": result.sop_instance_uid, "error": type(exc).__name__}})
+                return
+            with self._lock:
+                self._rows.append(row)
+                full = len(self._rows) >= self.feature_batch
+            if full:
+                self.flush()
+
+    def flush(self) -> None:
+        """Write buffered QC feature rows to the feature store (Parquet per station and day)."""
+        with self._lock:
+            rows, self._rows = self._rows, []
+        if not rows:
+            return
+        try:
+            from medsendx.fleet import FeatureStore
+
+            FeatureStore(str(features_root(self.settings))).append(rows)
+        except Exception as exc:
+            log.warning("QC features not stored", extra={"fields": {"rows": len(rows), "error": type(exc).__name__}})
+
+    def close(self) -> None:
+        self.flush()
+        close = getattr(self.outbox, "close", None)
+        if callable(close):
+            close()
+
+
+def _removed_count(report: Any) -> int:
+    """How many identifying attributes the de-identifier removed or replaced."""
+    if report is None:
+        return 0
+    for name in ("removed", "replaced", "counts", "actions"):
+        value = getattr(report, name, None)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, dict):
+            return int(sum(v for v in value.values() if isinstance(v, int)))
+    return 0
+
+
+def process_file(path: Path, settings: Settings, *, pipeline: Pipeline | None = None, **options: Any) -> PipelineResult:
+    """De-identify, triage, extract features and queue one file. See :class:`Pipeline`."""
+    own = pipeline is None
+    pipeline = pipeline or Pipeline(settings, **options)
+    try:
+        return pipeline.process(Path(path))
+    finally:
+        if own:
+            pipeline.close()
