@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut
+from pydicom.uid import UID
 
 from medsendx.config import PixelSettings, Settings
 from medsendx.dicomio import DicomReadError, display_array, frame_count, stored_pixels
@@ -166,11 +167,32 @@ class PixelCleaner:
                 False,
                 calls,
             )
-        if changed:
+        hidden = _hidden_high_bits(ds, pixels)
+        if changed or hidden:
             store_pixels(ds, frames[0] if frame_count(ds) == 1 else frames)
         verified = "verified by OCR" if calls else "nothing to check"
-        what = f"{len(_unique(regions))} region(s) blanked, {verified}" if changed else f"no identifying text found, {verified}"
-        return PixelCleanResult(True, what, _unique(regions), bool(changed), calls)
+        what = f"{len(_unique(regions))} region(s) blanked" if changed else "no identifying text found"
+        if hidden:
+            what += ", bits above Bits Stored cleared"
+        return PixelCleanResult(True, f"{what}, {verified}", _unique(regions), bool(changed or hidden), calls)
+
+
+def _hidden_high_bits(ds: Dataset, pixels: np.ndarray) -> bool:
+    """Native unsigned greyscale data with bits set above BitsStored (the retired practice of
+    embedding overlays there): OCR never sees them but they travel with the file, so the
+    pixels are written back without them."""
+    allocated, stored = int(ds.get("BitsAllocated", 8)), int(ds.get("BitsStored", 8))
+    if (
+        UID(ds.file_meta.TransferSyntaxUID).is_compressed
+        or allocated <= stored
+        or allocated not in (8, 16, 32)
+        or int(ds.get("PixelRepresentation", 0))
+        or int(ds.get("SamplesPerPixel", 1)) != 1
+    ):
+        return False
+    order = ">" if ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.2" else "<"
+    raw = np.frombuffer(ds.PixelData, dtype=f"{order}u{allocated // 8}", count=pixels.size)
+    return not np.array_equal(raw, pixels.reshape(-1))
 
 
 def _bands_around(boxes: list[Box], height: int) -> list[tuple[int, int]]:
