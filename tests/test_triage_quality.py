@@ -56,6 +56,7 @@ def test_breast_density_of_the_phantom_within_five_points(truth_fraction: float,
     assert [c.label for c in frame.classes] == ["Background", "Fatty", "Dense"]
     assert record.breast_density_percent == pytest.approx(truth, abs=5.0)
     assert frame.sanity_problems == []
+    assert record.flags == []  # a black (even clipped) background is no quality problem
 
 
 def test_dense_breast_raises_priority_with_a_reason() -> None:
