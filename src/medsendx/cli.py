@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "view": "medsendx.commands.inspect:view_cmd",
     "gateway": "medsendx.commands.gateway:gateway_cmd",
     "status": "medsendx.commands.status:status_cmd",
+    "demo": "medsendx.commands.demo:demo_cmd",
 }
 
 

@@ -51,11 +51,6 @@ class PipelineResult:
         return self.status in ("queued", "duplicate", "held", "quarantined")
 
 
-def outgoing_dir(settings: Settings) -> Path:
-    """De-identified objects waiting for delivery."""
-    return settings.state_dir / "outgoing"
-
-
 def triage_dir(settings: Settings) -> Path:
     return settings.state_dir / "triage"
 
@@ -91,15 +86,17 @@ class Pipeline:
             pass  # without a cleaner, objects at risk of burned-in text are quarantined
         self.deidentifier = Deidentifier(self.settings, pixel_cleaner=pixel_cleaner)
         self.outbox = Outbox(self.settings.outbox_db)
-        self.out_dir = outgoing_dir(self.settings)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        # De-identified files are written straight into the outbox's spool folder, so that
+        # committing them is a rename in one folder (the outbox takes them over on enqueue).
+        self.out_dir = self.outbox.spool_dir
 
     def process(self, path: Path) -> PipelineResult:
         outcome = self.deidentifier.deidentify_file(Path(path), self.out_dir)
-        if outcome.status == "quarantined":
-            return PipelineResult("quarantined", reason=outcome.reason or "quarantined")
         if outcome.status != "ok" or outcome.output is None:
-            return PipelineResult("error", reason=outcome.reason or "de-identification failed")
+            # "quarantined" (must not leave) and "error" (unreadable input, unwritable
+            # output): either way the de-identifier has put the input in quarantine with
+            # its reason, so the raw copy is safe there and the object is done with here.
+            return PipelineResult("quarantined", reason=outcome.reason or "could not be de-identified")
         result = PipelineResult(
             "queued",
             sop_instance_uid=outcome.sop_instance_uid,
@@ -179,9 +176,6 @@ class Pipeline:
 
     def close(self) -> None:
         self.flush()
-        close = getattr(self.outbox, "close", None)
-        if callable(close):
-            close()
 
 
 def _removed_count(report: Any) -> int:

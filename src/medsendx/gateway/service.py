@@ -51,6 +51,7 @@ class GatewayService:
         dicom_port: int | None = None,
         http_port: int | None = None,
         deliver: bool = True,
+        transport_factory: Callable[[str, Settings], Any] | None = None,
     ) -> None:
         self.settings = settings
         self.gw = settings.gateway
@@ -63,7 +64,9 @@ class GatewayService:
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._deliver = deliver
+        self._transport_factory = transport_factory
         self.pipeline = self._make_pipeline()
+        self.deliverer = self._make_deliverer() if deliver else None
         self.receiver = Receiver(
             self.gw, self.staging, self._on_staged, self._on_refused,
             port=self.gw.dicom_port if dicom_port is None else dicom_port,
@@ -219,6 +222,8 @@ class GatewayService:
             self.state.add("duplicates")
         elif result.status in ("queued", "held"):
             self.state.add("deidentified")
+            if result.status == "queued":
+                self._wake_deliverer()
         else:
             self.state.add("errors")
             log_event(log, "object not processed; kept for retry", logging.ERROR, reason=result.reason)
@@ -265,18 +270,36 @@ class GatewayService:
                     self.state.add("duplicates")
                 self.state.release(obj.sop_instance_uid)
                 released += 1
+            self._wake_deliverer()
             log_event(log, "quiet study released", study_instance_uid=study, objects=len(objects))
         return released
 
     # --- delivery -----------------------------------------------------------------------------
-    def _deliver_forever(self) -> None:
+    def _make_deliverer(self):
         from medsendx.delivery import Deliverer
 
-        deliverer = Deliverer(self.pipeline.outbox, self.settings)
+        def on_outcome(item, result) -> None:
+            if result.ok:
+                log_event(log, "object delivered", sop_instance_uid=item.sop_instance_uid, wire_bytes=result.wire_bytes)
+            elif result.permanent:
+                log_event(log, "destination refused object", logging.ERROR, sop_instance_uid=item.sop_instance_uid,
+                          reason=result.reason)
+            else:
+                log_event(log, "delivery will be retried", logging.WARNING, sop_instance_uid=item.sop_instance_uid,
+                          reason=result.reason)
+
+        extra = {"transport_factory": self._transport_factory} if self._transport_factory else {}
+        return Deliverer(self.pipeline.outbox, self.settings, on_outcome=on_outcome, **extra)
+
+    def _deliver_forever(self) -> None:
         try:
-            deliverer.run_forever(self.stopping)
+            self.deliverer.run_forever(self.stopping)
         except Exception as exc:
             log_event(log, "deliverer stopped on an error", logging.ERROR, error=type(exc).__name__)
+
+    def _wake_deliverer(self) -> None:
+        if self.deliverer is not None:
+            self.deliverer.wake()
 
     # --- health and figures ---------------------------------------------------------------------
     def metrics(self):
