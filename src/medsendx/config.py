@@ -76,8 +76,13 @@ class OutboxSettings:
     backoff_cap_seconds: float = 300.0
     connect_timeout_seconds: float = 10.0
     read_timeout_seconds: float = 60.0
+    total_timeout_seconds: float = 600.0  # one request/association end to end
     verify_tls: bool = True
     compress: bool = True  # lossless transcoding on the wire where the peer accepts it
+    batch_max_objects: int = 16  # instances per STOW-RS request / C-STORE association
+    # Bytes per STOW-RS request: a reset loses at most one request, so keep it small on 4G.
+    batch_max_bytes: int = 1024 * 1024
+    ca_file: str = ""  # extra CA bundle for TLS peers (empty: system store)
 
 
 @dataclass
