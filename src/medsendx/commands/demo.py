@@ -26,12 +26,16 @@ def demo_cmd(out_dir: str, destination: str | None, timeout: float) -> None:
     Then the triage overlay (highlighted_scan.png) and the fleet mining report
     (mining_report.png) are written, and a summary says what happened.
     """
-    from medsendx.gateway.demo import run_demo
+    from medsendx.gateway.demo import DemoError, run_demo
 
     out = Path(out_dir)
-    with console.status("playing the scan day...") as status:
-        summary = run_demo(out, destination, report=lambda line: console.print(f"  {line}"), timeout=timeout)
-        status.stop()
+    try:
+        with console.status("playing the scan day...") as status:
+            summary = run_demo(out, destination, report=lambda line: console.print(f"  {line}"), timeout=timeout)
+            status.stop()
+    except DemoError as exc:
+        err_console.print(f"[red]demo:[/] {exc}")
+        raise SystemExit(2) from None
     pct = 100.0 * (1 - summary.wire_bytes / summary.raw_bytes) if summary.raw_bytes else 0.0
     console.print()
     console.print(f"[bold]Scan day summary[/] ({summary.seconds:.0f} s)")

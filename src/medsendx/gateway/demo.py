@@ -29,11 +29,16 @@ from medsendx.config import Settings
 from medsendx.dicomio import read_dataset
 from medsendx.fsutil import atomic_write_bytes
 from medsendx.gateway.flakylink import FlakyLink
+from medsendx.gateway.logs import configure_logging
 from medsendx.gateway.scanday import PATIENTS, SyntheticPatient, plant_identity
 from medsendx.sampledata import ct_head_files
 
 MARKER = ".medsendx-demo"
 HQ_AET = "HQ_PACS"
+
+
+class DemoError(RuntimeError):
+    """The demo cannot run as asked (a folder it must not touch, no gateway)."""
 
 
 @dataclass
@@ -87,7 +92,7 @@ def scanner_send(files: list[Path], port: int, ae_title: str = "CT_VAN_SCANNER",
         ae.add_requested_context(sop_class, ts)
     assoc = ae.associate("127.0.0.1", port, ae_title=called)
     if not assoc.is_established:
-        raise RuntimeError("the gateway did not accept the scanner's association")
+        raise DemoError("the gateway did not accept the scanner's association")
     statuses = []
     try:
         for ds in datasets:
@@ -105,7 +110,7 @@ def prepare_out(out: Path) -> Path:
         folder = out / name
         if folder.exists():
             if not (out / MARKER).exists():
-                raise RuntimeError(f"{folder} exists and was not made by the demo; choose another --out")
+                raise DemoError(f"{folder} exists and was not made by the demo; choose another --out")
             shutil.rmtree(folder)
     (out / MARKER).write_text("made by medsendx demo; safe to delete\n")
     return out
@@ -170,6 +175,7 @@ def run_demo(out: Path, to: str | None = None, *, report: Callable[[str], None] 
         summary.identities_planted = sum(len(p.identifying_values()) for _, p in planted)
         report(f"scanner: {len(planted)} CT slices of {len({p for _, p in planted})} synthetic patients")
 
+        configure_logging("INFO", stream=open(out / "gateway.log", "w"))  # JSON lines, nothing identifying
         service = GatewayService(settings, transport_factory=transport_factory).start()
         try:
             statuses = scanner_send([p for p, _ in planted], service.receiver.port)
@@ -270,10 +276,10 @@ def _overlay(local_copies: Path, out: Path, summary: DemoSummary) -> None:
     except ImportError:
         summary.missing.append("triage (medsendx.triage) not installed: no highlighted_scan.png")
         return
-    candidates = sorted(local_copies.glob("*.dcm"))
+    candidates = sorted(local_copies.rglob("*.dcm"))
     if summary.priorities:
         best = summary.priorities[0]["sop_instance_uid"]
-        candidates = [p for p in candidates if p.name.startswith(best)] or candidates
+        candidates = [p for p in candidates if best in p.name] or candidates
     if not candidates:
         summary.missing.append("no de-identified object available locally for the overlay")
         return

@@ -84,13 +84,16 @@ class GatewayService:
         )
 
     def _make_pipeline(self):
-        from medsendx.pipeline import Pipeline
+        from medsendx.pipeline import Pipeline, PreparePool
 
         hold = self._hold if self.gw.study_quiet_seconds > 0 else None
+        self.preparer = PreparePool(self.settings, self.gw.processes) if self.gw.processes > 0 else None
         return Pipeline(self.settings, hold=hold)
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "GatewayService":
+        if self.preparer is not None:
+            self.preparer.warm()
         for i in range(max(1, self.gw.workers)):
             self._spawn(self._worker, f"pipeline-{i}")
         self._spawn(self._resume, "resume-staged")
@@ -131,6 +134,8 @@ class GatewayService:
                 break
         for thread in self._threads:
             thread.join(timeout=60)
+        if self.preparer is not None:
+            self.preparer.close()
         self.pipeline.close()
         self.metrics_server.stop()
         log_event(log, "gateway stopped", staged_left=len(self.staging.pending()))
@@ -173,16 +178,14 @@ class GatewayService:
             self._queued.discard(job.path)
 
     def _on_staged(self, path: Path, size: int) -> None:
-        self.state.add("received")
-        self.state.add("received_bytes", size)
+        self.state.add("received", 1, received_bytes=size)
         self._submit(Job(path))
 
     def _on_refused(self, reason: str) -> None:
         self.state.add("refused")
 
     def _on_dropped(self, item: DroppedFile) -> None:
-        self.state.add("received")
-        self.state.add("received_bytes", item.size)
+        self.state.add("received", 1, received_bytes=item.size)
         self._submit(Job(item.path, dropped=item))
 
     def _resume(self) -> None:
@@ -208,7 +211,10 @@ class GatewayService:
 
     def _process(self, job: Job) -> None:
         try:
-            result = self.pipeline.process(job.path)
+            if self.preparer is not None:
+                result = self.pipeline.commit(self.preparer.prepare(job.path))
+            else:
+                result = self.pipeline.process(job.path)
         except Exception as exc:  # our own bug or a full disk: keep the raw object, retry later
             self.state.add("errors")
             log_event(log, "pipeline failed; object kept for retry", logging.ERROR, error=type(exc).__name__)
