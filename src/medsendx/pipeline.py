@@ -88,14 +88,8 @@ class Pipeline:
         self.destination = self.destination or self.settings.destination
         if self.compress is None:
             self.compress = self.settings.outbox.compress
-        pixel_cleaner = None
-        try:
-            from medsendx.pixels import make_pixel_cleaner
-
-            pixel_cleaner = make_pixel_cleaner(self.settings)
-        except ImportError:
-            pass  # without a cleaner, objects at risk of burned-in text are quarantined
-        self.deidentifier = Deidentifier(self.settings, pixel_cleaner=pixel_cleaner)
+        # The pixel cleaner for objects at risk of burned-in text follows settings.pixels.
+        self.deidentifier = Deidentifier(self.settings)
         self.outbox = Outbox(self.settings.outbox_db)
         # De-identified files are written straight into the outbox's spool folder, so that
         # committing them is a rename in one folder (the outbox takes them over on enqueue).
