@@ -186,7 +186,7 @@ def _check_outputs(out: Path, n_scans: int) -> None:
 
 def test_mine_a_dicom_folder_finds_every_fault_and_no_healthy_station(fleet, tmp_path: Path, cli) -> None:
     folder, stations = fleet
-    result = cli("mine", folder, "--out", tmp_path, "--no-progress")
+    result = cli("mine", folder, "--out", tmp_path, "--no-progress", "--jobs", "2")
     assert result.returncode == 0, result.stderr
     assert "ALERT station TRUCK_OFFSET: air" in result.stdout.replace("\n", " ")
     report = json.loads((tmp_path / "fleet_report.json").read_text())
@@ -194,7 +194,8 @@ def test_mine_a_dicom_folder_finds_every_fault_and_no_healthy_station(fleet, tmp
     _check_outputs(tmp_path, SCANS * len(stations))
     # a re-sent scan (same SOP Instance UID) counts once
     again = tmp_path / "again"
-    result = cli("mine", folder, tmp_path / "features.parquet", "--out", again, "--no-progress", "--fail-on-alert")
+    parquet = tmp_path / "features.parquet"
+    result = cli("mine", parquet, parquet, "--out", again, "--no-progress", "--fail-on-alert")
     assert result.returncode == 3
     assert json.loads((again / "fleet_report.json").read_text())["scans"] == SCANS * len(stations)
 

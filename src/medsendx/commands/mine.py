@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -19,10 +20,20 @@ from medsendx.commands._common import console, err_console, settings_from_contex
     show_default="current directory",
     help="Where to write mining_report.png, fleet_report.json and features.parquet.",
 )
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(1, 64),
+    default=lambda: os.cpu_count() or 1,
+    show_default="number of CPUs",
+    help="Worker processes for extracting features from DICOM folders.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs and scripts).")
 @click.option("--fail-on-alert", is_flag=True, help="Exit with status 3 when any station has an alert (for cron jobs).")
 @click.pass_context
-def mine_cmd(ctx: click.Context, sources: tuple[str, ...], out_dir: Path, no_progress: bool, fail_on_alert: bool) -> None:
+def mine_cmd(
+    ctx: click.Context, sources: tuple[str, ...], out_dir: Path, jobs: int, no_progress: bool, fail_on_alert: bool
+) -> None:
     """Find failing scanners across the fleet.
 
     SOURCES are folders of DICOM files (features are extracted), Parquet feature files or
@@ -42,7 +53,7 @@ def mine_cmd(ctx: click.Context, sources: tuple[str, ...], out_dir: Path, no_pro
 
     settings = settings_from_context(ctx)
     try:
-        report = mine(list(sources), out_dir, settings, progress=not no_progress)
+        report = mine(list(sources), out_dir, settings, progress=not no_progress, jobs=jobs)
     except (FileNotFoundError, ValueError) as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise SystemExit(1) from None

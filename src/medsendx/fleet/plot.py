@@ -47,7 +47,7 @@ def render_report(
     )
     alerting = [s for s in stations if s["status"] == "alert"]
     fig.suptitle(
-        f"MedSendX fleet report: {n_scans} scans, {len(stations)} stations, "
+        f"MedSendX fleet report: {n_scans:,} scans, {len(stations):,} stations, "
         f"{len(alerting)} station(s) with alerts",
         fontsize=15,
         fontweight="bold",
@@ -76,6 +76,11 @@ def render_report(
     for i, chart in enumerate(charts):
         ax = fig.add_subplot(grid[1 + i // 3, i % 3])
         _control_chart(ax, chart)
+        if i == 0:  # one legend for every chart, between the scatter and the charts
+            handles, names = ax.get_legend_handles_labels()
+            above_titles = ax.get_position().y1 + 0.55 / fig_h
+            fig.legend(handles, names, loc="center", ncol=len(names), fontsize=10, frameon=False,
+                       bbox_to_anchor=(0.5, above_titles))
     import io
 
     buf = io.BytesIO()
@@ -120,7 +125,7 @@ def _scatter(ax, points, labels, centres, cluster_sizes, point_stations, n_scans
     if len(unique) > MAX_LEGEND_STATIONS:
         title += f" ({len(unique)} stations: alerting ones coloured, others grey)"
     if n_scans > len(shown):
-        title += f"\n{len(shown)} of {n_scans} scans drawn (a random sample)"
+        title += f"\n{len(shown):,} of {n_scans:,} scans drawn (a random sample)"
     ax.set_title(title, fontsize=12)
     ax.grid(alpha=0.3)
     if legend_stations:
@@ -130,7 +135,7 @@ def _scatter(ax, points, labels, centres, cluster_sizes, point_stations, n_scans
 def _control_chart(ax, chart: dict[str, Any]) -> None:
     # A long history is unreadable: show the last CHART_SCANS scans, or from a little
     # before the detection if that is earlier.
-    first = max(0, min(chart["detected_at"] - 30, len(chart["values"]) - CHART_SCANS))
+    first = max(0, min(chart["detected_at"] - CHART_SCANS // 4, len(chart["values"]) - CHART_SCANS))
     values = chart["values"][first:]
     limit = chart["limit"]
     x = np.arange(first + 1, first + len(values) + 1)
@@ -138,7 +143,7 @@ def _control_chart(ax, chart: dict[str, Any]) -> None:
     ewma_units = chart["ewma"][first:]
     label = METRIC_LABELS.get(chart["metric"], chart["metric"])
     unit = " (HU)" if chart["metric"].endswith("_hu") else ""
-    ax.plot(x, values, "o", ms=3, color="0.55", label="each scan")
+    ax.plot(x, values, "o", ms=3 if len(values) <= 300 else 1.5, color="0.55", label="each scan")
     ax.plot(x, ewma_units, "-", lw=2, color="tab:blue", label="EWMA")
     ax.axhline(baseline, color="green", lw=1.2, label="fleet baseline")
     ax.axhline(baseline + limit * rsd, color="red", ls="--", lw=1, label="control limits")
@@ -155,4 +160,3 @@ def _control_chart(ax, chart: dict[str, Any]) -> None:
     pad = 0.08 * (hi - lo or 1.0)
     ax.set_ylim(lo - pad, hi + pad)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", framealpha=0.8)  # "best" is slow on long series

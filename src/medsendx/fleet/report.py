@@ -56,13 +56,28 @@ class SourceSet:
 ProgressFactory = Callable[[int, str], Any]
 
 
-def features_from_files(paths: list[Path], progress: bool = True) -> tuple[list[dict], list[str]]:
-    """Extract features from DICOM files; unreadable ones are skipped with a one-line reason."""
+def _features_of(path: Path) -> tuple[dict | None, str | None]:
+    """(row, None) or (None, "path: reason"); the reason is our own words."""
     from medsendx.dicomio import DicomReadError, read_dataset
 
+    try:
+        return extract_features(read_dataset(path)), None
+    except DicomReadError as exc:
+        return None, f"{path}: {exc}"
+    except Exception as exc:  # odd but readable objects must not stop a fleet-wide job
+        return None, f"{path}: features could not be computed ({type(exc).__name__})"
+
+
+PARALLEL_MIN_FILES = 64  # below this, starting worker processes costs more than it saves
+
+
+def features_from_files(paths: list[Path], progress: bool = True, jobs: int = 1) -> tuple[list[dict], list[str]]:
+    """Extract features from DICOM files, in order, with ``jobs`` worker processes.
+
+    Unreadable files are skipped with a one-line reason ("path: reason").
+    """
     rows: list[dict] = []
     skipped: list[str] = []
-    iterator: Iterable[Path] = paths
     bar = None
     if progress and paths:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -72,15 +87,25 @@ def features_from_files(paths: list[Path], progress: bool = True) -> tuple[list[
         )
         bar.start()
         task = bar.add_task("features", total=len(paths))
+    pool = None
     try:
-        for path in iterator:
-            try:
-                rows.append(extract_features(read_dataset(path)))
-            except DicomReadError as exc:
-                skipped.append(f"{path}: {exc}")
+        if jobs > 1 and len(paths) >= PARALLEL_MIN_FILES:
+            from concurrent.futures import ProcessPoolExecutor
+
+            pool = ProcessPoolExecutor(max_workers=jobs)
+            results: Iterable[tuple[dict | None, str | None]] = pool.map(_features_of, paths, chunksize=16)
+        else:
+            results = map(_features_of, paths)
+        for row, reason in results:
+            if row is not None:
+                rows.append(row)
+            else:
+                skipped.append(reason or "")
             if bar is not None:
                 bar.advance(task)
     finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         if bar is not None:
             bar.stop()
     return rows, skipped
@@ -94,7 +119,9 @@ def connect(memory_limit: str = "512MB", threads: int | None = None) -> duckdb.D
     return con
 
 
-def load_sources(con: duckdb.DuckDBPyConnection, sources: list[str], settings: Settings, progress: bool = True) -> SourceSet:
+def load_sources(
+    con: duckdb.DuckDBPyConnection, sources: list[str], settings: Settings, progress: bool = True, jobs: int = 1
+) -> SourceSet:
     """Create the DuckDB view ``raw`` over every source (one row per feature row)."""
     found = SourceSet()
     relations: list[str] = []
@@ -125,7 +152,7 @@ def load_sources(con: duckdb.DuckDBPyConnection, sources: list[str], settings: S
         relations.append("local_parquet")
         found.parquet_files = len(parquet_files)
     if dicom_files:
-        rows, skipped = features_from_files(dicom_files, progress=progress)
+        rows, skipped = features_from_files(dicom_files, progress=progress, jobs=jobs)
         found.dicom_files = len(rows)
         found.skipped.extend(skipped)
         if rows:
@@ -201,6 +228,7 @@ def mine(
     settings: Settings,
     *,
     progress: bool = True,
+    jobs: int = 1,
     con: duckdb.DuckDBPyConnection | None = None,
 ) -> dict[str, Any]:
     """Run the whole mining job; write the PNG, JSON and Parquet into ``out_dir``.
@@ -211,7 +239,7 @@ def mine(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     con = con or connect()
-    found = load_sources(con, sources, settings, progress=progress)
+    found = load_sources(con, sources, settings, progress=progress, jobs=jobs)
     return analyse(con, out_dir, found)
 
 
