@@ -287,16 +287,9 @@ def _write_advisory(path: Path, data: bytes) -> None:
 
 
 def _removed_count(report: Any) -> int:
-    """How many identifying attributes the de-identifier removed or replaced."""
-    if report is None:
-        return 0
-    for name in ("removed", "replaced", "counts", "actions"):
-        value = getattr(report, name, None)
-        if isinstance(value, int):
-            return value
-        if isinstance(value, dict):
-            return int(sum(v for v in value.values() if isinstance(v, int)))
-    return 0
+    """How many attributes de-identification removed or replaced (every action but Keep)."""
+    counts = getattr(report, "counts", None) or {}
+    return int(sum(n for action, n in counts.items() if action != "K" and isinstance(n, int)))
 
 
 def process_file(path: Path, settings: Settings, *, pipeline: Pipeline | None = None, **options: Any) -> PipelineResult:
