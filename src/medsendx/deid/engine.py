@@ -45,7 +45,7 @@ from medsendx.deid import codec
 from medsendx.deid import profile as P
 from medsendx.deid.audit import append_audit
 from medsendx.deid.codec import Element, Encoding, FormatError, Unsupported
-from medsendx.deid.pixelrisk import IDENTIFYING_KEYWORDS, RISK_KEYWORDS, assess_header_risk, identifying_words
+from medsendx.deid.pixelrisk import IDENTIFYING_KEYWORDS, RISK_KEYWORDS, PixelRisk, assess_header_risk, identifying_words
 from medsendx.deid.uids import KeyedMapper, load_or_create_secret, shift_date, shift_datetime
 from medsendx.dicomio import DicomReadError, read_dataset
 from medsendx.fsutil import TEMP_PREFIX, atomic_write, fsync_dir
@@ -177,15 +177,28 @@ def _element_vr(el: Element) -> str:
     return "SQ" if el.length == codec.UNDEFINED else "UN"
 
 
+# "No cleaner given": use the one ``settings.pixels`` asks for (None for policy "quarantine").
+SETTINGS_CLEANER: Any = object()
+
+
 class Deidentifier:
     """PS3.15 Basic Profile plus the options in ``settings.deid``.
 
     ``pixel_cleaner(ds, identifying_words) -> PixelCleanResult`` (see ``medsendx.pixels``)
-    is called for objects whose pixels may show identity; without one they are quarantined.
+    is called for objects whose pixels may show identity; by default it is the cleaner of
+    ``settings.pixels``; with ``pixel_cleaner=None`` such objects are quarantined. A cleaner
+    with ``needs_check(ds)`` may widen the objects checked (a header that says
+    BurnedInAnnotation NO on an ultrasound screen, or ``pixels.ocr_every_object``); it is
+    given a dataset of the header attributes that decide pixel risk (``RISK_KEYWORDS`` and
+    ``ConversionType``, and PixelData without its value).
     """
 
-    def __init__(self, settings: Settings, pixel_cleaner: Callable[[Dataset, set[str]], Any] | None = None) -> None:
+    def __init__(self, settings: Settings, pixel_cleaner: Callable[[Dataset, set[str]], Any] | None = SETTINGS_CLEANER) -> None:
         self.settings = settings
+        if pixel_cleaner is SETTINGS_CLEANER:
+            from medsendx.pixels import make_pixel_cleaner
+
+            pixel_cleaner = make_pixel_cleaner(settings)
         self.pixel_cleaner = pixel_cleaner
         self.profile = P.Profile(settings.deid)
         self.actions = self.profile.actions
@@ -363,6 +376,9 @@ class Deidentifier:
                 for g in range(0x6000, 0x6020, 2)
             ),
         )
+        if risk is None and hasattr(self.pixel_cleaner, "needs_check"):
+            reason = self.pixel_cleaner.needs_check(_risk_dataset(index, text))  # type: ignore[union-attr]
+            risk = PixelRisk(reason, cleanable=True) if reason else None
         if risk is not None and (not risk.cleanable or self.pixel_cleaner is None):
             raise QuarantineRequired(risk.reason)
         words = None
@@ -714,6 +730,25 @@ def station_name_for(station_id: str) -> str:
     characters, where fleets put the unit number (REMOTE_MOBILE_CLINIC_01 ->
     MOBILE_CLINIC_01); the full id goes to the audit log."""
     return station_id if len(station_id) <= 16 else station_id[-16:].lstrip("_")
+
+
+_NEEDS_CHECK_KEYWORDS = (*RISK_KEYWORDS, "ConversionType", "Manufacturer", "ManufacturerModelName")
+_PIXEL_TAGS = {codec.PIXEL_DATA: "OW", 0x7FE00008: "OF", 0x7FE00009: "OD"}
+
+
+def _risk_dataset(index: dict[int, Element], text: Callable[[int], str]) -> Dataset:
+    """The header attributes that decide pixel risk, as a small pydicom Dataset (values
+    already decoded: no conversion cost), PixelData present but empty."""
+    ds = Dataset()
+    for keyword in _NEEDS_CHECK_KEYWORDS:
+        tag = pydicom.datadict.tag_for_keyword(keyword)
+        if tag in index:
+            values = text(tag).split("\\")
+            ds.add_new(tag, dict_vr(tag) or "LO", values if len(values) > 1 else values[0])
+    for tag, vr in _PIXEL_TAGS.items():
+        if tag in index:
+            ds.add_new(tag, vr, b"")
+    return ds
 
 
 def _write_error(exc: OSError) -> str:
