@@ -179,62 +179,50 @@ def parse_dataset(buf: bytes, pos: int, end: int, enc: Encoding, dict_vr, *, unt
     return elements, pos
 
 
-def skip_sequence(buf: bytes, pos: int, end: int, enc: Encoding, dict_vr) -> int:
-    """Position after the sequence delimiter of an undefined-length sequence at ``pos``."""
-    unpack_hhi = enc._hhi.unpack_from
-    while pos + 8 <= end:
-        group, elem, length = unpack_hhi(buf, pos)
-        tag = (group << 16) | elem
-        if tag == SEQUENCE_END:
-            return pos + 8
-        if tag != ITEM:
-            raise FormatError("damaged sequence (expected an item)")
-        if length == UNDEFINED:
-            _, pos = parse_dataset(buf, pos + 8, end, enc, dict_vr, until_item_end=True)
-        else:
-            pos += 8 + length
-            if pos > end:
-                raise FormatError("a sequence item runs past the end of the file (truncated)")
-    raise FormatError("file ends inside a sequence (truncated)")
-
-
-def skip_fragments(buf: bytes, pos: int, end: int, enc: Encoding) -> int:
-    """Position after the delimiter of encapsulated pixel data starting at ``pos``."""
-    unpack_hhi = enc._hhi.unpack_from
-    while pos + 8 <= end:
-        group, elem, length = unpack_hhi(buf, pos)
-        tag = (group << 16) | elem
-        if tag == SEQUENCE_END:
-            return pos + 8
-        if tag != ITEM or length == UNDEFINED:
-            raise FormatError("damaged encapsulated pixel data")
-        pos += 8 + length
-    raise FormatError("file ends inside the pixel data (truncated)")
-
-
-def sequence_items(buf: bytes, elem: Element, enc: Encoding, dict_vr) -> list[tuple[int, int, bool]]:
-    """(start, end, undefined_length) of each item's dataset in a sequence element."""
+def _items(buf: bytes, pos: int, end: int, enc: Encoding, dict_vr, *, fragments: bool = False) -> tuple[list[tuple[int, int, bool]], int]:
+    """The items of a sequence (or the fragments of encapsulated pixel data) from ``pos``:
+    (start, end, undefined_length) of each item's value, and the position after the
+    sequence delimiter (or ``end`` for a defined-length sequence without one)."""
     items: list[tuple[int, int, bool]] = []
     unpack_hhi = enc._hhi.unpack_from
-    pos = elem.value
-    end = elem.end
     while pos + 8 <= end:
-        group, el, length = unpack_hhi(buf, pos)
-        tag = (group << 16) | el
+        group, elem, length = unpack_hhi(buf, pos)
+        tag = (group << 16) | elem
         if tag == SEQUENCE_END:
-            break
-        if tag != ITEM:
-            raise FormatError("damaged sequence (expected an item)")
+            return items, pos + 8
+        if tag != ITEM or (fragments and length == UNDEFINED):
+            raise FormatError("damaged encapsulated pixel data" if fragments else "damaged sequence (expected an item)")
         if length == UNDEFINED:
             _, stop = parse_dataset(buf, pos + 8, end, enc, dict_vr, until_item_end=True)
             items.append((pos + 8, stop - 8, True))
             pos = stop
         else:
             if pos + 8 + length > end:
-                raise FormatError("a sequence item runs past the end of its sequence")
+                raise FormatError("a sequence item runs past the end of the file (truncated)")
             items.append((pos + 8, pos + 8 + length, False))
             pos += 8 + length
-    return items
+    return items, -1
+
+
+def skip_sequence(buf: bytes, pos: int, end: int, enc: Encoding, dict_vr) -> int:
+    """Position after the sequence delimiter of an undefined-length sequence at ``pos``."""
+    stop = _items(buf, pos, end, enc, dict_vr)[1]
+    if stop < 0:
+        raise FormatError("file ends inside a sequence (truncated)")
+    return stop
+
+
+def skip_fragments(buf: bytes, pos: int, end: int, enc: Encoding) -> int:
+    """Position after the delimiter of encapsulated pixel data starting at ``pos``."""
+    stop = _items(buf, pos, end, enc, None, fragments=True)[1]
+    if stop < 0:
+        raise FormatError("file ends inside the pixel data (truncated)")
+    return stop
+
+
+def sequence_items(buf: bytes, elem: Element, enc: Encoding, dict_vr) -> list[tuple[int, int, bool]]:
+    """(start, end, undefined_length) of each item's dataset in a sequence element."""
+    return _items(buf, elem.value, elem.end, enc, dict_vr)[0]
 
 
 # ---------------------------------------------------------------- encoding

@@ -76,8 +76,6 @@ TAG_CHARSET = 0x00080005
 # Top-level attributes the engine reads before walking (decisions, patient key, words).
 _RISK_TAGS = {keyword: pydicom.datadict.tag_for_keyword(keyword) for keyword in RISK_KEYWORDS}
 _WORD_TAGS = frozenset(pydicom.datadict.tag_for_keyword(k) for k in IDENTIFYING_KEYWORDS)
-# Written by us at the top level after the walk (whatever the input had).
-_IDENTITY_TAGS = frozenset({0x00100010, 0x00100020, 0x00081010})
 
 
 class QuarantineRequired(Exception):
