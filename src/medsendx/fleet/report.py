@@ -281,8 +281,8 @@ def analyse(con: duckdb.DuckDBPyConnection, out_dir: Path, found: SourceSet | No
     spread = np.array([row[4:] for row in series], dtype=np.float64).reshape(-1, len(metrics))
     scale = detect.group_scale(spread, lengths, series_group)
 
-    # Samples (DuckDB reservoir) fit the 2-means and the outlier yardsticks and feed the scatter.
-    sample = _sample(con, metrics)
+    # Samples (a deterministic hash of the UID) fit the 2-means and the outlier yardsticks and feed the scatter.
+    sample = _sample(con, metrics, n_scans)
     centre, spread_dc = _density_contrast_scale(con)
     sample_dc = (np.column_stack([sample["mean"], sample["std"]]) - centre) / spread_dc
     finite_sample = np.isfinite(sample_dc).all(axis=1)
@@ -485,11 +485,17 @@ def _fetch_series(con: duckdb.DuckDBPyConnection, first: int, last: int, metrics
     return table.column("sop_instance_uid"), values
 
 
-def _sample(con: duckdb.DuckDBPyConnection, metrics: list[str]) -> dict[str, np.ndarray]:
+def _sample_filter(rows: int) -> str:
+    """A WHERE condition keeping about SAMPLE_ROWS of ``rows`` scans, chosen by a hash of
+    the SOP Instance UID: the same scans on every run and with any number of threads (a
+    reservoir sample is only repeatable single-threaded), so the report is reproducible."""
+    keep = min(1_000_000, -(-SAMPLE_ROWS * 1_000_000 // max(rows, 1)))
+    return f"hash(coalesce(sop_instance_uid, '')) % 1000000 < {keep}"
+
+
+def _sample(con: duckdb.DuckDBPyConnection, metrics: list[str], n_scans: int) -> dict[str, np.ndarray]:
     cols = ", ".join(f'"{c}"::DOUBLE AS "{c}"' for c in ["mean", "std"] + metrics)
-    table = con.sql(
-        f"SELECT station, group_key, {cols} FROM scans USING SAMPLE reservoir({SAMPLE_ROWS} ROWS) REPEATABLE (7)"
-    ).to_arrow_table()
+    table = con.sql(f"SELECT station, group_key, {cols} FROM scans WHERE {_sample_filter(n_scans)}").to_arrow_table()
     return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
 
 
@@ -513,9 +519,9 @@ def _outlier_models(con, group_names, sample_metrics, sample_group, med, rsd, me
         rows = sample_metrics[sample_group == g]
         if len(rows) < MIN_GROUP_SAMPLE:
             cols = ", ".join(f'"{m}"::DOUBLE' for m in metrics)
+            group_rows = con.execute("SELECT count(*) FROM scans WHERE group_key = ?", [group]).fetchall()[0][0]
             rows = con.execute(
-                f"SELECT {cols} FROM (SELECT * FROM scans WHERE group_key = ?) USING SAMPLE reservoir({SAMPLE_ROWS} ROWS) REPEATABLE (7)",
-                [group],
+                f"SELECT {cols} FROM scans WHERE group_key = ? AND {_sample_filter(group_rows)}", [group]
             ).fetchnumpy()
             rows = np.column_stack([np.asarray(rows[k], dtype=np.float64) for k in rows]) if len(rows) else np.zeros((0, len(metrics)))
         if len(rows) == 0:
