@@ -54,11 +54,14 @@ def make_inputs(folder: Path, count: int) -> list[Path]:
 
 
 def timed(label: str, run, count: int, results: dict[str, float]) -> None:
-    started = time.perf_counter()
+    """Wall-clock files/s, and files per CPU-second of this process (what one core does
+    when it is not shared; meaningless for the worker run, whose work is in children)."""
+    started, cpu_started = time.perf_counter(), time.process_time()
     run()
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     results[label] = count / elapsed
-    print(f"  {label:<44} {count / elapsed:8.0f} files/s   ({elapsed:5.2f} s)", flush=True)
+    cpu_rate = f"{count / cpu:8.0f} files/CPU-s" if "workers" not in label else " " * 20
+    print(f"  {label:<44} {count / elapsed:8.0f} files/s  {cpu_rate}  ({elapsed:5.2f} s)", flush=True)
 
 
 def main() -> None:
@@ -75,7 +78,8 @@ def main() -> None:
         deid = Deidentifier(settings, pixel_cleaner=None)
         datas = [p.read_bytes() for p in inputs]
         count = len(inputs)
-        print(f"{count} files ({sum(map(len, datas)) / 1e6:.0f} MB) from ../shared/data/ct-head-ge, {os.cpu_count()} cores")
+        print(f"{count} files ({sum(map(len, datas)) / 1e6:.0f} MB) from ../shared/data/ct-head-ge, {os.cpu_count()} cores, "
+              f"load average {os.getloadavg()[0]:.1f}")
         results: dict[str, float] = {}
 
         def out(name: str) -> Path:

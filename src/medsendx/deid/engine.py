@@ -630,7 +630,6 @@ class Deidentifier:
         ]
         provenance = self._provenance_cache.get(enc)
         if provenance is None:
-            description = self.profile.description
             codes = []
             for value, meaning in self.profile.method_codes:
                 codes.append(codec.item_start(enc))
@@ -641,7 +640,7 @@ class Deidentifier:
             provenance = b"".join(
                 (
                     codec.text_element(0x00120062, out_vr or "CS", "YES", enc),
-                    codec.text_element(0x00120063, out_vr or "LO", [description[i : i + 64] for i in range(0, len(description), 64)], enc),
+                    codec.text_element(0x00120063, out_vr or "LO", self.profile.method_values, enc),
                     codec.header(0x00120064, "SQ", codec.UNDEFINED, enc),
                     *codes,
                     codec.sequence_end(enc),
