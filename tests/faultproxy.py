@@ -91,15 +91,15 @@ class FaultProxy:
         return after + self._rng.randint(1, self.reset_every)
 
     @staticmethod
-    def _rst(sock: socket.socket) -> None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
-        try:
-            sock.close()
-        except OSError:
-            pass
+    def _rst(sock: socket.socket, abort: bool = True) -> None:
+        """Close ``sock``: with a TCP RST when ``abort``, else with an orderly FIN."""
+        steps = [lambda: sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))] if abort \
+            else [lambda: sock.shutdown(socket.SHUT_RDWR)]
+        for step in steps + [sock.close]:
+            try:
+                step()
+            except OSError:
+                pass
 
     def _cut_all(self) -> None:
         with self._lock:
@@ -155,17 +155,7 @@ class FaultProxy:
             if reset and present:
                 self.resets += 1
         for sock in pair:
-            if reset:
-                self._rst(sock)
-            else:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                try:
-                    sock.close()
-                except OSError:
-                    pass
+            self._rst(sock, abort=reset)
 
     def _pump_up(self, pair, reset_at: int | None) -> None:
         client, upstream = pair
