@@ -18,6 +18,8 @@ from medsendx import __version__
 COMMANDS: dict[str, str] = {
     "inspect": "medsendx.commands.inspect:inspect_cmd",
     "view": "medsendx.commands.inspect:view_cmd",
+    "segment": "medsendx.commands.segment:segment_cmd",
+    "anonymize": "medsendx.commands.anonymize:anonymize_cmd",
     "gateway": "medsendx.commands.gateway:gateway_cmd",
     "status": "medsendx.commands.status:status_cmd",
 }

@@ -111,7 +111,12 @@ def display_image(ds: Dataset, frame: int = 0) -> np.ndarray:
     Greyscale: modality LUT, then the object's VOI LUT or window (first one), else a
     window over the 0.5-99.5 percentiles; MONOCHROME1 is inverted. Colour: converted to RGB.
     """
-    arr = stored_pixels(ds, frame if frame_count(ds) > 1 else None)
+    return display_array(ds, stored_pixels(ds, frame if frame_count(ds) > 1 else None))
+
+
+def display_array(ds: Dataset, arr: np.ndarray) -> np.ndarray:
+    """Like :func:`display_image`, for one frame of stored values already in hand
+    (for example a frame that was edited and not yet written back)."""
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     samples = int(ds.get("SamplesPerPixel", 1))
     if samples == 3:

@@ -1,0 +1,149 @@
+"""Benchmark: exact 1-D k-means triage against scikit-learn KMeans, on every slice of
+../shared/data/ct-head-ge (512 x 512 head CT), in the same run.
+
+For each slice both methods get exactly the same pixels (HU, padding and out-of-circle
+pixels removed) and must return a label per pixel; both SSEs are computed by one float64
+formula. Printed: per-slice time and SSE for ours, sklearn n_init=1 and n_init=10, the
+speed ratios and the SSE ratios (ours / sklearn; <= 1.0 means never worse). Then the
+in-process cost of triage + overlay PNG per slice (what the gateway pays) and the whole
+``medsendx segment`` command on one slice in a fresh interpreter (what a person waits).
+
+Targets (issue 4): >= 100x faster than sklearn n_init=1; SSE ratio <= 1.0 on every slice;
+triage + overlay < 100 ms per slice in-process; the command < 1 s.
+
+Usage: python bench/segment.py [--repeat N] [--data DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+import numpy as np  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import track  # noqa: E402
+from rich.table import Table  # noqa: E402
+from sklearn.cluster import KMeans  # noqa: E402
+
+from medsendx.dicomio import read_dataset  # noqa: E402
+from medsendx.triage import render_overlay, triage_dataset  # noqa: E402
+from medsendx.triage.segmenter import frame_input  # noqa: E402
+
+console = Console(highlight=False, width=150)
+
+
+def sse(values: np.ndarray, labels: np.ndarray) -> float:
+    values = values.astype(np.float64)
+    return float(sum(((values[labels == c] - values[labels == c].mean()) ** 2).sum() for c in np.unique(labels)))
+
+
+def best_time(fn, repeat: int) -> tuple[float, object]:
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def ours(values: np.ndarray) -> np.ndarray:
+    """Our clustering of a pixel vector: histogram, exact DP, a label per pixel."""
+    from medsendx.triage.cluster import intensity_histogram, kmeans_1d
+
+    clustering = kmeans_1d(*intensity_histogram(values), 3)
+    return clustering.assign(values)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=5, help="timing repeats per slice (best is kept)")
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("MEDSENDX_DATA_DIR", ROOT / ".." / "shared" / "data")))
+    args = parser.parse_args()
+    files = sorted((args.data / "ct-head-ge").glob("*.dcm"))
+    if not files:
+        console.print(f"no slices found under {args.data / 'ct-head-ge'}")
+        return 1
+    warnings.filterwarnings("ignore")  # sklearn's threadpool notices are not results
+
+    table = Table(title=f"clustering k=3, {len(files)} slices of ct-head-ge (best of {args.repeat})")
+    for col in ("slice", "pixels", "ours ms", "sk1 ms", "sk10 ms", "speed vs sk1", "speed vs sk10", "SSE ours/sk1", "SSE ours/sk10"):
+        table.add_column(col, justify="right")
+    speed1, speed10, ratio1, ratio10, our_times = [], [], [], [], []
+    for path in track(files, description="clustering", console=console, transient=True):
+        ds = read_dataset(path)
+        pixels = frame_input(ds)
+        values = pixels.values[pixels.valid]
+        column = values.reshape(-1, 1).astype(np.float64)
+        t_ours, labels = best_time(lambda: ours(values), args.repeat)
+        t_sk1, km1 = best_time(lambda: KMeans(3, n_init=1, random_state=0).fit(column), max(1, args.repeat // 2))
+        t_sk10, km10 = best_time(lambda: KMeans(3, n_init=10, random_state=0).fit(column), 1)
+        s_ours, s1, s10 = sse(values, labels), sse(values, km1.labels_), sse(values, km10.labels_)
+        speed1.append(t_sk1 / t_ours)
+        speed10.append(t_sk10 / t_ours)
+        ratio1.append(s_ours / s1)
+        ratio10.append(s_ours / s10)
+        our_times.append(t_ours)
+        table.add_row(
+            path.name, f"{values.size:,}", f"{1000 * t_ours:.2f}", f"{1000 * t_sk1:.1f}", f"{1000 * t_sk10:.1f}",
+            f"{speed1[-1]:.0f}x", f"{speed10[-1]:.0f}x", f"{ratio1[-1]:.6f}", f"{ratio10[-1]:.6f}",
+        )
+    console.print(table)
+    console.print(
+        f"ours: median {1000 * statistics.median(our_times):.2f} ms per 512x512 slice; "
+        f"speed vs sklearn n_init=1: median {statistics.median(speed1):.0f}x (min {min(speed1):.0f}x), "
+        f"vs n_init=10: median {statistics.median(speed10):.0f}x"
+    )
+    console.print(
+        f"SSE ratio ours/sklearn: max {max(ratio1):.6f} (n_init=1), {max(ratio10):.6f} (n_init=10); "
+        f"never larger on any slice: {all(r <= 1 + 1e-12 for r in ratio1 + ratio10)}"
+    )
+
+    # in-process: what the gateway pays per slice (read excluded, PNG written)
+    with tempfile.TemporaryDirectory() as tmp:
+        datasets = [read_dataset(p) for p in files]
+        triage_dataset(datasets[0])
+        render_overlay(datasets[0], triage_dataset(datasets[0]), Path(tmp) / "warm.png")
+        t_triage, t_total = [], []
+        for i, ds in enumerate(datasets):
+            start = time.perf_counter()
+            record = triage_dataset(ds)
+            mid = time.perf_counter()
+            render_overlay(ds, record, Path(tmp) / f"{i}.png")
+            t_triage.append(mid - start)
+            t_total.append(time.perf_counter() - start)
+        console.print(
+            f"in-process per slice: triage (segmentation + quality + priority) median "
+            f"{1000 * statistics.median(t_triage):.1f} ms; triage + overlay PNG median "
+            f"{1000 * statistics.median(t_total):.1f} ms, max {1000 * max(t_total):.1f} ms (target < 100 ms)"
+        )
+
+        # the whole command, fresh interpreter each time, against `python -c pass` as baseline
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+        cmd = [sys.executable, "-m", "medsendx", "segment", str(files[len(files) // 2]), "--out", str(Path(tmp) / "cmd.png")]
+        runs, bare = [], []
+        for _ in range(5):
+            start = time.perf_counter()
+            subprocess.run(cmd, env=env, check=True, capture_output=True)
+            runs.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "pass"], check=True)
+            bare.append(time.perf_counter() - start)
+        console.print(
+            f"`medsendx segment` one slice incl. interpreter start and PNG: median {statistics.median(runs):.3f} s, "
+            f"best {min(runs):.3f} s (target < 1 s); bare interpreter start {statistics.median(bare):.3f} s"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,154 @@
+"""``medsendx anonymize INPUT OUTPUT``: de-identify a file or a folder tree (PS3.15)."""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Iterator
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from medsendx.commands._common import console, err_console, settings_from_context
+from medsendx.config import Settings
+from medsendx.deid import Deidentifier, FileOutcome
+from medsendx.deid.uids import SecretError
+from medsendx.dicomio import iter_dicom_files
+from medsendx.quarantine import quarantine_file
+
+_worker: Deidentifier | None = None
+
+
+def _worker_init(settings: Settings) -> None:
+    global _worker
+    _worker = Deidentifier(settings)
+
+
+def _worker_run(job: tuple[Path, Path]) -> FileOutcome:
+    assert _worker is not None
+    return _worker.deidentify_file(*job)
+
+
+def _outcomes(settings: Settings, files: list[Path], out_dir: Path, workers: int) -> Iterator[FileOutcome]:
+    if workers <= 1 or len(files) < 2:
+        deid = Deidentifier(settings)
+        for path in files:
+            yield deid.deidentify_file(path, out_dir)
+        return
+    # One Deidentifier per process (secret read once, action map compiled once); chunks
+    # keep the inter-process traffic small.
+    chunk = max(1, min(32, len(files) // (workers * 4)))
+    with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(settings,)) as pool:
+        yield from pool.map(_worker_run, [(p, out_dir) for p in files], chunksize=chunk)
+
+
+@click.command("anonymize")
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.argument("output_dir", metavar="OUTPUT", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--dates",
+    type=click.Choice(["remove", "modified", "full"]),
+    default=None,
+    help="Dates: remove (Basic Profile), modified (shifted per patient, intervals kept; the default) or full (kept).",
+)
+@click.option("--retain-patient-characteristics/--no-retain-patient-characteristics", default=None, help="Keep sex, age, size, weight (Retain Patient Characteristics Option).")
+@click.option("--retain-device-identity/--no-retain-device-identity", default=None, help="Keep device serial numbers and names (Retain Device Identity Option).")
+@click.option("--retain-institution-identity/--no-retain-institution-identity", default=None, help="Keep institution name and address (Retain Institution Identity Option).")
+@click.option("--retain-uids/--no-retain-uids", default=None, help="Keep the original UIDs instead of keyed replacements (Retain UIDs Option).")
+@click.option("--clean-descriptors/--no-clean-descriptors", default=None, help="Keep descriptions with identifying words removed, instead of removing them (Clean Descriptors Option).")
+@click.option("--retain-safe-private/--no-retain-safe-private", default=None, help="Keep the documented allow-list of safe private attributes (Retain Safe Private Option).")
+@click.option("--patient-name", default=None, help="Placeholder written to PatientName (default ANONYMIZED).")
+@click.option("--station-id", default=None, help="This unit's id, written to StationName (default from settings).")
+@click.option("--workers", "-j", type=click.IntRange(1, 256), default=1, show_default=True, help="Worker processes for a folder (use the number of cores).")
+@click.pass_context
+def anonymize_cmd(
+    ctx: click.Context,
+    input_path: Path,
+    output_dir: Path,
+    dates: str | None,
+    retain_patient_characteristics: bool | None,
+    retain_device_identity: bool | None,
+    retain_institution_identity: bool | None,
+    retain_uids: bool | None,
+    clean_descriptors: bool | None,
+    retain_safe_private: bool | None,
+    patient_name: str | None,
+    station_id: str | None,
+    workers: int,
+) -> None:
+    """De-identify DICOM files per DICOM PS3.15 Annex E.
+
+    INPUT is a file or a folder (searched recursively); the de-identified objects are
+    written to the folder OUTPUT as <new SOP Instance UID>.dcm. The Basic Profile is
+    always applied; the options above add the standard's options (defaults come from the
+    [deid] settings: modified dates, nothing else retained). UIDs and patient IDs are
+    replaced by keyed pseudonyms from the site secret (created on first use), so re-runs
+    and other slices of a series map to the same values.
+
+    Objects that cannot be read, or whose pixels may show identity (burned-in
+    annotation, screen captures, faces), go to quarantine with a reason; the run goes
+    on. The exit status is 1 if any file was not de-identified. Every object is recorded
+    in the audit log (see the settings' state directory).
+    """
+    settings = settings_from_context(
+        ctx,
+        {
+            "station_id": station_id,
+            "deid": {
+                "dates": dates,
+                "retain_patient_characteristics": retain_patient_characteristics,
+                "retain_device_identity": retain_device_identity,
+                "retain_institution_identity": retain_institution_identity,
+                "retain_uids": retain_uids,
+                "clean_descriptors": clean_descriptors,
+                "retain_safe_private": retain_safe_private,
+                "patient_name": patient_name,
+            },
+        },
+    )
+    try:
+        files = iter_dicom_files(input_path)
+    except FileNotFoundError:
+        reason = "input file or folder does not exist"
+        quarantine_file(settings.quarantine_dir, input_path, reason, stage="deid")
+        err_console.print(f"[red]error:[/red] {input_path}: {reason}")
+        raise SystemExit(1)
+    try:
+        Deidentifier(settings)  # creates the secret once, before any worker starts
+    except SecretError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(1)
+
+    counts = {"ok": 0, "quarantined": 0, "error": 0}
+    started = time.perf_counter()
+    progress = Progress(
+        TextColumn("de-identifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=err_console, transient=True,
+    )
+    with progress:
+        task = progress.add_task("files", total=len(files))
+        for outcome in _outcomes(settings, files, output_dir, workers):
+            counts[outcome.status] += 1
+            if outcome.status != "ok":
+                label = "quarantined" if outcome.status == "quarantined" else "error"
+                progress.console.print(f"[yellow]{label}:[/yellow] {_shown(outcome.source, input_path)}: {outcome.reason}", soft_wrap=True)
+            progress.advance(task)
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    console.print(
+        f"{counts['ok']} de-identified, {counts['quarantined']} quarantined, {counts['error']} failed "
+        f"in {elapsed:.1f}s ({len(files) / elapsed:.0f} files/s) -> {output_dir}"
+    )
+    if counts["quarantined"] or counts["error"]:
+        console.print(f"quarantine: {settings.quarantine_dir}")
+    console.print(f"audit log: {settings.audit_log}")
+    raise SystemExit(1 if counts["quarantined"] or counts["error"] else 0)
+
+
+def _shown(path: Path, root: Path) -> str:
+    """The input path as the user typed it (relative to INPUT when inside it)."""
+    try:
+        return str(Path(root) / path.relative_to(root)) if root.is_dir() else str(path)
+    except ValueError:
+        return os.fspath(path)

@@ -1,0 +1,148 @@
+"""``medsendx segment``: tissue classes, quality flags and reading priority of a scan, with
+the overlay picture (the prototype's density_plot)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from medsendx.commands._common import console, err_console
+
+
+@click.command("segment")
+@click.argument("target", metavar="FILE_OR_SERIES", type=click.Path(exists=True))
+@click.option(
+    "--out",
+    "out_png",
+    type=click.Path(dir_okay=False),
+    default="highlighted_scan.png",
+    show_default=True,
+    help="Overlay PNG to write (for a series: the slice with the highest priority).",
+)
+@click.option("--no-png", is_flag=True, help="Do not write the overlay PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Print the triage record(s) as JSON on stdout.")
+@click.option("-k", "--classes", "k", type=click.IntRange(2, 8), default=3, show_default=True,
+              help="Number of intensity classes.")
+def segment_cmd(target: str, out_png: str, no_png: bool, as_json: bool, k: int) -> None:
+    """Triage a DICOM FILE, or every file of a SERIES folder, on this machine.
+
+    Pixels are split into intensity classes by exact (globally optimal) 1-D k-means: CT in
+    Hounsfield units as Air / Soft tissue / Bone, mammography as Background / Fatty / Dense
+    with the percent breast density, other modalities as Low / Medium / High signal.
+    Padding and pixels outside the CT reconstruction circle are left out. Quality flags
+    (mostly empty, saturated, metal, noisy, cut-off field of view) tell the technician to
+    repeat the scan now.
+
+    The priority (0-100) orders the reading list. It is NOT a diagnosis.
+
+    The overlay PNG shows the windowed image, the colour-coded classes with a legend and
+    the histogram with the class boundaries; it contains no identifying text.
+    """
+    from medsendx.dicomio import DicomReadError, iter_dicom_files, read_dataset
+    from medsendx.triage import KMeansSegmenter, TriageError, triage_dataset, triage_series
+
+    segmenter = KMeansSegmenter(k=k)
+    path = Path(target)
+    if path.is_dir():
+        series = triage_series(iter_dicom_files(path), segmenter)
+        if as_json:
+            click.echo(json.dumps(series.to_dict(), indent=2))
+        else:
+            _print_series(series)
+        for name, reason in series.errors:
+            err_console.print(f"[yellow]skipped[/yellow] {name}: {reason}", soft_wrap=True)
+        worst = series.worst
+        if worst is None:
+            err_console.print(f"[red]error:[/red] {target}: no file in the folder could be triaged", soft_wrap=True)
+            raise SystemExit(1)
+        if not no_png:
+            name, record = worst
+            _render(read_dataset(series.sources[name]), record, out_png, segmenter)
+        return
+
+    try:
+        ds = read_dataset(path)
+        record = triage_dataset(ds, segmenter)
+    except (DicomReadError, TriageError) as exc:
+        err_console.print(f"[red]error:[/red] {target}: {exc}", soft_wrap=True)
+        raise SystemExit(1)
+    if as_json:
+        click.echo(json.dumps(record.to_dict(), indent=2))
+    else:
+        _print_record(path.name, record)
+    if record.status != "triaged":
+        return
+    if not no_png:
+        _render(ds, record, out_png, segmenter)
+
+
+def _render(ds, record, out_png: str, segmenter) -> None:
+    from medsendx.triage import render_overlay
+
+    written = render_overlay(ds, record, out_png, segmenter=segmenter)
+    err_console.print(f"wrote {written}", soft_wrap=True)
+
+
+def _print_record(name: str, record) -> None:
+    if record.status != "triaged":
+        console.print(f"{name}: not triaged ({record.skipped_reason})")
+        return
+    for frame in record.frames:
+        title = name if len(record.frames) == 1 else f"{name}, frame {frame.frame + 1} of {len(record.frames)}"
+        table = Table(title=f"{title}: {record.modality}, values in {record.units}")
+        table.add_column("class", style="bold")
+        table.add_column(f"centre ({record.units})", justify="right")
+        table.add_column(f"range ({record.units})", justify="right")
+        table.add_column("share", justify="right")
+        for cls in frame.classes:
+            span = f"{cls.low:g} .. {cls.high:g}" if cls.low is not None else "-"
+            table.add_row(cls.label, f"{cls.centre:.1f}", span, f"{100 * cls.fraction:.1f}%")
+        console.print(table)
+        if frame.breast_density_percent is not None:
+            console.print(f"breast density: {frame.breast_density_percent:.1f}% (dense area / breast area)")
+        if frame.noise is not None:
+            unit = "HU" if record.units == "HU" else "of the contrast"
+            shown = f"{frame.noise:.1f} HU" if unit == "HU" else f"{100 * frame.noise:.1f}% {unit}"
+            console.print(f"noise: {shown}")
+        for flag in frame.flags:
+            console.print(f"[red]{flag.action.upper()}[/red] ({flag.code}): {flag.message}")
+        for problem in frame.sanity_problems:
+            console.print(f"[yellow]check[/yellow]: {problem}")
+    console.print(f"[bold]priority {record.priority}/100[/bold]")
+    for reason in record.reasons:
+        console.print(f"  - {reason}")
+    console.print(f"[dim]{record.disclaimer}[/dim]")
+
+
+def _print_series(series) -> None:
+    table = Table(title="series triage")
+    table.add_column("file")
+    table.add_column("modality")
+    table.add_column("priority", justify="right")
+    table.add_column("classes (centre, share)")
+    table.add_column("flags")
+    for name, record in series.slices:
+        if record.status != "triaged":
+            table.add_row(name, record.modality, "-", f"not triaged ({record.skipped_reason})", "")
+            continue
+        frame = record.frames[0]
+        classes = ", ".join(f"{c.label} {c.centre:.0f} ({100 * c.fraction:.0f}%)" for c in frame.classes)
+        if len(record.frames) > 1:
+            classes += f" [+{len(record.frames) - 1} frames]"
+        flags = ", ".join(f.code for f in record.flags) + (" check" if not record.sanity_ok else "")
+        table.add_row(name, record.modality, str(record.priority), classes, flags.strip())
+    console.print(table)
+    summary = series.summary()
+    console.print(
+        f"[bold]series priority {summary['priority']}/100[/bold]: {summary['triaged']} triaged, "
+        f"{summary['skipped']} without image, {summary['errors']} unreadable"
+    )
+    for reason in summary["reasons"]:
+        console.print(f"  - {reason}")
+    if summary["slices_with_flag"]:
+        counts = ", ".join(f"{code} on {n}" for code, n in summary["slices_with_flag"].items())
+        console.print(f"flags: {counts} slice(s)")
+    console.print(f"[dim]{summary['disclaimer']}[/dim]")

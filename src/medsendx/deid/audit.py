@@ -1,0 +1,34 @@
+"""The de-identification audit log: one JSON line per object processed.
+
+Each line says when, which input (by SHA-256 of its bytes, never its name), what came out
+(the new SOP Instance UID), under which profile and options, and how many attributes each
+action touched. It holds no value read from the object. Lines are appended with a single
+``write`` on an ``O_APPEND`` descriptor, so parallel workers do not interleave.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+def append_audit(path: Path, record: dict[str, Any]) -> None:
+    """Append ``record`` (plus the time) as one JSON line to the audit log at ``path``."""
+    line = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **record}
+    data = (json.dumps(line, sort_keys=False, separators=(",", ":")) + "\n").encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def read_audit(path: Path) -> list[dict[str, Any]]:
+    """All audit records, in the order written."""
+    if not Path(path).is_file():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -1,0 +1,180 @@
+"""The pixel cleaner: find burned-in text, blank it, verify, and store the result losslessly.
+
+For each frame: blank the configured fixed regions of the device (no OCR needed to find
+them), then OCR; blank the words the policy selects; OCR that frame again; repeat up to
+``MAX_REDACTION_ROUNDS`` times. An object is clean only when the last OCR of every frame
+found no identifying word. Tesseract is deterministic, so a frame whose pixels did not
+change keeps its earlier OCR result, and identical frames (a frozen cine) are read once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_color_lut
+
+from medsendx.config import PixelSettings, Settings
+from medsendx.dicomio import DicomReadError, display_array, frame_count, stored_pixels
+from medsendx.pixels import ocr
+from medsendx.pixels.encode import EncodeError, store_pixels
+from medsendx.pixels.redact import IdentityMatcher, blank, identifying_words, redaction_box, words_to_redact
+from medsendx.pixels.risk import is_photograph, pixel_risk
+
+log = logging.getLogger(__name__)
+
+MAX_REDACTION_ROUNDS = 2
+Box = tuple[int, int, int, int]
+
+
+@dataclass
+class PixelCleanResult:
+    """What the cleaner did to one object.
+
+    ``clean``: the pixels were checked (and redacted where needed) and no identifying text
+    remains; when ``changed`` the cleaner already rewrote PixelData losslessly and updated
+    the transfer syntax. ``reason`` is our own wording, never text read from the image.
+    ``regions``: the blanked boxes (x0, y0, x1, y1), over all frames.
+    """
+
+    clean: bool
+    reason: str
+    regions: list[Box] = field(default_factory=list)
+    changed: bool = False
+    ocr_calls: int = 0
+
+
+def _device_key(ds: Dataset) -> tuple[str, str]:
+    return (str(ds.get("Manufacturer", "") or "").strip().upper(), str(ds.get("ManufacturerModelName", "") or "").strip().upper())
+
+
+def fixed_regions_for(ds: Dataset, settings: PixelSettings) -> list[Box]:
+    """Configured boxes for this device: keys "Manufacturer/Model" or just "Manufacturer"."""
+    manufacturer, model = _device_key(ds)
+    boxes: list[Box] = []
+    for key, rects in settings.fixed_regions.items():
+        want_manufacturer, _, want_model = (part.strip().upper() for part in key.partition("/"))
+        if want_manufacturer == manufacturer and (not want_model or want_model == model):
+            boxes.extend(tuple(int(v) for v in rect[:4]) for rect in rects)  # type: ignore[misc]
+    return boxes
+
+
+def _fill_value(ds: Dataset, pixels: np.ndarray) -> np.ndarray | int:
+    """The stored value that shows as black: what a blanked box is filled with."""
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if int(ds.get("SamplesPerPixel", 1)) == 3:
+        return 0
+    if photometric == "PALETTE COLOR":
+        values = np.unique(pixels)
+        rgb = np.asarray(apply_color_lut(values, ds), dtype=np.float64)
+        return values[int(np.argmin(rgb.sum(axis=-1)))]
+    return pixels.max() if photometric == "MONOCHROME1" else pixels.min()
+
+
+class PixelCleaner:
+    """Callable ``(ds, identifying_words) -> PixelCleanResult`` for the de-identifier."""
+
+    def __init__(self, settings: Settings | PixelSettings) -> None:
+        self.settings: PixelSettings = settings.pixels if isinstance(settings, Settings) else settings
+
+    def needs_check(self, ds: Dataset) -> str | None:
+        """Why this object's pixels must be checked, or None (header only, no decoding)."""
+        return pixel_risk(ds, self.settings)
+
+    def __call__(self, ds: Dataset, identifying_words: set[str]) -> PixelCleanResult:
+        try:
+            return self._clean(ds, identifying_words)
+        except DicomReadError as exc:
+            return PixelCleanResult(False, f"pixel check impossible: {exc}")
+        except ocr.OcrUnavailable as exc:
+            return PixelCleanResult(False, f"pixel check impossible: {exc}")
+        except EncodeError as exc:
+            return PixelCleanResult(False, str(exc))
+        except Exception as exc:  # never let one odd object stop the run; say what kind of failure
+            log.warning("pixel cleaner failed on an object (%s)", type(exc).__name__)
+            return PixelCleanResult(False, f"pixel check failed ({type(exc).__name__})")
+
+    def _clean(self, ds: Dataset, identifying: set[str]) -> PixelCleanResult:
+        policy = self.settings.policy
+        if policy == "quarantine":
+            return PixelCleanResult(False, "pixel policy is quarantine: objects at risk are not cleaned")
+        if is_photograph(ds):
+            return PixelCleanResult(False, "photograph that may show a face: stays in quarantine")
+        if "PixelData" not in ds:
+            return PixelCleanResult(True, "no pixel data")
+        if int(ds.get("BitsAllocated", 8)) == 1:
+            return PixelCleanResult(False, "pixel check impossible: 1-bit pixel data is not supported")
+        pixels = np.array(stored_pixels(ds), copy=True)  # all frames, decoded (YBR -> RGB)
+        frames = pixels[np.newaxis] if frame_count(ds) == 1 else pixels
+        height, width = frames.shape[1:3]
+        fill = _fill_value(ds, frames)
+        matcher = IdentityMatcher.from_values(identifying)
+        regions: list[Box] = []
+        changed: set[int] = set()
+
+        fixed = fixed_regions_for(ds, self.settings)
+        for box in fixed:
+            x0, y0, x1, y1 = (max(0, box[0]), max(0, box[1]), min(width, box[2]), min(height, box[3]))
+            if x1 > x0 and y1 > y0:
+                regions.append((x0, y0, x1, y1))
+                for index in range(len(frames)):
+                    blank(frames[index], (x0, y0, x1, y1), fill)
+                    changed.add(index)
+
+        ocr_cache: dict[bytes, list[ocr.OcrWord]] = {}
+        calls = 0
+        pending = list(range(len(frames)))
+        leftovers = 0
+        for round_number in range(MAX_REDACTION_ROUNDS + 1):
+            still = []
+            for index in pending:
+                frame = frames[index]
+                digest = hashlib.blake2b(frame.tobytes(), digest_size=16).digest()
+                if digest not in ocr_cache:
+                    ocr_cache[digest] = ocr.ocr_image(display_array(ds, frame))
+                    calls += 1
+                words = ocr_cache[digest]
+                chosen = words_to_redact(words, policy, matcher)
+                if not chosen:
+                    continue
+                if round_number == MAX_REDACTION_ROUNDS:
+                    leftovers += len(identifying_words(chosen, matcher))
+                    continue
+                for word in chosen:
+                    box = redaction_box(word, height, width)
+                    blank(frame, box, fill)
+                    regions.append(box)
+                changed.add(index)
+                still.append(index)
+            pending = still
+            if not pending:
+                break
+        if leftovers:
+            return PixelCleanResult(
+                False,
+                f"identifying text remains after {MAX_REDACTION_ROUNDS} redaction rounds "
+                f"({leftovers} word(s))",
+                _unique(regions),
+                False,
+                calls,
+            )
+        if changed:
+            store_pixels(ds, frames[0] if frame_count(ds) == 1 else frames)
+        verified = "verified by OCR" if calls else "nothing to check"
+        what = f"{len(_unique(regions))} region(s) blanked, {verified}" if changed else f"no identifying text found, {verified}"
+        return PixelCleanResult(True, what, _unique(regions), bool(changed), calls)
+
+
+def _unique(boxes: list[Box]) -> list[Box]:
+    return list(dict.fromkeys(boxes))
+
+
+def make_pixel_cleaner(settings: Settings | PixelSettings) -> PixelCleaner | None:
+    """The cleaner the settings ask for; None when the policy is "quarantine" (no OCR)."""
+    pixels = settings.pixels if isinstance(settings, Settings) else settings
+    if pixels.policy == "quarantine":
+        return None
+    return PixelCleaner(pixels)
