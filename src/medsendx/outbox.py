@@ -395,12 +395,25 @@ class Outbox:
             )
 
     # --- looking and steering -----------------------------------------------------------------
-    def counts(self) -> dict[str, int]:
-        """Number of rows per state (every state present, zero when empty)."""
+    def counts(self, destination: str | None = None) -> dict[str, int]:
+        """Number of rows per state (every state present, zero when empty), for one
+        destination or all."""
         out = dict.fromkeys(STATES, 0)
+        sql, params = "SELECT state, COUNT(*) AS n FROM outbox", ()
+        if destination is not None:
+            sql, params = sql + " WHERE destination = ?", (destination,)
         with self._transaction() as conn:
-            for row in conn.execute("SELECT state, COUNT(*) AS n FROM outbox GROUP BY state"):
+            for row in conn.execute(sql + " GROUP BY state", params):
                 out[row["state"]] = row["n"]
+        return out
+
+    def destinations(self) -> dict[str, dict[str, int]]:
+        """{destination: counts per state} over the whole outbox."""
+        out: dict[str, dict[str, int]] = {}
+        with self._transaction() as conn:
+            rows = conn.execute("SELECT destination, state, COUNT(*) AS n FROM outbox GROUP BY destination, state")
+            for row in rows:
+                out.setdefault(row["destination"], dict.fromkeys(STATES, 0))[row["state"]] = row["n"]
         return out
 
     def items(self, *, state: str | None = None, destination: str | None = None, limit: int | None = None) -> list[OutboxItem]:
