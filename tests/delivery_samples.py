@@ -66,3 +66,15 @@ def enqueue_all(outbox, samples: list[Sample], destination: str, priority: int |
             destination=destination,
             priority=priority,
         )
+
+
+def orthanc_objects(orthanc) -> dict:
+    """{SOP Instance UID: dataset} of everything the PACS holds; fails on a duplicate."""
+    import io
+
+    out: dict[str, pydicom.Dataset] = {}
+    for orthanc_id in orthanc.instance_ids():
+        ds = pydicom.dcmread(io.BytesIO(orthanc.instance_file(orthanc_id)))
+        assert ds.SOPInstanceUID not in out, "the PACS holds an instance twice"
+        out[ds.SOPInstanceUID] = ds
+    return out

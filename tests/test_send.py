@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -17,18 +16,9 @@ import pydicom
 import pytest
 
 from conftest import cli_env
-from delivery_samples import enqueue_all, real_samples
+from delivery_samples import orthanc_objects, enqueue_all, real_samples
 from faultproxy import FaultProxy
 from medsendx.outbox import Outbox
-
-
-def _orthanc_uids_once(orthanc) -> dict[str, pydicom.Dataset]:
-    out: dict[str, pydicom.Dataset] = {}
-    for orthanc_id in orthanc.instance_ids():
-        ds = pydicom.dcmread(io.BytesIO(orthanc.instance_file(orthanc_id)))
-        assert ds.SOPInstanceUID not in out, "the PACS holds an instance twice"
-        out[ds.SOPInstanceUID] = ds
-    return out
 
 
 def test_send_deidentifies_delivers_and_resumes_without_resending(cli, orthanc, state_dir: Path, data_dir: Path, ct_head) -> None:
@@ -39,7 +29,7 @@ def test_send_deidentifies_delivers_and_resumes_without_resending(cli, orthanc, 
     wire = re.search(r"bytes on the wire vs raw.*\((\d+\.\d)%\)", first.stdout)
     assert wire and float(wire.group(1)) <= 25.0, "CT on the wire must be at most a quarter of raw"
 
-    stored = _orthanc_uids_once(orthanc)
+    stored = orthanc_objects(orthanc)
     assert len(stored) == 28
     originals = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in ct_head}
     original_names = {str(pydicom.dcmread(p, stop_before_pixels=True).PatientName) for p in ct_head}
@@ -80,7 +70,7 @@ def test_send_killed_then_run_again_delivers_each_object_once(orthanc, state_dir
         assert done.returncode == 0, done.stderr
     finally:
         proxy.stop()
-    assert len(_orthanc_uids_once(orthanc)) == 28
+    assert len(orthanc_objects(orthanc)) == 28
     counts = Outbox(state_dir / "outbox.sqlite3").counts()
     assert counts == {"queued": 0, "sending": 0, "sent": 28, "failed": 0}
 
@@ -106,7 +96,7 @@ def test_send_with_the_link_down_times_out_keeps_the_queue_and_resumes(cli, orth
         assert resumed.returncode == 0, resumed.stderr
     finally:
         proxy.stop()
-    assert len(_orthanc_uids_once(orthanc)) == 4
+    assert len(orthanc_objects(orthanc)) == 4
 
 
 def test_queue_list_retry_purge(cli, state_dir: Path, ct_head, tmp_path: Path) -> None:

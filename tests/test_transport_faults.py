@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from delivery_samples import enqueue_all, real_samples, synthetic_samples
+from delivery_samples import orthanc_objects, enqueue_all, real_samples, synthetic_samples
 from faultproxy import FaultProxy
 from medsendx.config import load_settings
 from medsendx.delivery import Deliverer
@@ -36,15 +35,6 @@ def _deliver_until_done(outbox: Outbox, settings, seconds: float = 90.0) -> None
     pytest.fail(f"delivery did not finish: {outbox.counts()}")
 
 
-def _stored_pixels(orthanc) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for orthanc_id in orthanc.instance_ids():
-        ds = pydicom.dcmread(io.BytesIO(orthanc.instance_file(orthanc_id)))
-        assert ds.SOPInstanceUID not in out, "the PACS holds an instance twice"
-        out[ds.SOPInstanceUID] = ds.pixel_array
-    return out
-
-
 @pytest.mark.parametrize("kind", ["dicomweb", "dimse"])
 def test_resets_on_a_third_of_connections_every_object_arrives_once(kind, orthanc, tmp_path: Path, ct_head) -> None:
     port = orthanc.http_port if kind == "dicomweb" else orthanc.dicom_port
@@ -65,10 +55,10 @@ def test_resets_on_a_third_of_connections_every_object_arrives_once(kind, orthan
     assert proxy.resets >= 2, "the proxy must really have broken connections"
     assert outbox.counts() == {"queued": 0, "sending": 0, "sent": len(samples), "failed": 0}
     assert outbox.stats()["retries"] >= 1
-    stored = _stored_pixels(orthanc)
+    stored = orthanc_objects(orthanc)
     assert set(stored) == set(originals)
-    for uid, pixels in stored.items():
-        assert np.array_equal(pixels, originals[uid])
+    for uid, ds in stored.items():
+        assert np.array_equal(ds.pixel_array, originals[uid])
 
 
 def test_a_refusal_period_delays_but_loses_nothing(orthanc, tmp_path: Path, ct_head) -> None:
