@@ -220,17 +220,18 @@ class Outbox:
         """Queue a de-identified file for ``destination``; the outbox takes the file over.
 
         On success the file at ``path`` is gone (it lives in :attr:`spool_dir` now). Returns
-        False (and leaves ``path`` alone, unless it is already in the spool) when this SOP
-        Instance UID is already queued, being sent, sent or failed for that destination.
+        False when this SOP Instance UID is already queued, being sent, sent or failed for
+        that destination; ``path`` is then removed only if it holds exactly the bytes
+        already queued (or lies in the spool unused), else left to the caller.
         """
         source = Path(path)
         with self._transaction() as conn:
             exists = conn.execute(
-                "SELECT 1 FROM outbox WHERE sop_instance_uid = ? AND destination = ?",
+                "SELECT sha256 FROM outbox WHERE sop_instance_uid = ? AND destination = ?",
                 (sop_instance_uid, destination),
             ).fetchone()
         if exists:
-            self._drop_if_orphan(source)
+            self._drop_duplicate(source, exists["sha256"])
             return False
         # Crash-safe order: (1) the file appears complete in the spool, (2) the row is
         # committed, (3) the caller's file goes. A kill before (2) leaves the caller's file in
@@ -277,6 +278,19 @@ class Outbox:
         os.replace(tmp, target)
         fsync_dir(self.spool_dir)
         return target
+
+    def _drop_duplicate(self, source: Path, queued_sha256: str) -> None:
+        """A refused duplicate: a spool file nobody needs goes; a caller's file goes only
+        when it holds exactly the bytes already queued (what a kill between commit and
+        unlink in :meth:`enqueue` leaves behind)."""
+        try:
+            in_spool = source.resolve().parent == self.spool_dir.resolve()
+        except OSError:
+            return
+        if in_spool:
+            self._drop_if_orphan(source)
+        elif source.is_file() and sha256_file(source) == queued_sha256:
+            source.unlink(missing_ok=True)
 
     def _drop_if_orphan(self, path: Path) -> None:
         """Remove a spool file that no pending or failed row refers to."""
