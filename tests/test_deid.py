@@ -311,7 +311,7 @@ def screen_capture(**attrs) -> Dataset:
     ],
 )
 def test_objects_with_identifying_pixels_are_quarantined(tmp_path, attrs, reason):
-    deid = Deidentifier(settings_for(tmp_path / "state"))
+    deid = Deidentifier(settings_for(tmp_path / "state"), pixel_cleaner=None)  # no cleaner: quarantine
     src = write(screen_capture(**attrs), tmp_path / "in.dcm")
     outcome = deid.deidentify_file(src, tmp_path / "out")
     assert outcome.status == "quarantined" and reason in outcome.reason
@@ -359,7 +359,7 @@ def test_pixel_cleaner_hook(tmp_path):
 
 
 def test_deidentify_dataset_in_place_raises_for_quarantine(tmp_path):
-    deid = Deidentifier(settings_for(tmp_path / "state"))
+    deid = Deidentifier(settings_for(tmp_path / "state"), pixel_cleaner=None)
     ds = planted_ct()
     report = deid.deidentify(ds)
     assert ds.SOPInstanceUID == report.sop_instance_uid and report.counts["U"] >= 4

@@ -287,7 +287,7 @@ def test_verification_catches_text_a_redaction_missed(monkeypatch: pytest.Monkey
 def test_fixed_regions_are_blanked_without_detection(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     real = ocr.ocr_image
-    monkeypatch.setattr(ocr, "ocr_image", lambda image: calls.append(1) or real(image))
+    monkeypatch.setattr(ocr, "ocr_image", lambda image, bands=None: calls.append(1) or real(image, bands))
     settings = PixelSettings(fixed_regions={"acme medical/screenmaker 1": [[0, 0, 640, 26]]})
     planted = ss.ultrasound_cine(frames=1)
     ds = reread(planted.ds)
@@ -300,7 +300,7 @@ def test_fixed_regions_are_blanked_without_detection(monkeypatch: pytest.MonkeyP
 
 def test_real_ct_and_mr_slices_never_reach_ocr(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    monkeypatch.setattr(ocr, "ocr_image", lambda image: calls.append(1) or [])
+    monkeypatch.setattr(ocr, "ocr_image", lambda image, bands=None: calls.append(1) or [])
     cleaner = make_pixel_cleaner(Settings())
     paths = sorted((data_dir / "ct-head-ge").glob("*.dcm"))[:5] + sorted((data_dir / "mr-brain-ge").glob("*"))[:5]
     for path in paths:

@@ -87,9 +87,11 @@ def anonymize_cmd(
     replaced by keyed pseudonyms from the site secret (created on first use), so re-runs
     and other slices of a series map to the same values.
 
-    Objects that cannot be read, or whose pixels may show identity (burned-in
-    annotation, screen captures, faces), go to quarantine with a reason; the run goes
-    on. The exit status is 1 if any file was not de-identified. Every object is recorded
+    Objects whose pixels may show identity (burned-in annotation, screen captures,
+    ultrasound) go through the pixel cleaner of the [pixels] settings (OCR, redaction,
+    verification; MEDSENDX_PIXELS__POLICY=quarantine turns it off); those it cannot
+    verify clean, faces, and files that cannot be read go to quarantine with a reason;
+    the run goes on. The exit status is 1 if any file was not de-identified. Every object is recorded
     in the audit log (see the settings' state directory).
     """
     settings = settings_from_context(

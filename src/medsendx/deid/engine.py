@@ -37,7 +37,7 @@ from medsendx import __version__
 from medsendx.config import Settings
 from medsendx.deid import profile as P
 from medsendx.deid.audit import append_audit
-from medsendx.deid.pixelrisk import assess_pixel_risk, identifying_words
+from medsendx.deid.pixelrisk import PixelRisk, assess_pixel_risk, identifying_words
 from medsendx.deid.uids import KeyedMapper, load_or_create_secret, shift_date, shift_datetime
 from medsendx.dicomio import DicomReadError, read_dataset
 from medsendx.fsutil import atomic_write_bytes
@@ -158,15 +158,26 @@ def _patient_key(ds: Dataset) -> str:
     return f"study:{''.join(_strings(ds.get_item(0x0020000D))) if 0x0020000D in ds else ''}"
 
 
+# "No cleaner given": use the one ``settings.pixels`` asks for (None for policy "quarantine").
+SETTINGS_CLEANER: Any = object()
+
+
 class Deidentifier:
     """PS3.15 Basic Profile plus the options in ``settings.deid``.
 
     ``pixel_cleaner(ds, identifying_words) -> PixelCleanResult`` (see ``medsendx.pixels``)
-    is called for objects whose pixels may show identity; without one they are quarantined.
+    is called for objects whose pixels may show identity; by default it is the cleaner of
+    ``settings.pixels``; with ``pixel_cleaner=None`` such objects are quarantined. A cleaner
+    with ``needs_check(ds)`` may widen the objects checked (a header that says
+    BurnedInAnnotation NO on an ultrasound screen, or ``pixels.ocr_every_object``).
     """
 
-    def __init__(self, settings: Settings, pixel_cleaner: Callable[[Dataset, set[str]], Any] | None = None) -> None:
+    def __init__(self, settings: Settings, pixel_cleaner: Callable[[Dataset, set[str]], Any] | None = SETTINGS_CLEANER) -> None:
         self.settings = settings
+        if pixel_cleaner is SETTINGS_CLEANER:
+            from medsendx.pixels import make_pixel_cleaner
+
+            pixel_cleaner = make_pixel_cleaner(settings)
         self.pixel_cleaner = pixel_cleaner
         self.profile = P.Profile(settings.deid)
         self.actions = self.profile.actions
@@ -189,6 +200,9 @@ class Deidentifier:
                 raise QuarantineRequired("media directory (DICOMDIR), not an object to send")
             raise QuarantineRequired("not a composite object (no SOP Class or SOP Instance UID)")
         risk = assess_pixel_risk(ds)
+        if risk is None and hasattr(self.pixel_cleaner, "needs_check"):
+            reason = self.pixel_cleaner.needs_check(ds)  # type: ignore[union-attr]
+            risk = PixelRisk(reason, cleanable=True) if reason else None
         if risk is not None and (not risk.cleanable or self.pixel_cleaner is None):
             raise QuarantineRequired(risk.reason)
         words = identifying_words(ds) if (self._needs_words or risk is not None) else None

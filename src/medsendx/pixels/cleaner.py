@@ -1,10 +1,11 @@
 """The pixel cleaner: find burned-in text, blank it, verify, and store the result losslessly.
 
 For each frame: blank the configured fixed regions of the device (no OCR needed to find
-them), then OCR; blank the words the policy selects; OCR that frame again; repeat up to
-``MAX_REDACTION_ROUNDS`` times. An object is clean only when the last OCR of every frame
-found no identifying word. Tesseract is deterministic, so a frame whose pixels did not
-change keeps its earlier OCR result, and identical frames (a frozen cine) are read once.
+them), then OCR the whole frame; blank the words the policy selects; OCR the redacted
+lines again; repeat up to ``MAX_REDACTION_ROUNDS`` times. An object is clean only when
+the last reading of every frame found no identifying word. Tesseract is deterministic, so
+pixels that did not change keep their earlier reading: verification re-reads only bands
+of rows around what was blanked, and identical frames (a frozen cine) are read once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut
+from pydicom.uid import UID
 
 from medsendx.config import PixelSettings, Settings
 from medsendx.dicomio import DicomReadError, display_array, frame_count, stored_pixels
@@ -126,29 +128,33 @@ class PixelCleaner:
 
         ocr_cache: dict[bytes, list[ocr.OcrWord]] = {}
         calls = 0
-        pending = list(range(len(frames)))
+        # frame -> the rows to read: None = the whole frame (first look), else bands around
+        # the boxes blanked in the previous round (the rest of the frame is unchanged and
+        # tesseract is deterministic, so its earlier reading still holds).
+        pending: dict[int, list[tuple[int, int]] | None] = {index: None for index in range(len(frames))}
         leftovers = 0
         for round_number in range(MAX_REDACTION_ROUNDS + 1):
-            still = []
-            for index in pending:
+            still: dict[int, list[tuple[int, int]] | None] = {}
+            for index, bands in pending.items():
                 frame = frames[index]
-                digest = hashlib.blake2b(frame.tobytes(), digest_size=16).digest()
-                if digest not in ocr_cache:
-                    ocr_cache[digest] = ocr.ocr_image(display_array(ds, frame))
+                key = hashlib.blake2b(frame.tobytes() + repr(bands).encode(), digest_size=16).digest()
+                if key not in ocr_cache:
+                    ocr_cache[key] = ocr.ocr_image(display_array(ds, frame), bands)
                     calls += 1
-                words = ocr_cache[digest]
-                chosen = words_to_redact(words, policy, matcher)
+                chosen = words_to_redact(ocr_cache[key], policy, matcher)
                 if not chosen:
                     continue
                 if round_number == MAX_REDACTION_ROUNDS:
                     leftovers += len(identifying_words(chosen, matcher))
                     continue
-                for word in chosen:
-                    box = redaction_box(word, height, width)
+                boxes = [redaction_box(word, height, width) for word in chosen]
+                for box in boxes:
                     blank(frame, box, fill)
-                    regions.append(box)
+                regions.extend(boxes)
                 changed.add(index)
-                still.append(index)
+                # Re-read around where the words were (not where we blanked): a faulty
+                # blanking step must not shrink what verification looks at.
+                still[index] = _bands_around([word.box for word in chosen], height)
             pending = still
             if not pending:
                 break
@@ -161,11 +167,44 @@ class PixelCleaner:
                 False,
                 calls,
             )
-        if changed:
+        hidden = _hidden_high_bits(ds, pixels)
+        if changed or hidden:
             store_pixels(ds, frames[0] if frame_count(ds) == 1 else frames)
         verified = "verified by OCR" if calls else "nothing to check"
-        what = f"{len(_unique(regions))} region(s) blanked, {verified}" if changed else f"no identifying text found, {verified}"
-        return PixelCleanResult(True, what, _unique(regions), bool(changed), calls)
+        what = f"{len(_unique(regions))} region(s) blanked" if changed else "no identifying text found"
+        if hidden:
+            what += ", bits above Bits Stored cleared"
+        return PixelCleanResult(True, f"{what}, {verified}", _unique(regions), bool(changed or hidden), calls)
+
+
+def _hidden_high_bits(ds: Dataset, pixels: np.ndarray) -> bool:
+    """Native unsigned greyscale data with bits set above BitsStored (the retired practice of
+    embedding overlays there): OCR never sees them but they travel with the file, so the
+    pixels are written back without them."""
+    allocated, stored = int(ds.get("BitsAllocated", 8)), int(ds.get("BitsStored", 8))
+    if (
+        UID(ds.file_meta.TransferSyntaxUID).is_compressed
+        or allocated <= stored
+        or allocated not in (8, 16, 32)
+        or int(ds.get("PixelRepresentation", 0))
+        or int(ds.get("SamplesPerPixel", 1)) != 1
+    ):
+        return False
+    order = ">" if ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.2" else "<"
+    raw = np.frombuffer(ds.PixelData, dtype=f"{order}u{allocated // 8}", count=pixels.size)
+    return not np.array_equal(raw, pixels.reshape(-1))
+
+
+def _bands_around(boxes: list[Box], height: int) -> list[tuple[int, int]]:
+    """Row ranges covering each box and one text height above and below, merged."""
+    spans = sorted((max(0, y0 - (y1 - y0)), min(height, y1 + (y1 - y0))) for _, y0, _, y1 in boxes)
+    merged: list[tuple[int, int]] = []
+    for y0, y1 in spans:
+        if merged and y0 <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], y1))
+        else:
+            merged.append((y0, y1))
+    return merged
 
 
 def _unique(boxes: list[Box]) -> list[Box]:

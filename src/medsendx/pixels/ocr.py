@@ -80,9 +80,11 @@ def prepare_for_ocr(image: np.ndarray) -> tuple[Image.Image, int]:
     return pil, scale
 
 
-def ocr_image(image: np.ndarray) -> list[OcrWord]:
+def ocr_image(image: np.ndarray, bands: list[tuple[int, int]] | None = None) -> list[OcrWord]:
     """Every word tesseract finds in an 8-bit display image, boxes in the image's pixels.
 
+    ``bands``: read only these row ranges [y0, y1) (prepared exactly as for the whole
+    image, stacked into one tesseract call); used to re-read redacted lines cheaply.
     Raises :class:`OcrUnavailable` if tesseract is missing or fails.
     """
     import pytesseract
@@ -90,6 +92,19 @@ def ocr_image(image: np.ndarray) -> list[OcrWord]:
     if image.size == 0 or min(image.shape[:2]) < 4:
         return []
     pil, scale = prepare_for_ocr(image)
+    height, width = image.shape[:2]
+    # (row offset in the image sent to tesseract, row offset in the original image) per band
+    placements: list[tuple[int, int]] = [(0, 0)]
+    if bands:
+        gap = 8 * scale  # blank rows between bands so tesseract does not join their lines
+        crops = [pil.crop((0, y0 * scale, pil.width, y1 * scale)) for y0, y1 in bands]
+        stacked = Image.new("L", (pil.width, sum(c.height for c in crops) + gap * len(crops)), 255)
+        placements, row = [], 0
+        for (y0, _), crop in zip(bands, crops):
+            stacked.paste(crop, (0, row))
+            placements.append((row, y0 * scale))
+            row += crop.height + gap
+        pil = stacked
     try:
         data = pytesseract.image_to_data(
             pil, config=TESSERACT_CONFIG, output_type=pytesseract.Output.DICT, timeout=OCR_TIMEOUT_SECONDS
@@ -100,17 +115,19 @@ def ocr_image(image: np.ndarray) -> list[OcrWord]:
         raise OcrUnavailable("OCR engine (tesseract) failed on this image") from None
     except RuntimeError:  # pytesseract's timeout (TesseractError, a subclass, is caught above)
         raise OcrUnavailable(f"OCR did not finish within {OCR_TIMEOUT_SECONDS} s") from None
-    height, width = image.shape[:2]
     words: list[OcrWord] = []
     for i, text in enumerate(data["text"]):
         text = text.strip()
         if not text or int(data["level"][i]) != 5:
             continue
+        top = int(data["top"][i])
+        sent_row, original_row = max((p for p in placements if p[0] <= top), default=placements[0])
+        top += original_row - sent_row
         # Map back to original pixels, rounding outwards so the box covers the whole word.
         x0 = int(data["left"][i]) // scale
-        y0 = int(data["top"][i]) // scale
+        y0 = top // scale
         x1 = min(width, -(-(int(data["left"][i]) + int(data["width"][i])) // scale))
-        y1 = min(height, -(-(int(data["top"][i]) + int(data["height"][i])) // scale))
+        y1 = min(height, -(-(top + int(data["height"][i])) // scale))
         words.append(
             OcrWord(
                 text=text,
