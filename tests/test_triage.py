@@ -226,3 +226,31 @@ def test_segmenter_can_be_replaced_without_touching_callers(ct_head: list[Path])
     record = triage_dataset(read_dataset(ct_head[10]), KMeansSegmenter(k=2))
     assert [c.label for c in record.frames[0].classes] == ["Air", "Soft tissue"]
     assert record.method == "kmeans-1d-exact(k=2)"
+
+
+def test_compiled_and_numpy_paths_give_identical_results(ct_head: list[Path], data_dir: Path, monkeypatch) -> None:
+    """The compiled inner loops (_ckmeans.c) and their numpy twins agree bit for bit; on a
+    machine with a C compiler the compiled ones are really in use."""
+    import os
+    import shutil
+
+    from medsendx.triage import _native
+
+    if os.environ.get("MEDSENDX_TRIAGE_NATIVE", "1") != "0" and (shutil.which("cc") or shutil.which("gcc")):
+        assert _native.load() is not None
+    paths = [ct_head[0], ct_head[14], data_dir / "mr-brain-ge" / "00024.dcm", data_dir / "ct-phantom-philips" / "20.dcm"]
+    native = [segment_frame(read_dataset(p)) for p in paths]
+    pixels0 = native[0][0]
+    distinct, counts = intensity_histogram(pixels0.values[pixels0.valid])
+    native_k = [kmeans_1d(distinct, counts, k) for k in (2, 4, 6)]
+    monkeypatch.setattr(_native, "load", lambda: None)
+    numpy_distinct, numpy_counts = intensity_histogram(pixels0.values[pixels0.valid])
+    assert np.array_equal(distinct, numpy_distinct) and np.array_equal(counts, numpy_counts)
+    for k, result in zip((2, 4, 6), native_k):
+        twin = kmeans_1d(distinct, counts, k)
+        assert np.array_equal(result.lows, twin.lows) and result.sse == twin.sse
+    for path, (pixels, seg) in zip(paths, native):
+        numpy_pixels, numpy_seg = segment_frame(read_dataset(path))
+        assert np.array_equal(seg.labels, numpy_seg.labels), path.name
+        assert seg.centres == numpy_seg.centres and seg.ranges == numpy_seg.ranges
+        assert seg.sse == numpy_seg.sse

@@ -56,6 +56,7 @@ def test_breast_density_of_the_phantom_within_five_points(truth_fraction: float,
     assert [c.label for c in frame.classes] == ["Background", "Fatty", "Dense"]
     assert record.breast_density_percent == pytest.approx(truth, abs=5.0)
     assert frame.sanity_problems == []
+    assert record.flags == []  # a black (even clipped) background is no quality problem
 
 
 def test_dense_breast_raises_priority_with_a_reason() -> None:
@@ -67,3 +68,11 @@ def test_dense_breast_raises_priority_with_a_reason() -> None:
     assert dense.priority > fatty.priority
     assert any("dense breast tissue" in r for r in dense.reasons)
     assert "NOT a diagnosis" in dense.to_dict()["disclaimer"]
+
+
+def test_mammogram_cut_off_at_the_nipple_side_is_flagged_but_the_chest_wall_is_not() -> None:
+    """The breast always meets the chest-wall edge; only the other edges mean truncation."""
+    normal, _ = mammography_phantom(0.3)
+    cut, _ = mammography_phantom(0.3, cut_off=True)
+    assert "fov_truncated" not in [f.code for f in triage_dataset(normal).flags]
+    assert "fov_truncated" in [f.code for f in triage_dataset(cut).flags]

@@ -100,14 +100,18 @@ def dataset_from_pixels(
     return ds
 
 
-def mammography_phantom(dense_fraction: float, photometric: str = "MONOCHROME2", seed: int = 3) -> tuple[Dataset, float]:
+def mammography_phantom(
+    dense_fraction: float, photometric: str = "MONOCHROME2", seed: int = 3, cut_off: bool = False
+) -> tuple[Dataset, float]:
     """A breast-shaped phantom: background, fatty tissue and dense blobs covering a known
-    share of the breast. Returns the dataset and the true percent density."""
+    share of the breast. Returns the dataset and the true percent density. ``cut_off``
+    makes the breast run across the nipple-side edge (a detector too small)."""
     rng = np.random.default_rng(seed)
     rows, cols = 600, 480
     y, x = np.mgrid[:rows, :cols]
     # half-ellipse breast against the chest wall (left edge)
-    breast = ((y - rows / 2) / (rows * 0.42)) ** 2 + (x / (cols * 0.8)) ** 2 <= 1.0
+    reach = cols * (1.6 if cut_off else 0.8)
+    breast = ((y - rows / 2) / (rows * 0.42)) ** 2 + (x / reach) ** 2 <= 1.0
     image = np.full((rows, cols), 60.0)
     image[breast] = 1100.0
     # dense tissue: blobs grown until they cover the wanted share of the breast

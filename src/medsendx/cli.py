@@ -17,6 +17,7 @@ from medsendx import __version__
 # name -> "module:attribute" of a click.Command
 COMMANDS: dict[str, str] = {
     "inspect": "medsendx.commands.inspect:inspect_cmd",
+    "mine": "medsendx.commands.mine:mine_cmd",
     "view": "medsendx.commands.inspect:view_cmd",
     "segment": "medsendx.commands.segment:segment_cmd",
     "anonymize": "medsendx.commands.anonymize:anonymize_cmd",
@@ -24,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "status": "medsendx.commands.status:status_cmd",
     "send": "medsendx.commands.send:send_cmd",
     "queue": "medsendx.commands.queue:queue_cmd",
+    "demo": "medsendx.commands.demo:demo_cmd",
 }
 
 

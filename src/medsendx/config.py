@@ -111,7 +111,11 @@ class GatewaySettings:
     originals: Literal["move", "delete"] = "move"
     min_free_bytes: int = 500 * 1024 * 1024
     study_quiet_seconds: float = 0.0  # 0: stream each instance as soon as it is ready
-    workers: int = 2
+    # Pipeline threads (each handles one object at a time; much of that is waiting for
+    # fsync, so more threads than cores pays off) and worker processes doing the CPU work
+    # (de-identification, triage, features) beside them; 0 processes: all in the threads.
+    workers: int = 4
+    processes: int = 2
     # Address the DICOM receiver listens on (the scanner is on the truck's LAN); the
     # health/metrics port always listens on loopback only.
     bind_address: str = "0.0.0.0"

@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 from medsendx.config import Settings
-from medsendx.fsutil import atomic_write_bytes, private_dir
+from medsendx.fsutil import TEMP_PREFIX, private_dir
 
 log = logging.getLogger("medsendx.pipeline")
 
-Status = Literal["queued", "duplicate", "held", "quarantined", "error"]
+Status = Literal["ready", "queued", "duplicate", "held", "quarantined", "error"]
 
 # (sop_instance_uid, study_instance_uid, path, priority) -> None: keep the object back
 # until its study is quiet instead of queueing it now.
@@ -44,16 +45,12 @@ class PipelineResult:
     triage: dict[str, Any] | None = None
     reason: str = ""
     removed: int = 0  # attributes removed/replaced by de-identification, when reported
+    features: dict[str, Any] | None = None  # the QC feature row (fleet analytics)
 
     @property
     def committed(self) -> bool:
         """The raw input may be deleted: its de-identified copy is safe (or quarantined)."""
         return self.status in ("queued", "duplicate", "held", "quarantined")
-
-
-def outgoing_dir(settings: Settings) -> Path:
-    """De-identified objects waiting for delivery."""
-    return settings.state_dir / "outgoing"
 
 
 def triage_dir(settings: Settings) -> Path:
@@ -66,13 +63,20 @@ def features_root(settings: Settings) -> Path:
 
 @dataclass
 class Pipeline:
-    """The parts of the pipeline, built once and reused for many files (thread-safe)."""
+    """The parts of the pipeline, built once and reused for many files (thread-safe).
+
+    ``process(path)`` = ``commit(prepare(path))``. ``prepare`` is the CPU work (de-identify,
+    triage, features) and may run in a worker process (see :class:`PreparePool`);
+    ``commit`` queues (or holds) the result and collects its feature row, in the process
+    that owns the outbox.
+    """
 
     settings: Settings
     destination: str | None = None
     hold: HoldFn | None = None
     with_triage: bool = True
     with_features: bool = True
+    compress: bool | None = None  # default: settings.outbox.compress
     feature_batch: int = 64
     _rows: list[dict[str, Any]] = field(default_factory=list, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
@@ -82,32 +86,64 @@ class Pipeline:
         from medsendx.outbox import Outbox
 
         self.destination = self.destination or self.settings.destination
-        pixel_cleaner = None
-        try:
-            from medsendx.pixels import make_pixel_cleaner
-
-            pixel_cleaner = make_pixel_cleaner(self.settings)
-        except ImportError:
-            pass  # without a cleaner, objects at risk of burned-in text are quarantined
-        self.deidentifier = Deidentifier(self.settings, pixel_cleaner=pixel_cleaner)
+        if self.compress is None:
+            self.compress = self.settings.outbox.compress
+        # The pixel cleaner for objects at risk of burned-in text follows settings.pixels.
+        self.deidentifier = Deidentifier(self.settings)
         self.outbox = Outbox(self.settings.outbox_db)
-        self.out_dir = outgoing_dir(self.settings)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        # De-identified files are written straight into the outbox's spool folder, so that
+        # committing them is a rename in one folder (the outbox takes them over on enqueue).
+        self.out_dir = self.outbox.spool_dir
 
     def process(self, path: Path) -> PipelineResult:
+        return self.commit(self.prepare(path))
+
+    def prepare(self, path: Path) -> PipelineResult:
+        """De-identify ``path`` into the spool folder, triage it and compute its QC features."""
         outcome = self.deidentifier.deidentify_file(Path(path), self.out_dir)
-        if outcome.status == "quarantined":
-            return PipelineResult("quarantined", reason=outcome.reason or "quarantined")
         if outcome.status != "ok" or outcome.output is None:
-            return PipelineResult("error", reason=outcome.reason or "de-identification failed")
+            # "quarantined" (must not leave) and "error" (unreadable input, unwritable
+            # output): either way the de-identifier has put the input in quarantine with
+            # its reason, so the raw copy is safe there and the object is done with here.
+            return PipelineResult("quarantined", reason=outcome.reason or "could not be de-identified")
         result = PipelineResult(
-            "queued",
+            "ready",
             sop_instance_uid=outcome.sop_instance_uid,
             study_instance_uid=outcome.study_instance_uid,
             output=outcome.output,
             removed=_removed_count(outcome.report),
         )
         self._triage_and_features(result)
+        if self.compress:
+            self._compress(result)
+        return result
+
+    def _compress(self, result: PipelineResult) -> None:
+        """Compress losslessly now, in the (parallel) prepare step, rather than in the single
+        delivery thread: the deliverer sends a JPEG-LS object as it is when the peer accepts
+        it, and decompresses it for a peer that does not. The codec output is verified bit
+        for bit by :func:`medsendx.transcode.compress_lossless`; if it cannot be, the object
+        stays as the de-identifier wrote it."""
+        from pydicom.uid import JPEGLSLossless
+
+        from medsendx.fsutil import atomic_write_bytes
+        from medsendx.transcode import compress_lossless
+
+        raw = result.output.read_bytes()
+        data = compress_lossless(raw, JPEGLSLossless)
+        if data is not None and len(data) < len(raw):
+            atomic_write_bytes(result.output, data, mode=0o600)
+
+    def commit(self, result: PipelineResult) -> PipelineResult:
+        """Queue a prepared object for delivery (or hold it for its study)."""
+        if result.status != "ready":
+            return result
+        if result.features is not None:
+            with self._lock:
+                self._rows.append(result.features)
+                full = len(self._rows) >= self.feature_batch
+            if full:
+                self.flush()
         if self.hold is not None:
             self.hold(result.sop_instance_uid, result.study_instance_uid, result.output, result.priority)
             result.status = "held"
@@ -119,8 +155,7 @@ class Pipeline:
             destination=self.destination,
             priority=result.priority,
         )
-        if not fresh:
-            result.status = "duplicate"
+        result.status = "queued" if fresh else "duplicate"
         return result
 
     def _triage_and_features(self, result: PipelineResult) -> None:
@@ -142,8 +177,8 @@ class Pipeline:
                 record = triage.to_dict()
                 result.priority = int(triage.priority)
                 result.triage = record
-                tdir = private_dir(triage_dir(self.settings))
-                atomic_write_bytes(tdir / f"{result.sop_instance_uid}.json", json.dumps(record).encode(), mode=0o600)
+                _write_advisory(private_dir(triage_dir(self.settings)) / f"{result.sop_instance_uid}.json",
+                                json.dumps(record).encode())
             except ImportError:
                 pass
             except Exception as exc:
@@ -152,17 +187,11 @@ class Pipeline:
             try:
                 from medsendx.fleet import extract_features
 
-                row = extract_features(ds, record)
+                result.features = extract_features(ds, record)
             except ImportError:
-                return
+                pass
             except Exception as exc:
                 log.warning("QC features failed", extra={"fields": {"sop_instance_uid": result.sop_instance_uid, "error": type(exc).__name__}})
-                return
-            with self._lock:
-                self._rows.append(row)
-                full = len(self._rows) >= self.feature_batch
-            if full:
-                self.flush()
 
     def flush(self) -> None:
         """Write buffered QC feature rows to the feature store (Parquet per station and day)."""
@@ -179,9 +208,80 @@ class Pipeline:
 
     def close(self) -> None:
         self.flush()
-        close = getattr(self.outbox, "close", None)
-        if callable(close):
-            close()
+
+
+# --- preparing in worker processes -------------------------------------------------------------
+# De-identification, triage and features are CPU-bound Python; in threads they would share
+# one core (the GIL) with the receiver and the deliverer. Worker processes use every core.
+
+_worker_pipeline: Pipeline | None = None
+
+
+def _init_worker(settings: Settings) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _prefer_fast_jpegls_decoder()
+    global _worker_pipeline
+    _worker_pipeline = Pipeline(settings, with_features=True)
+
+
+def _prefer_fast_jpegls_decoder() -> None:
+    """Verifying each JPEG-LS encoding decodes it again; pyjpegls (CharLS) does that about
+    three times faster than pylibjpeg's libjpeg, with identical (lossless) output. Both
+    stay installed; in our worker processes pydicom is told to use CharLS when present."""
+    try:
+        import jpeg_ls  # noqa: F401  (pyjpegls)
+        from pydicom.pixels.decoders import JPEGLSLosslessDecoder
+
+        if "pyjpegls" in JPEGLSLosslessDecoder.available_plugins and "pylibjpeg" in JPEGLSLosslessDecoder.available_plugins:
+            JPEGLSLosslessDecoder.remove_plugin("pylibjpeg")
+    except Exception:
+        pass  # keep pydicom's default decoder
+
+
+def _noop() -> None:
+    return None
+
+
+def _prepare_in_worker(path: str) -> PipelineResult:
+    assert _worker_pipeline is not None
+    return _worker_pipeline.prepare(Path(path))
+
+
+class PreparePool:
+    """``prepare`` in ``processes`` worker processes (spawned: no fork of a threaded parent)."""
+
+    def __init__(self, settings: Settings, processes: int) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self._pool = ProcessPoolExecutor(
+            max_workers=max(1, processes), mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker, initargs=(settings,),
+        )
+
+        self._processes = max(1, processes)
+
+    def warm(self) -> None:
+        """Start the worker processes now rather than on the first object (lower latency)."""
+        for _ in range(self._processes):
+            self._pool.submit(_noop)
+
+    def prepare(self, path: Path) -> PipelineResult:
+        return self._pool.submit(_prepare_in_worker, str(path)).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _write_advisory(path: Path, data: bytes) -> None:
+    """Atomic (temp + rename) but not fsynced: a triage record can be recomputed from the
+    object, so it is not worth a disk flush per object on the receive path."""
+    tmp = path.with_name(f"{TEMP_PREFIX}{path.name}")
+    tmp.write_bytes(data)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
 
 
 def _removed_count(report: Any) -> int:

@@ -38,25 +38,14 @@ def gateway_db(settings: Settings):
 
 
 def outbox_figures(settings: Settings) -> dict[str, Any]:
-    """Delivery figures from the outbox: counts per state, bytes, retries, last delivery.
-
-    Empty when no outbox exists yet (nothing was ever queued).
-    """
+    """Delivery figures from the outbox: objects per state, raw and wire bytes, retries,
+    time of the last delivery. Empty when no outbox exists yet (nothing was ever queued)."""
     if not settings.outbox_db.exists():
         return {}
     from medsendx.outbox import Outbox
 
     outbox = Outbox(settings.outbox_db)
-    try:
-        figures: dict[str, Any] = {"states": dict(outbox.counts())}
-        stats = getattr(outbox, "stats", None)
-        if callable(stats):
-            figures.update(stats())
-        return figures
-    finally:
-        close = getattr(outbox, "close", None)
-        if callable(close):
-            close()
+    return {"states": outbox.counts(), **outbox.stats()}
 
 
 def collect(settings: Settings, state: GatewayState | None = None) -> list[Metric]:
@@ -89,6 +78,7 @@ def collect(settings: Settings, state: GatewayState | None = None) -> list[Metri
         Metric("wire_bytes_total", "counter", "Bytes sent on the wire (after compression)", delivery.get("wire_bytes", 0)),
         Metric("sent_raw_bytes_total", "counter", "Size of the delivered objects before compression", delivery.get("raw_bytes", 0)),
         Metric("retries_total", "counter", "Delivery attempts that failed and were retried", delivery.get("retries", 0)),
+        Metric("retried_objects", "gauge", "Objects in the outbox that needed more than one attempt", delivery.get("retried_objects", 0)),
     ]
     last = delivery.get("last_sent_at")
     since = (time.time() - float(last)) if last else float("nan")

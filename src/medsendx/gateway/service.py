@@ -51,6 +51,7 @@ class GatewayService:
         dicom_port: int | None = None,
         http_port: int | None = None,
         deliver: bool = True,
+        transport_factory: Callable[[str, Settings], Any] | None = None,
     ) -> None:
         self.settings = settings
         self.gw = settings.gateway
@@ -63,7 +64,9 @@ class GatewayService:
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._deliver = deliver
+        self._transport_factory = transport_factory
         self.pipeline = self._make_pipeline()
+        self.deliverer = self._make_deliverer() if deliver else None
         self.receiver = Receiver(
             self.gw, self.staging, self._on_staged, self._on_refused,
             port=self.gw.dicom_port if dicom_port is None else dicom_port,
@@ -81,13 +84,16 @@ class GatewayService:
         )
 
     def _make_pipeline(self):
-        from medsendx.pipeline import Pipeline
+        from medsendx.pipeline import Pipeline, PreparePool
 
         hold = self._hold if self.gw.study_quiet_seconds > 0 else None
+        self.preparer = PreparePool(self.settings, self.gw.processes) if self.gw.processes > 0 else None
         return Pipeline(self.settings, hold=hold)
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "GatewayService":
+        if self.preparer is not None:
+            self.preparer.warm()
         for i in range(max(1, self.gw.workers)):
             self._spawn(self._worker, f"pipeline-{i}")
         self._spawn(self._resume, "resume-staged")
@@ -128,6 +134,8 @@ class GatewayService:
                 break
         for thread in self._threads:
             thread.join(timeout=60)
+        if self.preparer is not None:
+            self.preparer.close()
         self.pipeline.close()
         self.metrics_server.stop()
         log_event(log, "gateway stopped", staged_left=len(self.staging.pending()))
@@ -170,16 +178,14 @@ class GatewayService:
             self._queued.discard(job.path)
 
     def _on_staged(self, path: Path, size: int) -> None:
-        self.state.add("received")
-        self.state.add("received_bytes", size)
+        self.state.add("received", 1, received_bytes=size)
         self._submit(Job(path))
 
     def _on_refused(self, reason: str) -> None:
         self.state.add("refused")
 
     def _on_dropped(self, item: DroppedFile) -> None:
-        self.state.add("received")
-        self.state.add("received_bytes", item.size)
+        self.state.add("received", 1, received_bytes=item.size)
         self._submit(Job(item.path, dropped=item))
 
     def _resume(self) -> None:
@@ -205,7 +211,10 @@ class GatewayService:
 
     def _process(self, job: Job) -> None:
         try:
-            result = self.pipeline.process(job.path)
+            if self.preparer is not None:
+                result = self.pipeline.commit(self.preparer.prepare(job.path))
+            else:
+                result = self.pipeline.process(job.path)
         except Exception as exc:  # our own bug or a full disk: keep the raw object, retry later
             self.state.add("errors")
             log_event(log, "pipeline failed; object kept for retry", logging.ERROR, error=type(exc).__name__)
@@ -219,6 +228,8 @@ class GatewayService:
             self.state.add("duplicates")
         elif result.status in ("queued", "held"):
             self.state.add("deidentified")
+            if result.status == "queued":
+                self._wake_deliverer()
         else:
             self.state.add("errors")
             log_event(log, "object not processed; kept for retry", logging.ERROR, reason=result.reason)
@@ -265,18 +276,36 @@ class GatewayService:
                     self.state.add("duplicates")
                 self.state.release(obj.sop_instance_uid)
                 released += 1
+            self._wake_deliverer()
             log_event(log, "quiet study released", study_instance_uid=study, objects=len(objects))
         return released
 
     # --- delivery -----------------------------------------------------------------------------
-    def _deliver_forever(self) -> None:
+    def _make_deliverer(self):
         from medsendx.delivery import Deliverer
 
-        deliverer = Deliverer(self.pipeline.outbox, self.settings)
+        def on_outcome(item, result) -> None:
+            if result.ok:
+                log_event(log, "object delivered", sop_instance_uid=item.sop_instance_uid, wire_bytes=result.wire_bytes)
+            elif result.permanent:
+                log_event(log, "destination refused object", logging.ERROR, sop_instance_uid=item.sop_instance_uid,
+                          reason=result.reason)
+            else:
+                log_event(log, "delivery will be retried", logging.WARNING, sop_instance_uid=item.sop_instance_uid,
+                          reason=result.reason)
+
+        extra = {"transport_factory": self._transport_factory} if self._transport_factory else {}
+        return Deliverer(self.pipeline.outbox, self.settings, on_outcome=on_outcome, **extra)
+
+    def _deliver_forever(self) -> None:
         try:
-            deliverer.run_forever(self.stopping)
+            self.deliverer.run_forever(self.stopping)
         except Exception as exc:
             log_event(log, "deliverer stopped on an error", logging.ERROR, error=type(exc).__name__)
+
+    def _wake_deliverer(self) -> None:
+        if self.deliverer is not None:
+            self.deliverer.wake()
 
     # --- health and figures ---------------------------------------------------------------------
     def metrics(self):

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from medsendx.fsutil import TEMP_PREFIX, atomic_write, fsync_dir, private_dir
+from medsendx.fsutil import TEMP_PREFIX, atomic_write, private_dir
 
 STAGED_SUFFIX = ".dcm"
 
@@ -53,9 +53,12 @@ class Staging:
         return sorted(p for p in self.root.glob("*" + STAGED_SUFFIX) if not p.name.startswith(TEMP_PREFIX))
 
     def remove(self, path: Path) -> None:
-        """Delete a staged object once its de-identified copy is committed (or quarantined)."""
+        """Delete a staged object once its de-identified copy is committed (or quarantined).
+
+        Not fsynced: if a power cut undoes the unlink, the object is processed again at the
+        next start and the outbox recognises it (same de-identified UID): no duplicate.
+        """
         try:
             os.unlink(path)
         except FileNotFoundError:
-            return
-        fsync_dir(self.root)
+            pass

@@ -54,7 +54,10 @@ class GatewayState:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        # NORMAL in WAL mode: every transaction is atomic, the last few may be lost on a power
+        # cut. Fine for counters and hashes (a lost "seen" mark means one harmless re-run
+        # that the outbox deduplicates); the scans themselves are made durable elsewhere.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -62,15 +65,20 @@ class GatewayState:
             self._db.close()
 
     # --- counters ------------------------------------------------------------------------
-    def add(self, name: str, amount: int = 1) -> None:
-        if name not in COUNTERS:
-            raise ValueError(f"unknown counter {name}")
+    def add(self, name: str, amount: int = 1, **more: int) -> None:
+        """Add to one counter, or several in one transaction (``add("received", 1, received_bytes=n)``)."""
+        amounts = {name: amount, **more}
+        unknown = set(amounts) - set(COUNTERS)
+        if unknown:
+            raise ValueError(f"unknown counter {sorted(unknown)}")
         with self._lock:
-            self._db.execute(
+            self._db.execute("BEGIN")
+            self._db.executemany(
                 "INSERT INTO counters(name, value) VALUES(?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                (name, amount),
+                list(amounts.items()),
             )
+            self._db.execute("COMMIT")
 
     def counters(self) -> dict[str, int]:
         with self._lock:

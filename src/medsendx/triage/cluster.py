@@ -22,6 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from medsendx.triage import _native
+
+# Integer data spanning more values than this is histogrammed by sorting instead of
+# counting (the counting array would not fit comfortably in memory).
+MAX_COUNTING_BINS = 1 << 24
+
 
 @dataclass(frozen=True)
 class Clustering:
@@ -47,33 +53,54 @@ class Clustering:
         return (self.highs[:-1] + self.lows[1:]) / 2.0
 
     def assign(self, values: np.ndarray) -> np.ndarray:
-        """Cluster index (0 .. k-1) of each value; values between two clusters go to the
-        nearer boundary side, so values seen during fitting get exactly their cluster."""
-        if self.k == 1:
-            return np.zeros(np.shape(values), dtype=np.int8)
-        return np.searchsorted(self.boundaries(), values, side="left").astype(np.int8)
+        """Cluster index (0 .. k-1, int8) of each value, same shape as ``values``: the
+        number of decision boundaries below it, so values seen during fitting get exactly
+        their cluster."""
+        values = np.asarray(values)
+        bounds = np.ascontiguousarray(self.boundaries(), dtype=np.float64)
+        lib = _native.load()
+        if lib is not None and values.dtype == np.int32 and values.flags.c_contiguous:
+            out = np.empty(values.shape, dtype=np.int8)
+            lib.assign_i32(values.ctypes.data, values.size, bounds.ctypes.data, bounds.size, out.ctypes.data)
+            return out
+        out = np.zeros(values.shape, dtype=np.int8)
+        for boundary in bounds:  # one comparison pass per boundary beats searchsorted
+            out += values > boundary
+        return out
 
 
 def intensity_histogram(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct values (ascending, float64) and how often each occurs.
 
-    Integer-valued data (CT in HU, most stored pixel data) takes one ``bincount`` pass over
+    Integer-valued data (CT in HU, most stored pixel data) takes one counting pass over
     the pixels; other data falls back to sorting (``np.unique``), which is exact but slower.
     """
     flat = np.asarray(values).ravel()
     if flat.size == 0:
         return np.empty(0), np.empty(0)
-    if flat.dtype.kind in "iub":
-        ints = flat.astype(np.int64, copy=False)
-    else:
+    if flat.dtype.kind not in "iub":
         ints = flat.astype(np.int64)
         if not np.array_equal(ints, flat):
-            distinct, counts = np.unique(flat, return_counts=True)
-            return distinct.astype(np.float64), counts.astype(np.float64)
-    low = int(ints.min())
-    counts = np.bincount(ints - low)
+            return _sorted_histogram(flat)
+        flat = ints
+    low, high = int(flat.min()), int(flat.max())
+    if high - low >= MAX_COUNTING_BINS:
+        return _sorted_histogram(flat)
+    lib = _native.load()
+    counts = np.zeros(high - low + 1, dtype=np.int64)
+    if not (
+        lib is not None
+        and flat.dtype == np.int32
+        and lib.histogram_i32(flat.ctypes.data, flat.size, low, counts.size, counts.ctypes.data) == 0
+    ):
+        counts = np.bincount(flat.astype(np.intp, copy=False) - low)
     present = np.flatnonzero(counts)
     return (present + low).astype(np.float64), counts[present].astype(np.float64)
+
+
+def _sorted_histogram(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    distinct, counts = np.unique(values, return_counts=True)
+    return distinct.astype(np.float64), counts.astype(np.float64)
 
 
 def kmeans_1d(values: np.ndarray, weights: np.ndarray | None = None, k: int = 3) -> Clustering:
@@ -156,6 +183,10 @@ def _dp_layer(prev: np.ndarray, W: np.ndarray, S: np.ndarray, Q: np.ndarray, q: 
     # A[j] = prev[j-1] - Q[j]; the row constant Q[i+1] is added at the end.
     A = np.full(n, np.inf)
     A[q - 1 :] = prev[q - 2 : n - 1] - Q[q - 1 : n]
+    lib = _native.load()
+    if lib is not None:  # the same arithmetic, compiled (see _ckmeans.c)
+        lib.dp_layer(A.ctypes.data, W.ctypes.data, S.ctypes.data, Q.ctypes.data, q - 1, n, cur.ctypes.data, arg.ctypes.data)
+        return cur, arg
     ilo = np.array([q - 1])
     ihi = np.array([n - 1])
     jlo = np.array([q - 1])

@@ -20,8 +20,8 @@ MG density >= 75 % (extremely dense)  +40 instead of +30
 Quality flags (thresholds below, each a named constant):
 
 - ``mostly_empty``: tissue covers under 1 % of the image (all padding or air).
-- ``saturated``: a spike of pixels piles up at the top of the value range (clipped or
-  saturated detector, wrong bit depth).
+- ``saturated``: a spike of pixels piles up at the bright end of the value range (as
+  displayed: the lowest values for MONOCHROME1) — clipped or saturated intensities.
 - ``metal`` (CT): pixels far above bone (> 2500 HU): metal streak artefacts.
 - ``noisy``: noise (robust, from neighbouring pixels inside the middle class) far above
   what the modality usually shows.
@@ -344,13 +344,15 @@ def _saturation_flags(frame: FrameInput, seg: Segmentation, n_valid: int) -> lis
     distinct, counts = valid_histogram(frame, seg)
     if distinct.size < 12 or n_valid == 0:
         return []
-    top = counts[-1]
-    neighbours = float(np.mean(counts[-11:-1]))
+    # the bright end as displayed: MONOCHROME1 shows its lowest values brightest (and its
+    # highest, e.g. a directly exposed mammography background, black)
+    top = counts[0] if frame.inverted else counts[-1]
+    neighbours = float(np.mean(counts[1:11] if frame.inverted else counts[-11:-1]))
     if top >= SATURATION_MIN_FRACTION * n_valid and top >= SATURATION_SPIKE_RATIO * max(neighbours, 1.0):
         return [
             QualityFlag(
                 "saturated",
-                f"{100 * top / n_valid:.1f}% of the pixels sit at the top value "
+                f"{100 * top / n_valid:.1f}% of the pixels sit at the bright end "
                 f"({top / max(neighbours, 1.0):.0f}x their neighbours): clipped or saturated intensities",
             )
         ]

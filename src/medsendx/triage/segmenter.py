@@ -98,7 +98,7 @@ class KMeansSegmenter:
 def segmentation_from_clustering(clustering: Clustering, frame: FrameInput, method: str) -> Segmentation:
     """Label image and named classes from a fitted clustering (ascending in value)."""
     k = clustering.k
-    cluster_of = _assign(frame.values, clustering)
+    cluster_of = clustering.assign(frame.values)
     order = list(range(k))[::-1] if frame.inverted else list(range(k))
     if frame.inverted:
         cluster_of = (k - 1) - cluster_of
@@ -120,14 +120,6 @@ def valid_histogram(frame: FrameInput, segmentation: Segmentation | None = None)
     if segmentation is not None and segmentation.histogram is not None:
         return segmentation.histogram
     return intensity_histogram(frame.values[frame.valid])
-
-
-def _assign(values: np.ndarray, clustering: Clustering) -> np.ndarray:
-    # One comparison pass per boundary is much faster than searchsorted on a whole image.
-    out = np.zeros(values.shape, dtype=np.int8)
-    for boundary in clustering.boundaries():
-        out += values > boundary
-    return out
 
 
 def frame_input(ds: Dataset, frame: int = 0) -> FrameInput:

@@ -1,0 +1,53 @@
+"""``medsendx demo``: the README's first command, run as a user would."""
+
+from __future__ import annotations
+
+import json
+
+import pydicom
+from PIL import Image
+
+from medsendx.gateway.demo import prepare_out
+from medsendx.gateway.scanday import PATIENTS
+
+
+def test_demo_plays_a_scan_day_and_writes_its_outputs(cli, tmp_path):
+    out = tmp_path / "demo-out"
+    done = cli("demo", "--out", out, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Scan day summary" in done.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["objects_scanned"] == 12
+    assert summary["objects_delivered"] == 12 and summary["objects_quarantined"] == 0
+    assert summary["identities_planted"] > 0 and summary["identities_found_at_hq"] == 0
+    assert summary["delivery_retries"] >= 1  # the flaky link really failed some attempts
+    assert 0 < summary["wire_bytes"] < summary["raw_bytes"]
+    assert len(summary["priorities"]) == 12
+    assert any("CT_VAN_EAST" in alert for alert in summary["fleet_alerts"])  # the drifting scanner
+    assert not any("CT_VAN_NORTH" in alert or "CT_VAN_WEST" in alert for alert in summary["fleet_alerts"])
+    for name in ("highlighted_scan.png", "mining_report.png"):
+        with Image.open(out / name) as img:
+            assert img.width > 300 and img.height > 200
+    # what reached HQ: 12 de-identified objects, none carrying the planted identities
+    delivered = [p for p in (out / "hq").rglob("*") if p.is_file()]
+    assert len(delivered) == 12
+    planted = [v.encode() for p in PATIENTS for v in p.identifying_values()]
+    for path in delivered:
+        data = path.read_bytes()
+        assert not [v for v in planted if v in data]
+        assert pydicom.dcmread(path, stop_before_pixels=True).PatientIdentityRemoved == "YES"
+    # nothing identifying in the demo's own logs either
+    log = (out / "gateway.log").read_bytes()
+    assert log and not [v for v in planted if v in log]
+    # a second run into the same folder starts afresh: the demo's own state is cleared
+    prepare_out(out)
+    assert not (out / "state").exists() and not (out / "hq").exists()
+
+
+def test_demo_refuses_to_clear_a_folder_it_did_not_make(cli, tmp_path):
+    out = tmp_path / "precious"
+    (out / "hq").mkdir(parents=True)
+    (out / "hq" / "keep.txt").write_text("not the demo's")
+    done = cli("demo", "--out", out, timeout=120)
+    assert done.returncode != 0
+    assert (out / "hq" / "keep.txt").exists()
