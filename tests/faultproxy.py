@@ -93,8 +93,10 @@ class FaultProxy:
     @staticmethod
     def _rst(sock: socket.socket, abort: bool = True) -> None:
         """Close ``sock``: with a TCP RST when ``abort``, else with an orderly FIN."""
-        steps = [lambda: sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))] if abort \
-            else [lambda: sock.shutdown(socket.SHUT_RDWR)]
+        # shutdown() first: it wakes the other pump's blocked recv(); close() alone would not,
+        # and the far end would never see the connection end.
+        steps = [lambda: sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)),
+                 lambda: sock.shutdown(socket.SHUT_RD)] if abort else [lambda: sock.shutdown(socket.SHUT_RDWR)]
         for step in steps + [sock.close]:
             try:
                 step()

@@ -19,6 +19,7 @@ instance at a PACS, so delivery is idempotent.
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import time
 from typing import TYPE_CHECKING, Sequence
@@ -54,6 +55,22 @@ def store_status_outcome(status: int) -> tuple[bool, bool]:
     if (status & 0xFF00) == 0xA700:
         return False, False  # out of resources: the PACS disk may have room later
     return False, True
+
+
+def _end(assoc) -> None:
+    """Release the association, and always shut its socket: after a reset or a timeout
+    pynetdicom's (non-daemon) reader thread may sit in recv() on a half-open connection,
+    which would keep the peer waiting and this process from exiting."""
+    try:
+        if assoc.is_established:
+            assoc.release()
+    finally:
+        raw = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+        if raw is not None:
+            try:
+                raw.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed: the clean case
 
 
 class DimseTransport:
@@ -136,8 +153,7 @@ class DimseTransport:
                     break
                 results.append(self._store(assoc, item, payload, accepted_for(item)))
         finally:
-            if assoc.is_established:
-                assoc.release()
+            _end(assoc)
         return results
 
     def _store(self, assoc, item: OutboxItem, payload: WirePayload | DeliveryResult, accepted: set[str]) -> DeliveryResult:
