@@ -26,7 +26,7 @@ def test_send_deidentifies_delivers_and_resumes_without_resending(cli, orthanc, 
     first = cli("send", data_dir / "ct-head-ge", "--to", url)
     assert first.returncode == 0, first.stderr
     assert re.search(r"sent\s*│\s*28", first.stdout)
-    wire = re.search(r"bytes on the wire vs raw.*\((\d+\.\d)%\)", first.stdout)
+    wire = re.search(r"bytes on the wire vs raw input.*\((\d+\.\d)%\)", first.stdout)
     assert wire and float(wire.group(1)) <= 25.0, "CT on the wire must be at most a quarter of raw"
 
     stored = orthanc_objects(orthanc)

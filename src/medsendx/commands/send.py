@@ -30,16 +30,25 @@ class SendTally:
     retries: int = 0
     retried: set[int] = field(default_factory=set)
     failed: Counter = field(default_factory=Counter)
-    raw_bytes: int = 0
     wire_bytes: int = 0
+    sent_sizes: dict[str, int] = field(default_factory=dict)  # sent UID -> de-identified size
+    # de-identified SOP Instance UID -> size of the scanner's file: "raw" in the summary is
+    # what the scan weighed before anything (the de-identified copy may already be compressed)
+    input_sizes: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def raw_bytes(self) -> int:
+        """Raw size of what was sent (the de-identified size for objects of earlier runs)."""
+        with self.lock:
+            return sum(self.input_sizes.get(uid, size) for uid, size in self.sent_sizes.items())
 
     def outcome(self, item: OutboxItem, result: DeliveryResult) -> None:
         with self.lock:
             self.wire_bytes += result.wire_bytes
             if result.ok:
                 self.sent += 1
-                self.raw_bytes += item.size
+                self.sent_sizes[item.sop_instance_uid] = item.size
             elif result.permanent:
                 self.failed[result.reason] += 1
             else:
@@ -125,7 +134,11 @@ def send_cmd(ctx: click.Context, input_path: Path, destination: str | None, comp
         with progress:
             worker.start()
             for path in files:
+                size = path.stat().st_size if path.is_file() else 0
                 result = pipeline.process(path)
+                if result.sop_instance_uid:
+                    with tally.lock:
+                        tally.input_sizes[result.sop_instance_uid] = size
                 if result.status in ("queued", "held"):
                     tally.queued += 1
                     progress.update(send_task, total=(progress.tasks[send_task].total or 0) + 1)
@@ -178,9 +191,10 @@ def _summary(tally: SendTally, counts: dict[str, int], url: str) -> None:
     table.add_row("retried (objects / attempts)", f"{len(tally.retried)} / {tally.retries}")
     table.add_row("failed (refused by the peer)", str(sum(tally.failed.values())))
     table.add_row("still queued", str(counts["queued"] + counts["sending"]))
-    if tally.raw_bytes:
-        ratio = tally.wire_bytes / tally.raw_bytes
-        table.add_row("bytes on the wire vs raw", f"{_human(tally.wire_bytes)} / {_human(tally.raw_bytes)} ({ratio:.1%})")
+    raw = tally.raw_bytes
+    if raw:
+        ratio = tally.wire_bytes / raw
+        table.add_row("bytes on the wire vs raw input", f"{_human(tally.wire_bytes)} / {_human(raw)} ({ratio:.1%})")
     console.print(table)
     for reason, count in tally.failed.most_common():
         err_console.print(f"[red]failed[/red] {count} object(s): {reason}")
