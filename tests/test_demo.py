@@ -51,3 +51,15 @@ def test_demo_refuses_to_clear_a_folder_it_did_not_make(cli, tmp_path):
     done = cli("demo", "--out", out, timeout=120)
     assert done.returncode != 0
     assert (out / "hq" / "keep.txt").exists()
+
+
+def test_demo_to_a_real_pacs(cli, tmp_path, orthanc):
+    out = tmp_path / "to-pacs"
+    done = cli("demo", "--out", out, "--to", f"dicomweb+{orthanc.dicomweb_url}", timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(orthanc.instance_ids()) == 12
+    planted = [v.encode() for p in PATIENTS for v in p.identifying_values()]
+    for orthanc_id in orthanc.instance_ids():
+        assert not [v for v in planted if v in orthanc.instance_file(orthanc_id)]
+    assert (out / "highlighted_scan.png").exists() and (out / "mining_report.png").exists()
+    assert not (out / "hq").exists()  # nothing delivered locally when a destination is given

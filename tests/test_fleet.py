@@ -230,3 +230,26 @@ def test_mine_reports_a_missing_source_in_one_line(tmp_path: Path, cli) -> None:
     assert result.returncode == 1
     assert "no such file, folder or s3:// location" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_mining_in_small_batches_gives_the_same_report(fleet, fleet_rows: list[dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-scan work runs over batches of whole station histories (bounded memory):
+    cutting the fleet into many batches must not change a single verdict."""
+    import medsendx.fleet.report as report_module
+
+    FeatureStore(str(tmp_path / "store")).append(fleet_rows)
+    settings = load_settings(environ={})
+    whole = mine([str(tmp_path / "store")], tmp_path / "one", settings, progress=False)
+    monkeypatch.setattr(report_module, "BATCH_ROWS", 40)  # about one station per batch
+    batched = mine([str(tmp_path / "store")], tmp_path / "many", settings, progress=False)
+    for key in ("scans", "stations", "outliers"):
+        assert batched[key] == whole[key], key
+    assert batched["clusters"]["sizes"] == whole["clusters"]["sizes"]
+
+
+def test_objects_without_pixels_are_skipped_with_our_own_reason(data_dir: Path) -> None:
+    files = sorted((data_dir / "ct-phantom-philips").glob("*.dcm"))
+    rows, skipped = features_from_files(files, progress=False)
+    assert len(rows) == len(files) - 1
+    assert len(skipped) == 1 and skipped[0].endswith(": object has no pixel data")
+    assert all(r["station"] == "CT4" and r["modality"] == "CT" for r in rows)

@@ -4,6 +4,7 @@ from its destination."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -17,7 +18,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import cli_env
+from conftest import cli_env, run_cli
 from medsendx.gateway.flakylink import FlakyLink
 from medsendx.gateway.metrics import parse_prometheus_text
 from medsendx.gateway.scanday import PATIENTS, plant_identity
@@ -155,6 +156,12 @@ def test_storescu_to_gateway_to_orthanc(orthanc, planted_series, tmp_path):
         assert 0 < figures["wire_bytes_total"]
         assert figures["seconds_since_last_delivery"] >= 0
         assert figures["staged"] == 0  # raw copies removed once committed
+        # the crew's view says the same
+        status = run_cli("status", "--json", "--http-port", gateway.http_port, env=gateway.env)
+        assert status.returncode == 0, status.stderr
+        crew = json.loads(status.stdout)
+        assert crew["running"] is True
+        assert crew["received_total"] == 28 and crew["sent_total"] == 28 and crew["quarantined_total"] == 0
     finally:
         assert gateway.terminate() == 0  # graceful stop on SIGTERM
     assert_delivered_clean(orthanc, planted_series)

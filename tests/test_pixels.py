@@ -272,6 +272,27 @@ def test_a_header_saying_no_burned_in_text_does_not_hide_a_painted_date(ct_head:
     assert_identity_gone(clean(us))
 
 
+def test_text_hidden_outside_the_window_is_found(ct_head: list[Path]) -> None:
+    # A date painted at -500 HU on the air around the head: black in the object's own
+    # window, plain to anyone who widens it.
+    ct = read_dataset(ct_head[5])
+    arr = stored_pixels(ct).copy()
+    slope, intercept = float(ct.RescaleSlope), float(ct.RescaleIntercept)
+    canvas = Image.new("L", (arr.shape[1], arr.shape[0]), 0)
+    ImageDraw.Draw(canvas).text((20, 470), "03/14/2024", font=ss.font(22), fill=255)
+    ink = np.array(canvas) > 0
+    arr[ink] = int((-500 - intercept) / slope)
+    ct.PixelData = arr.tobytes()
+    ct.BurnedInAnnotation = "YES"
+    assert float(ct.WindowCenter) + float(ct.WindowWidth) / 2 < 1000  # a narrow window
+    shown = display_image(ct, 0)
+    assert len(np.unique(shown[ink])) == 1 and shown[ink][0] == 0  # invisible as shown
+    result = PixelCleaner(PixelSettings())(ct, IDENTITY_VALUES)
+    assert result.clean and result.changed, result.reason
+    after = stored_pixels(ct)
+    assert (after[ink] == after.min()).all()
+
+
 def test_verification_catches_text_a_redaction_missed(monkeypatch: pytest.MonkeyPatch) -> None:
     # A broken redaction step (boxes of zero size): verification must refuse the object.
     monkeypatch.setattr(cleaner_module, "redaction_box", lambda word, h, w: (word.left, word.top, word.left, word.top))

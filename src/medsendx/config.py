@@ -106,7 +106,7 @@ class GatewaySettings:
     ae_title: str = "MEDSENDX"
     dicom_port: int = 11112
     allowed_calling_aets: list[str] = field(default_factory=list)  # empty: accept any
-    http_port: int = 8042
+    http_port: int = 9042  # not 8042: that is Orthanc's default, often on the same host
     watch_dirs: list[str] = field(default_factory=list)
     originals: Literal["move", "delete"] = "move"
     min_free_bytes: int = 500 * 1024 * 1024

@@ -49,8 +49,9 @@ class PipelineResult:
 
     @property
     def committed(self) -> bool:
-        """The raw input may be deleted: its de-identified copy is safe (or quarantined)."""
-        return self.status in ("queued", "duplicate", "held", "quarantined")
+        """The raw input may be deleted: its de-identified copy is queued or held, or the
+        input itself is in quarantine ("quarantined" and "error" both put it there)."""
+        return self.status in ("queued", "duplicate", "held", "quarantined", "error")
 
 
 def triage_dir(settings: Settings) -> Path:
@@ -102,10 +103,11 @@ class Pipeline:
         """De-identify ``path`` into the spool folder, triage it and compute its QC features."""
         outcome = self.deidentifier.deidentify_file(Path(path), self.out_dir)
         if outcome.status != "ok" or outcome.output is None:
-            # "quarantined" (must not leave) and "error" (unreadable input, unwritable
+            # "quarantined" (must not leave) or "error" (unreadable input, unwritable
             # output): either way the de-identifier has put the input in quarantine with
             # its reason, so the raw copy is safe there and the object is done with here.
-            return PipelineResult("quarantined", reason=outcome.reason or "could not be de-identified")
+            status = "quarantined" if outcome.status == "quarantined" else "error"
+            return PipelineResult(status, reason=outcome.reason or "could not be de-identified")
         result = PipelineResult(
             "ready",
             sop_instance_uid=outcome.sop_instance_uid,
@@ -285,16 +287,9 @@ def _write_advisory(path: Path, data: bytes) -> None:
 
 
 def _removed_count(report: Any) -> int:
-    """How many identifying attributes the de-identifier removed or replaced."""
-    if report is None:
-        return 0
-    for name in ("removed", "replaced", "counts", "actions"):
-        value = getattr(report, name, None)
-        if isinstance(value, int):
-            return value
-        if isinstance(value, dict):
-            return int(sum(v for v in value.values() if isinstance(v, int)))
-    return 0
+    """How many attributes de-identification removed or replaced (every action but Keep)."""
+    counts = getattr(report, "counts", None) or {}
+    return int(sum(n for action, n in counts.items() if action != "K" and isinstance(n, int)))
 
 
 def process_file(path: Path, settings: Settings, *, pipeline: Pipeline | None = None, **options: Any) -> PipelineResult:

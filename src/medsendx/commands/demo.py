@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -43,7 +44,8 @@ def demo_cmd(out_dir: str, destination: str | None, timeout: float) -> None:
                   f"{summary.objects_deidentified} de-identified, {summary.objects_quarantined} quarantined, "
                   f"{summary.objects_delivered} delivered to {summary.destination}")
     if not destination:
-        console.print(f"  identities removed: {summary.identities_planted} planted identifying values, "
+        console.print(f"  identities removed: {summary.attributes_changed} attributes removed or replaced; "
+                      f"of {summary.identities_planted} planted identifying values, "
                       f"{summary.identities_found_at_hq} found in what reached HQ")
     console.print(f"  bytes: {summary.raw_bytes:,} raw received, {summary.wire_bytes:,} on the wire "
                   f"({pct:.0f}% saved)")
@@ -51,7 +53,9 @@ def demo_cmd(out_dir: str, destination: str | None, timeout: float) -> None:
     if summary.priorities:
         top = summary.priorities[0]
         reasons = "; ".join(top["reasons"][:2]) or "no findings"
-        console.print(f"  triage: priorities {', '.join(str(p['priority']) for p in summary.priorities)}; "
+        spread = Counter(p["priority"] for p in summary.priorities)
+        levels = ", ".join(f"{n} at {level}" for level, n in sorted(spread.items(), key=lambda kv: -(kv[0] or 0)))
+        console.print(f"  triage priorities (0-100, workflow only, not a diagnosis): {levels}; "
                       f"highest {top['priority']} ({reasons})")
     if summary.fleet_alerts:
         console.print(f"  fleet alerts ({len(summary.fleet_alerts)}):")
@@ -62,6 +66,8 @@ def demo_cmd(out_dir: str, destination: str | None, timeout: float) -> None:
     for name, path in summary.outputs.items():
         console.print(f"  wrote {path}")
     console.print(f"  wrote {out / 'summary.json'}")
+    for note in summary.notes:
+        console.print(f"  [dim]note: {note}[/]")
     for missing in summary.missing:
         err_console.print(f"[yellow]not shown:[/] {missing}")
     ok = summary.objects_delivered + summary.objects_quarantined >= summary.objects_scanned and summary.identities_found_at_hq == 0

@@ -11,7 +11,7 @@ from medsendx.commands._common import err_console, settings_from_context
 @click.option("--dicom-port", type=int, help="Port of the DICOM receiver (default: gateway.dicom_port, 11112).")
 @click.option("--ae-title", help="AE title the scanner calls (default: gateway.ae_title, MEDSENDX).")
 @click.option("--bind", "bind_address", help="Address the DICOM receiver listens on (default: gateway.bind_address).")
-@click.option("--http-port", type=int, help="Loopback port of /healthz and /metrics (default: gateway.http_port, 8042).")
+@click.option("--http-port", type=int, help="Loopback port of /healthz and /metrics (default: gateway.http_port, 9042).")
 @click.option("--watch", "watch_dirs", multiple=True, type=click.Path(file_okay=False), help="Drop folder to watch (repeatable).")
 @click.option("--originals", type=click.Choice(["move", "delete"]), help="What happens to dropped files once handled.")
 @click.option("--to", "destination", help="Where to deliver: dicomweb+http(s)://..., dimse://AET@host:port, s3://bucket/prefix, or a folder.")

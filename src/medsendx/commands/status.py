@@ -33,15 +33,16 @@ ROWS = [
 
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.option("--http-port", type=int, help="Health port of the running gateway (default: gateway.http_port).")
 @click.pass_context
-def status_cmd(ctx: click.Context, as_json: bool) -> None:
+def status_cmd(ctx: click.Context, as_json: bool, http_port: int | None) -> None:
     """Show received, de-identified, quarantined, queued, sent and failed objects, bytes
     raw vs on the wire, retries and the time since the last delivery.
 
     Read from the state directory, so it works whether or not the gateway is running;
     it also says whether the gateway answers on its health port.
     """
-    settings = settings_from_context(ctx)
+    settings = settings_from_context(ctx, {"gateway": {"http_port": http_port}})
     from medsendx.gateway.metrics import as_dict, collect
 
     figures = as_dict(collect(settings))

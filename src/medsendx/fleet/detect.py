@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.signal import lfilter
 
 # EWMA chart on robust z-scores (z = (x - fleet median) / (1.4826 MAD)).
 EWMA_LAMBDA = 0.2
@@ -32,23 +31,61 @@ def ewma_limit(lam: float = EWMA_LAMBDA, width: float = EWMA_L) -> float:
     return width * float(np.sqrt(lam / (2.0 - lam)))
 
 
+def ewma(z: np.ndarray, lam: float = EWMA_LAMBDA, chunk: int = 64) -> np.ndarray:
+    """EWMA along axis 0 of ``z`` (n x m) from 0: e[t] = (1-lam) e[t-1] + lam z[t].
+
+    Vectorised without a Python loop over rows (and without importing scipy.signal, which
+    alone costs seconds of start-up): rows are cut into chunks of 64, each chunk's EWMA
+    from 0 is a scaled cumulative sum, and the carry between chunks decays by
+    (1-lam)^64 (< 1e-6 for lam=0.2), so three chunks back reach float64 precision.
+    """
+    n, m = z.shape
+    if n == 0:
+        return np.zeros_like(z, dtype=np.float64)
+    q = 1.0 - lam
+    chunks = -(-n // chunk)
+    padded = np.zeros((chunks * chunk, m))
+    padded[:n] = z
+    blocks = padded.reshape(chunks, chunk, m)
+    powers = q ** np.arange(chunk, dtype=np.float64)  # q^0 .. q^(chunk-1), all > 1e-7
+    # local[t] = lam * sum_{k<=t} q^(t-k) z[k] = lam * q^t * cumsum(z[k] / q^k)
+    local = lam * powers[None, :, None] * np.cumsum(blocks / powers[None, :, None], axis=1)
+    ends = local[:, -1, :]  # each chunk's EWMA at its last row, from 0
+    step = q**chunk
+    carry = np.zeros_like(ends)  # the full EWMA at the end of the previous chunk
+    term = np.zeros_like(ends)
+    term[1:] = ends[:-1]
+    factor = 1.0
+    for back in range(1, 4):  # carry_k = sum_j step^(j-1) ends[k-j]
+        carry += factor * term
+        factor *= step
+        term = np.concatenate([np.zeros((1, m)), term[:-1]])
+    full = local + (q * powers)[None, :, None] * carry[:, None, :]
+    return full.reshape(chunks * chunk, m)[:n]
+
+
 def segmented_ewma(z: np.ndarray, starts: np.ndarray, lam: float = EWMA_LAMBDA) -> np.ndarray:
     """EWMA along axis 0 of ``z`` (n x m), restarting at 0 at every index in ``starts``.
 
-    One ``lfilter`` pass over the concatenation of all series, then the carry-over from the
-    previous series (which decays as (1-lam)^k) is subtracted: vectorised over series.
+    One pass over the concatenation of all series, then the carry-over from the previous
+    series (which decays as (1-lam)^k) is subtracted: vectorised over series.
     """
-    n = z.shape[0]
+    n, m = z.shape
+    out = np.empty((n, m))
     if n == 0:
-        return np.zeros_like(z)
-    raw = lfilter([lam], [1.0, lam - 1.0], z, axis=0)
+        return out
     seg = np.searchsorted(starts, np.arange(n), side="right") - 1
     start_of = starts[seg]
-    carry_index = start_of - 1
-    carry = np.where((carry_index >= 0)[:, None], raw[np.maximum(carry_index, 0)], 0.0)
-    steps = (np.arange(n) - start_of + 1).astype(np.float64)
-    decay = np.power(1.0 - lam, steps)[:, None]
-    return raw - decay * carry
+    del seg
+    carry_index = np.maximum(start_of - 1, 0)
+    has_carry = start_of > 0
+    decay = np.power(1.0 - lam, (np.arange(n) - start_of + 1).astype(np.float64))
+    decay[~has_carry] = 0.0
+    del start_of, has_carry
+    for col in range(m):  # one metric at a time keeps the temporaries to a few columns
+        raw = ewma(z[:, col : col + 1], lam)[:, 0]
+        out[:, col] = raw - decay * raw[carry_index]
+    return out
 
 
 @dataclass
@@ -63,27 +100,23 @@ class SeriesAlert:
     limit: float  # the control limit used (in z units)
 
 
-def within_series_sd(z: np.ndarray, starts: np.ndarray, lengths: np.ndarray, series_group: np.ndarray) -> np.ndarray:
-    """Scan-to-scan spread of z for a typical station of each series' group (series x metric).
+def group_scale(spread: np.ndarray, lengths: np.ndarray, series_group: np.ndarray) -> np.ndarray:
+    """Scale of the control limits per series and metric: the typical station's spread.
 
-    Real metrics are not normal (the soft-tissue mode jumps between anatomies), so MAD-based
-    z may vary by more than 1 SD from scan to scan: the control limits are scaled by the
-    median over the group's stations of each station's own SD. A faulty station's offset
-    does not enter (it is removed by its own mean) and one faulty station cannot move the
-    median.
+    ``spread`` (series x metric) is each series' scan-to-scan SD of its clipped robust z.
+    Real metrics are not normal (the soft-tissue mode jumps between anatomies), so z may
+    vary by more than 1 from scan to scan; the limits are widened by the median over the
+    group's stations of that SD. A faulty station's offset does not enter (its own mean is
+    removed) and one faulty station cannot move the median.
     """
-    if len(starts) == 0:
-        return np.ones((0, z.shape[1]))
-    n = np.maximum(lengths, 1)[:, None].astype(np.float64)
-    sums = np.add.reduceat(z, starts, axis=0)
-    sumsq = np.add.reduceat(np.square(z), starts, axis=0)
-    sd = np.sqrt(np.maximum(sumsq / n - np.square(sums / n), 0.0) * n / np.maximum(n - 1, 1))
-    out = np.ones_like(sd)
-    usable = lengths >= MIN_SERIES_SCANS
+    out = np.ones_like(spread)
+    usable = (lengths >= MIN_SERIES_SCANS)[:, None] & np.isfinite(spread)
     for group in np.unique(series_group):
-        members = (series_group == group) & usable
-        if members.any():
-            out[series_group == group] = np.median(sd[members], axis=0)
+        members = series_group == group
+        for col in range(spread.shape[1]):
+            values = spread[members & usable[:, col], col]
+            if values.size:
+                out[members, col] = np.median(values)
     return np.clip(out, 0.5, None)
 
 
@@ -91,7 +124,7 @@ def find_alerts(ewma: np.ndarray, starts: np.ndarray, lengths: np.ndarray, scale
     """Series and metrics whose EWMA is out of control at their latest scan.
 
     ``scale`` (series x metric, default 1) widens the limit for metrics whose z varies by
-    more than 1 from scan to scan (see :func:`within_series_sd`). For each alert, find
+    more than 1 from scan to scan (see :func:`group_scale`). For each alert, find
     where the final out-of-control run began (the detection) and where the EWMA last sat
     on the target side before it (the estimated start of the change).
     """
@@ -122,51 +155,88 @@ def robust_z(values: np.ndarray, median: np.ndarray, robust_sd: np.ndarray) -> n
     return np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def two_means(points: np.ndarray, seed: int = 0, sample: int = 50_000) -> tuple[np.ndarray, np.ndarray]:
-    """k-means with k=2 (the prototype's view) fitted on a sample, applied to every point.
+def fit_two_means(points: np.ndarray, seed: int = 0, restarts: int = 4) -> np.ndarray:
+    """k-means with k=2 (the prototype's view): Lloyd iterations from k-means++ starts, the
+    best of ``restarts`` by inertia. Fit it on a sample; label everything with
+    :func:`nearest_centre`. Returns the 2 centres.
 
-    Returns (labels for all points, the 2 centres). Clusters are numbered by size, largest
-    first, so the output is stable between runs.
+    Written out (a dozen lines for k=2) rather than sklearn's KMeans, whose thread-pool
+    start-up costs more than the clustering itself here.
     """
-    from sklearn.cluster import KMeans
-
+    if len(points) < 2:
+        return np.zeros((2, points.shape[1]))
     rng = np.random.default_rng(seed)
-    fit_on = points if len(points) <= sample else points[rng.choice(len(points), sample, replace=False)]
-    if len(fit_on) < 2:
-        return np.zeros(len(points), dtype=np.int8), np.zeros((2, points.shape[1]))
-    model = KMeans(n_clusters=2, n_init=4, random_state=seed).fit(fit_on)
-    centres = model.cluster_centers_
-    d0 = np.square(points - centres[0]).sum(axis=1)
-    d1 = np.square(points - centres[1]).sum(axis=1)
-    labels = (d1 < d0).astype(np.int8)
-    if (labels == 1).sum() > (labels == 0).sum():
-        labels = 1 - labels
-        centres = centres[::-1]
-    return labels, centres
+    best: tuple[float, np.ndarray] | None = None
+    for _ in range(restarts):
+        first = points[rng.integers(len(points))]
+        d = np.square(points - first).sum(axis=1)
+        second = points[rng.choice(len(points), p=d / d.sum())] if d.sum() > 0 else first
+        centres = np.stack([first, second]).astype(np.float64)
+        for _iteration in range(100):
+            labels = nearest_centre(points, centres)
+            new = np.stack([points[labels == k].mean(axis=0) if (labels == k).any() else centres[k] for k in (0, 1)])
+            if np.allclose(new, centres):
+                break
+            centres = new
+        inertia = float(np.minimum(np.square(points - centres[0]).sum(axis=1), np.square(points - centres[1]).sum(axis=1)).sum())
+        if best is None or inertia < best[0]:
+            best = (inertia, centres)
+    return best[1]
 
 
-def robust_mahalanobis(z: np.ndarray, seed: int = 0, sample: int = 3000) -> np.ndarray:
-    """Robust Mahalanobis distance of each row of robust z-scores (n x p).
+def nearest_centre(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """0 or 1: the nearer of two centres for each point."""
+    return (np.square(points - centres[1]).sum(axis=1) < np.square(points - centres[0]).sum(axis=1)).astype(np.int8)
 
-    The covariance is the Minimum Covariance Determinant estimate on a sample, so that the
-    outliers being looked for do not inflate the yardstick. Returns distances (not squared).
+
+@dataclass
+class RobustCovariance:
+    """Centre and (consistency-corrected) precision of a robust fit on some columns."""
+
+    keep: np.ndarray  # which columns were usable (not constant)
+    centre: np.ndarray
+    precision: np.ndarray
+
+    def distance(self, z: np.ndarray) -> np.ndarray:
+        """Robust Mahalanobis distance (not squared) of each row of ``z``."""
+        diff = z[:, self.keep] - self.centre
+        d2 = np.einsum("ij,jk,ik->i", diff, self.precision, diff)
+        return np.sqrt(np.maximum(d2, 0.0))
+
+
+def fit_robust_covariance(z: np.ndarray, support: float = 0.75, steps: int = 10) -> RobustCovariance | None:
+    """Minimum Covariance Determinant estimate of robust z-scores (n x p), by C-steps.
+
+    C-steps (fit on the ``support`` fraction of rows closest to the current estimate,
+    repeat) start from the robust subset that the median/MAD z-scores already give (the
+    rows with the smallest largest |z|), so the outliers being looked for do not inflate
+    the yardstick. Fit it on a sample; apply ``.distance`` to every row. None when there are
+    too few rows or no varying column.
     """
-    from sklearn.covariance import MinCovDet
-
     n, p = z.shape
     if n < max(10, 2 * p + 2):
-        return np.zeros(n)
-    rng = np.random.default_rng(seed)
-    fit_on = z if n <= sample else z[rng.choice(n, sample, replace=False)]
-    keep = fit_on.std(axis=0) > 1e-9  # constant columns make the covariance singular
+        return None
+    keep = z.std(axis=0) > 1e-9  # constant columns make the covariance singular
     if not keep.any():
-        return np.zeros(n)
-    try:
-        mcd = MinCovDet(random_state=seed, support_fraction=0.75).fit(fit_on[:, keep])
-        precision = mcd.get_precision()
-        centre = mcd.location_
-    except (ValueError, np.linalg.LinAlgError):
-        return np.zeros(n)
-    diff = z[:, keep] - centre
+        return None
+    fit_on = z[:, keep]
+    q = fit_on.shape[1]
+    h = max(q + 1, int(support * n))
+    subset = np.argsort(np.abs(fit_on).max(axis=1))[:h]
+    centre, precision = np.zeros(q), np.eye(q)
+    for _ in range(steps):
+        centre = fit_on[subset].mean(axis=0)
+        precision = np.linalg.pinv(np.cov(fit_on[subset], rowvar=False).reshape(q, q))
+        diff = fit_on - centre
+        d2 = np.einsum("ij,jk,ik->i", diff, precision, diff)
+        new_subset = np.argpartition(d2, h - 1)[:h]
+        if np.array_equal(np.sort(new_subset), np.sort(subset)):
+            break
+        subset = new_subset
+    # Consistency: the h-subset covariance under-estimates a normal cloud's spread.
+    from scipy.special import chdtri  # chi-square quantile, without scipy.stats' start-up
+
+    diff = fit_on - centre
     d2 = np.einsum("ij,jk,ik->i", diff, precision, diff)
-    return np.sqrt(np.maximum(d2, 0.0))
+    correction = float(np.median(d2)) / float(chdtri(q, 0.5))
+    return RobustCovariance(keep, centre, precision / max(correction, 1e-12))

@@ -21,7 +21,7 @@ import json
 import math
 import re
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -233,19 +233,34 @@ def image_features(ds: Dataset, stored: np.ndarray, modality: str | None) -> dic
         values += intercept
     pad = padding_mask(ds, stored)
     has_pad = bool(pad.any())
-    image = values[~pad] if has_pad else values.ravel()
+    pad_or_none = pad if has_pad else None
     out: dict[str, Any] = dict.fromkeys(IMAGE_KEYS)
     out["features_version"] = FEATURES_VERSION
-    if image.size == 0:
+    n_image = values.size - int(pad.sum())
+    if n_image == 0:
         return out
-    mean = float(image.mean(dtype=np.float64))
-    out["mean"] = mean
-    out["std"] = float(math.sqrt(max(float(np.mean(np.square(image - mean, dtype=np.float32), dtype=np.float64)), 0.0)))
-    out["peak"] = float(image.max())
-    if modality == "CT":
-        out.update(_ct_physics(values, pad if has_pad else None))
+    h, w = values.shape
+    offset = -1000.0 if modality == "CT" else float(values.min())
+    tiles = _tile_stats(values, pad_or_none, offset)
+    if h % BLOCK == 0 and w % BLOCK == 0:
+        # Whole-image moments from the tile sums (already paid for), minus the padding.
+        total, total_sq = float(tiles.sums.sum()), float(tiles.sumsq.sum())
+        if has_pad:
+            padded = values[pad].astype(np.float64) - offset
+            total -= float(padded.sum())
+            total_sq -= float(np.dot(padded, padded))
+        mean_shifted = total / n_image
+        out["mean"] = mean_shifted + offset
+        out["std"] = math.sqrt(max(total_sq / n_image - mean_shifted * mean_shifted, 0.0))
     else:
-        out.update(_background_physics(values, pad if has_pad else None, modality))
+        image = values[~pad] if has_pad else values.ravel()
+        out["mean"] = float(image.mean(dtype=np.float64))
+        out["std"] = float(image.std(dtype=np.float64))
+    out["peak"] = float(np.max(values, where=~pad, initial=-np.inf)) if has_pad else float(values.max())
+    if modality == "CT":
+        out.update(_ct_physics(values, pad_or_none, tiles))
+    else:
+        out.update(_background_physics(values, pad_or_none, modality, tiles))
     return out
 
 
@@ -279,11 +294,21 @@ def _tile_sums(values: np.ndarray) -> np.ndarray:
     return runs.reshape(h // BLOCK, BLOCK, w // BLOCK).sum(axis=1)
 
 
-def _tile_stats(values: np.ndarray, pad: np.ndarray | None, offset: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-tile mean and unbiased variance of ``values``, and which tiles are whole.
+class TileStats(NamedTuple):
+    """Per-8x8-tile moments of ``values - offset`` and what follows from them."""
 
-    Whole = inside the reconstruction circle and free of padding. Centring on ``offset``
-    keeps float32 sums of squares exact enough for noise of a few HU.
+    offset: float
+    sums: np.ndarray  # float64 (H/8, W/8)
+    sumsq: np.ndarray
+    means: np.ndarray  # of the values themselves (offset added back)
+    variances: np.ndarray  # unbiased
+    whole: np.ndarray  # inside the reconstruction circle and free of padding
+
+
+def _tile_stats(values: np.ndarray, pad: np.ndarray | None, offset: float) -> TileStats:
+    """Per-tile sums, mean and unbiased variance of ``values``, and which tiles are whole.
+
+    Centring on ``offset`` keeps float32 sums of squares exact enough for noise of a few HU.
     """
     h, w = values.shape
     h8, w8 = h - h % BLOCK, w - w % BLOCK
@@ -296,7 +321,7 @@ def _tile_stats(values: np.ndarray, pad: np.ndarray | None, offset: float) -> tu
     whole = _circle_tiles(h, w).copy()
     if pad is not None:
         whole &= _tile_sums(pad[:h8, :w8].astype(np.float32)) == 0
-    return means + offset, variances, whole
+    return TileStats(offset, sums, sumsq, means + offset, variances, whole)
 
 
 def _erode(mask: np.ndarray) -> np.ndarray:
@@ -309,10 +334,10 @@ def _erode(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _ct_physics(hu: np.ndarray, pad: np.ndarray | None) -> dict[str, Any]:
+def _ct_physics(hu: np.ndarray, pad: np.ndarray | None, tiles: TileStats) -> dict[str, Any]:
     from scipy.ndimage import binary_fill_holes
 
-    means, variances, whole = _tile_stats(hu, pad, -1000.0)
+    means, variances, whole = tiles.means, tiles.variances, tiles.whole
     body = whole & (means > BODY_BLOCK_MIN_MEAN_HU)
     # Air inside the body (sinuses, airways) is not a reference: fill the body's holes.
     inside_body = binary_fill_holes(body)
@@ -384,7 +409,7 @@ def _upper_level(hist: np.ndarray, window: tuple[int, int], lo: int, *, fraction
     return float(int(np.searchsorted(cumulative, fraction * cumulative[-1])) + window[0])
 
 
-def _background_physics(values: np.ndarray, pad: np.ndarray | None, modality: str | None) -> dict[str, Any]:
+def _background_physics(values: np.ndarray, pad: np.ndarray | None, modality: str | None, tiles: TileStats) -> dict[str, Any]:
     """Background level and SNR for modalities without an absolute scale (MR, MG, ...)."""
     valid = values if pad is None else values[~pad]
     top = float(valid.max())
@@ -395,10 +420,10 @@ def _background_physics(values: np.ndarray, pad: np.ndarray | None, modality: st
     hist, edges = np.histogram(valid, bins=1024, range=(bottom, top))
     p99 = float(edges[np.searchsorted(np.cumsum(hist), 0.99 * valid.size)])
     threshold = bottom + 0.1 * (p99 - bottom)
-    means, variances, whole = _tile_stats(values, pad, bottom)
+    means, variances, whole = tiles.means, tiles.variances, tiles.whole
     # Background: whole tiles that are entirely below the threshold, away from the object.
-    tiles = _tiles(values)
-    low = whole & (tiles.max(axis=3).max(axis=1) < threshold)
+    blocks = _tiles(values)
+    low = whole & (blocks.max(axis=3).max(axis=1) < threshold)
     background = _erode(low)
     if not background.any():
         background = low

@@ -14,6 +14,7 @@ from medsendx.fleet.features import METRIC_LABELS
 MAX_CHARTS = 9
 MAX_SCATTER_POINTS = 6000
 MAX_LEGEND_STATIONS = 12
+CHART_SCANS = 200
 
 
 def render_report(
@@ -21,13 +22,14 @@ def render_report(
     standardised: np.ndarray,
     labels: np.ndarray,
     centres: np.ndarray,
-    station_codes: np.ndarray,
-    series_station: list[str],
+    cluster_sizes: list[int],
+    point_stations: np.ndarray,
     charts: list[dict[str, Any]],
     stations: list[dict[str, Any]],
     n_scans: int,
 ) -> Path:
-    """Draw the report. ``station_codes[i]`` indexes ``series_station`` for scatter point i."""
+    """Draw the report. The scatter shows ``standardised`` (a sample of the scans) with
+    their 2-means ``labels`` and ``point_stations``; ``cluster_sizes`` count every scan."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,7 +55,7 @@ def render_report(
 
     # 1. the prototype's view, coloured by station
     ax = fig.add_subplot(grid[0, 0:2])
-    _scatter(ax, standardised, labels, centres, station_codes, series_station, {s["station"] for s in alerting})
+    _scatter(ax, standardised, labels, centres, cluster_sizes, point_stations, n_scans, {s["station"] for s in alerting})
 
     # 2. the alert list
     ax_text = fig.add_subplot(grid[0, 2])
@@ -82,13 +84,13 @@ def render_report(
     return atomic_write_bytes(Path(path), buf.getvalue())
 
 
-def _scatter(ax, points, labels, centres, station_codes, series_station, alerting: set[str]) -> None:
+def _scatter(ax, points, labels, centres, cluster_sizes, point_stations, n_scans, alerting: set[str]) -> None:
     import matplotlib.pyplot as plt
 
     n = len(points)
     rng = np.random.default_rng(0)
     shown = np.arange(n) if n <= MAX_SCATTER_POINTS else np.sort(rng.choice(n, MAX_SCATTER_POINTS, replace=False))
-    names = np.array(series_station, dtype=object)[station_codes[shown]] if n else np.array([], dtype=object)
+    names = np.asarray(point_stations, dtype=object)[shown]
     unique = sorted(set(names.tolist()))
     legend_stations = unique if len(unique) <= MAX_LEGEND_STATIONS else sorted(alerting)[:MAX_LEGEND_STATIONS]
     cmap = plt.get_cmap("tab10" if len(legend_stations) <= 10 else "tab20")
@@ -108,7 +110,7 @@ def _scatter(ax, points, labels, centres, station_codes, series_station, alertin
                     marker=markers[cluster], label=label, alpha=0.8, linewidths=0,
                 )
     for cluster, centre in enumerate(centres):
-        size = int((labels == cluster).sum())
+        size = int(cluster_sizes[cluster])
         ax.scatter([centre[0]], [centre[1]], s=260, marker="X", c="black", edgecolors="white", linewidths=1.5, zorder=5)
         ax.annotate(f"cluster {cluster + 1} ({markers[cluster]}): {size} scans", (centre[0], centre[1]),
                     xytext=(10, 10), textcoords="offset points", fontsize=10, fontweight="bold")
@@ -117,20 +119,23 @@ def _scatter(ax, points, labels, centres, station_codes, series_station, alertin
     title = "2-means on density and contrast, coloured by station"
     if len(unique) > MAX_LEGEND_STATIONS:
         title += f" ({len(unique)} stations: alerting ones coloured, others grey)"
-    if n > len(shown):
-        title += f"\n{len(shown)} of {n} scans drawn"
+    if n_scans > len(shown):
+        title += f"\n{len(shown)} of {n_scans} scans drawn (a random sample)"
     ax.set_title(title, fontsize=12)
     ax.grid(alpha=0.3)
     if legend_stations:
-        ax.legend(fontsize=9, loc="best", framealpha=0.85, markerscale=1.5, title="station", ncol=2 if len(legend_stations) > 6 else 1)
+        ax.legend(fontsize=9, loc="lower right", framealpha=0.85, markerscale=1.5, title="station", ncol=2 if len(legend_stations) > 6 else 1)
 
 
 def _control_chart(ax, chart: dict[str, Any]) -> None:
-    values = chart["values"]
+    # A long history is unreadable: show the last CHART_SCANS scans, or from a little
+    # before the detection if that is earlier.
+    first = max(0, min(chart["detected_at"] - 30, len(chart["values"]) - CHART_SCANS))
+    values = chart["values"][first:]
     limit = chart["limit"]
-    x = np.arange(1, len(values) + 1)
+    x = np.arange(first + 1, first + len(values) + 1)
     baseline, rsd = chart["baseline"], chart["robust_sd"]
-    ewma_units = baseline + chart["ewma"] * rsd
+    ewma_units = chart["ewma"][first:]
     label = METRIC_LABELS.get(chart["metric"], chart["metric"])
     unit = " (HU)" if chart["metric"].endswith("_hu") else ""
     ax.plot(x, values, "o", ms=3, color="0.55", label="each scan")
@@ -138,9 +143,10 @@ def _control_chart(ax, chart: dict[str, Any]) -> None:
     ax.axhline(baseline, color="green", lw=1.2, label="fleet baseline")
     ax.axhline(baseline + limit * rsd, color="red", ls="--", lw=1, label="control limits")
     ax.axhline(baseline - limit * rsd, color="red", ls="--", lw=1)
-    ax.axvline(chart["detected_at"] + 1, color="red", lw=1, alpha=0.6)
+    ax.axvline(chart["detected_at"] + 1, color="red", lw=1, alpha=0.6, label="alarm")
     ax.set_title(f"{chart['station']}: {label}{unit}", fontsize=11, fontweight="bold")
-    ax.set_xlabel(f"scan # ({chart['group']})", fontsize=9)
+    shown = f", scans {first + 1}-{first + len(values)} of {len(chart['values'])}" if first else ""
+    ax.set_xlabel(f"scan # ({chart['group']}{shown})", fontsize=9)
     lo = min(np.nanmin(ewma_units), baseline - 1.5 * limit * rsd)
     hi = max(np.nanmax(ewma_units), baseline + 1.5 * limit * rsd)
     finite = values[np.isfinite(values)]
@@ -149,4 +155,4 @@ def _control_chart(ax, chart: dict[str, Any]) -> None:
     pad = 0.08 * (hi - lo or 1.0)
     ax.set_ylim(lo - pad, hi + pad)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", framealpha=0.8)  # "best" is slow on long series

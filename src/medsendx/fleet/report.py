@@ -86,9 +86,9 @@ def features_from_files(paths: list[Path], progress: bool = True) -> tuple[list[
     return rows, skipped
 
 
-def connect(memory_limit: str = "1GB", threads: int | None = None) -> duckdb.DuckDBPyConnection:
+def connect(memory_limit: str = "512MB", threads: int | None = None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
-    con.execute(f"SET memory_limit = '{memory_limit}'")
+    con.execute(f"SET memory_limit = '{memory_limit}'")  # DuckDB spills to disk beyond this
     con.execute(f"SET threads = {int(threads or min(os.cpu_count() or 1, 4))}")
     con.execute("SET preserve_insertion_order = false")  # lets DuckDB stream big scans
     return con
@@ -216,113 +216,130 @@ def mine(
 
 
 def analyse(con: duckdb.DuckDBPyConnection, out_dir: Path, found: SourceSet | None = None) -> dict[str, Any]:
-    """Mine the rows of the DuckDB relation ``raw`` into the three outputs."""
+    """Mine the rows of the DuckDB relation ``raw`` into the three outputs.
+
+    Memory stays bounded whatever the fleet's size: DuckDB does the aggregation (baselines,
+    per-series spread, samples), and the per-scan work (control charts, cluster labels,
+    outlier scores) runs over batches of whole station series of at most BATCH_ROWS rows.
+    """
     found = found or SourceSet()
-    # One row per scan: a re-sent scan (same SOP Instance UID) counts once.
-    con.execute(
-        """CREATE OR REPLACE TEMP TABLE scans AS
-           SELECT DISTINCT ON (sop_instance_uid) * FROM raw WHERE sop_instance_uid IS NOT NULL
-           UNION ALL BY NAME SELECT * FROM raw WHERE sop_instance_uid IS NULL"""
-    )
-    columns = {name for (name,) in con.execute("SELECT column_name FROM (DESCRIBE scans)").fetchall()}
-    for needed in ("station", "group_key", "acquired_at", "instance_number", "mean", "std", "peak") + SPC_METRICS:
+    columns = {name for (name,) in con.execute("SELECT column_name FROM (DESCRIBE raw)").fetchall()}
+    for needed in ("sop_instance_uid", "station", "group_key", "acquired_at", "instance_number", "mean", "std", "peak") + SPC_METRICS:
         if needed not in columns:
             raise ValueError(f"the feature rows have no column {needed!r}; are these MedSendX feature files?")
-    _write_parquet(con, out_dir / FEATURES_PARQUET)
-    n_scans = con.execute("SELECT count(*) FROM scans").fetchone()[0]
+    # features.parquet (one row per scan) is written first, straight from the sources, and
+    # then is the only thing the analysis reads.
+    features_path = out_dir / FEATURES_PARQUET
+    _write_unique_scans(con, features_path)
+    con.execute(
+        f"""CREATE OR REPLACE TEMP VIEW scans AS
+            SELECT * REPLACE (coalesce(station, 'UNKNOWN') AS station, coalesce(group_key, '?') AS group_key)
+            FROM read_parquet('{_sql_path(features_path)}')"""
+    )
+    n_scans = int(con.execute("SELECT count(*) FROM scans").fetchall()[0][0])
 
     metrics = list(SPC_METRICS)
     all_features = ["mean", "std", "peak"] + metrics
     baselines = _baselines(con, all_features)
-    con.execute(
-        """CREATE OR REPLACE TEMP TABLE series AS
-           SELECT (row_number() OVER (ORDER BY station, group_key) - 1)::INTEGER AS series_id, station, group_key, n
-           FROM (SELECT coalesce(station, 'UNKNOWN') AS station, coalesce(group_key, '?') AS group_key, count(*) AS n
-                 FROM scans GROUP BY ALL)"""
-    )
-    series = con.execute("SELECT series_id, station, group_key, n FROM series ORDER BY series_id").fetchall()
-    select = ", ".join(f'CAST(s."{c}" AS DOUBLE) AS "{c}"' for c in all_features)
-    ordered = con.sql(
-        f"""SELECT r.series_id, s.sop_instance_uid, {select}
-            FROM scans s JOIN series r
-              ON coalesce(s.station, 'UNKNOWN') = r.station AND coalesce(s.group_key, '?') = r.group_key
-            ORDER BY r.series_id, s.acquired_at NULLS LAST, s.instance_number NULLS LAST, s.sop_instance_uid"""
-    ).to_arrow_table()
-    values = np.column_stack(
-        [ordered.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in all_features]
-    ) if n_scans else np.zeros((0, len(all_features)))
-    uids = ordered.column("sop_instance_uid")
-    del ordered
-
-    lengths = np.array([row[3] for row in series], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(series) else np.zeros(0, np.int64)
-    group_names = sorted({row[2] for row in series})
+    group_names = sorted(baselines)
     group_index = {g: i for i, g in enumerate(group_names)}
-    series_group = np.array([group_index[row[2]] for row in series], dtype=np.int64)
-    row_group = np.repeat(series_group, lengths) if len(series) else np.zeros(0, np.int64)
-    med = np.array([[baselines.get(g, {}).get(f, (math.nan, math.nan))[0] for f in all_features] for g in group_names])
-    rsd = np.array([[baselines.get(g, {}).get(f, (math.nan, math.nan))[1] for f in all_features] for g in group_names])
-    if not len(group_names):
-        med = rsd = np.zeros((0, len(all_features)))
-    z_all = detect.robust_z(values, med[row_group], rsd[row_group]) if n_scans else values
+    nan = (math.nan, math.nan)
+    med = np.array([[baselines[g].get(f, nan)[0] for f in metrics] for g in group_names]).reshape(-1, len(metrics))
+    rsd = np.array([[baselines[g].get(f, nan)[1] for f in metrics] for g in group_names]).reshape(-1, len(metrics))
 
-    # Per-station SPC on the physics metrics.
-    spc_cols = [all_features.index(m) for m in metrics]
-    z_spc = np.clip(z_all[:, spc_cols], -detect.Z_CLIP, detect.Z_CLIP)
-    ewma = detect.segmented_ewma(z_spc, starts)
-    scale = detect.within_series_sd(z_spc, starts, lengths, series_group)
-    alerts = detect.find_alerts(ewma, starts, lengths, scale)
+    series = _series_table(con, group_names, med, rsd, metrics)
+    lengths = np.array([row[3] for row in series], dtype=np.int64)
+    series_group = np.array([group_index[row[2]] for row in series], dtype=np.int64)
+    spread = np.array([row[4:] for row in series], dtype=np.float64).reshape(-1, len(metrics))
+    scale = detect.group_scale(spread, lengths, series_group)
+
+    # Samples (DuckDB reservoir) fit the 2-means and the outlier yardsticks and feed the scatter.
+    sample = _sample(con, metrics)
+    centre, spread_dc = _density_contrast_scale(con)
+    sample_dc = (np.column_stack([sample["mean"], sample["std"]]) - centre) / spread_dc
+    finite_sample = np.isfinite(sample_dc).all(axis=1)
+    centres = detect.fit_two_means(sample_dc[finite_sample])
+    sample_group = np.array([group_index.get(g, -1) for g in sample["group_key"]], dtype=np.int64)
+    sample_metrics = np.column_stack([sample[m] for m in metrics]) if len(sample_group) else np.zeros((0, len(metrics)))
+    models = _outlier_models(con, group_names, sample_metrics, sample_group, med, rsd, metrics)
+
     station_alerts: dict[str, list[dict[str, Any]]] = {}
     charts: list[dict[str, Any]] = []
-    for alert in alerts:
-        sid, station, group, _n = series[alert.series]
-        metric = metrics[alert.metric]
-        col = spc_cols[alert.metric]
-        g = group_index[group]
-        lo = starts[alert.series]
-        window = values[lo + alert.window_start : lo + alert.length, col]
-        value = float(np.nanmean(window)) if np.isfinite(window).any() else math.nan
-        baseline, robust_sd = float(med[g, col]), float(rsd[g, col])
-        score = (value - baseline) / robust_sd if robust_sd > 0 else math.nan
-        if not (abs(score) >= detect.MIN_ALERT_SCORE):
-            continue  # out of control by a hair at the last scan: not worth a person's time
-        n_window = alert.length - alert.window_start
-        message = (
-            f"station {station}: {METRIC_LABELS[metric]} {_fmt(value, metric)} over its last {n_window} "
-            f"{describe_group(group)}, fleet baseline {_fmt(baseline, metric)}, {abs(score):.1f} robust SD "
-            f"{'above' if score > 0 else 'below'} (out of control since scan {alert.detected_at + 1} of {alert.length})"
-        )
-        station_alerts.setdefault(station, []).append(
-            {
-                "metric": metric,
-                "message": message,
-                "value": _num(value),
-                "baseline": _num(baseline),
-                "score": _num(score),
-                "group": group,
-                "detected_at_scan": alert.detected_at + 1,
-                "change_start_scan": alert.change_start + 1,
-                "series_scans": alert.length,
-            }
-        )
-        charts.append(
-            {
-                "station": station,
-                "metric": metric,
-                "group": group,
-                "values": values[lo : lo + alert.length, col],
-                "ewma": ewma[lo : lo + alert.length, alert.metric],
-                "baseline": baseline,
-                "robust_sd": robust_sd,
-                "detected_at": alert.detected_at,
-                "limit": alert.limit,
-                "score": score,
-            }
-        )
+    cluster_sizes = np.zeros(2, dtype=np.int64)
+    candidates: list[tuple[float, str, str, list[str]]] = []
+    for first, last in _batches(lengths, BATCH_ROWS):
+        uids, values = _fetch_series(con, first, last, metrics)
+        b_lengths = lengths[first : last + 1]
+        b_starts = np.concatenate([[0], np.cumsum(b_lengths)[:-1]]).astype(np.int64)
+        row_group = np.repeat(series_group[first : last + 1], b_lengths)
+        z = detect.robust_z(values[:, 2:], med[row_group], rsd[row_group])
+
+        # 1. per-station SPC on the physics metrics
+        ewma = detect.segmented_ewma(np.clip(z, -detect.Z_CLIP, detect.Z_CLIP), b_starts)
+        for alert in detect.find_alerts(ewma, b_starts, b_lengths, scale[first : last + 1]):
+            _sid, station, group, _n = series[first + alert.series][:4]
+            g, m = group_index[group], alert.metric
+            lo = b_starts[alert.series]
+            history = values[lo : lo + alert.length, 2 + m]
+            window = history[alert.window_start :]
+            value = float(np.nanmean(window)) if np.isfinite(window).any() else math.nan
+            baseline, robust_sd = float(med[g, m]), float(rsd[g, m])
+            score = (value - baseline) / robust_sd if robust_sd > 0 else math.nan
+            if not (abs(score) >= detect.MIN_ALERT_SCORE):
+                continue  # out of control by a hair at the last scan: not worth a person's time
+            metric = metrics[m]
+            message = (
+                f"station {station}: {METRIC_LABELS[metric]} {_fmt(value, metric)} over its last {len(window)} "
+                f"{describe_group(group)}, fleet baseline {_fmt(baseline, metric)}, {abs(score):.1f} robust SD "
+                f"{'above' if score > 0 else 'below'} (out of control since scan {alert.detected_at + 1} of {alert.length})"
+            )
+            station_alerts.setdefault(station, []).append(
+                {
+                    "metric": metric,
+                    "message": message,
+                    "value": _num(value),
+                    "baseline": _num(baseline),
+                    "score": _num(score),
+                    "group": group,
+                    "detected_at_scan": alert.detected_at + 1,
+                    "change_start_scan": alert.change_start + 1,
+                    "series_scans": alert.length,
+                }
+            )
+            charts.append(
+                {
+                    "station": station,
+                    "metric": metric,
+                    "group": group,
+                    "values": history.copy(),
+                    # for people: the EWMA of the values themselves, in the metric's units
+                    "ewma": baseline + detect.ewma(np.nan_to_num(history - baseline)[:, None])[:, 0],
+                    "baseline": baseline,
+                    "robust_sd": robust_sd,
+                    "detected_at": alert.detected_at,
+                    "limit": alert.limit,
+                    "score": score,
+                }
+            )
+        del ewma
+
+        # 2. the prototype's view: 2-means labels for every scan
+        dc = (values[:, :2] - centre) / spread_dc
+        finite = np.isfinite(dc).all(axis=1)
+        cluster_sizes += np.bincount(detect.nearest_centre(dc[finite], centres), minlength=2)[:2]
+
+        # 3. multivariate outliers, with the features that make them stand out
+        row_series = np.repeat(np.arange(first, last + 1), b_lengths)
+        candidates.extend(_outliers(models, z, values[:, 2:], row_group, med, metrics, uids, row_series, series))
+        candidates = sorted(candidates, key=lambda c: -c[0])[:MAX_OUTLIERS]
+
+    # Clusters are numbered by size, largest first.
+    if cluster_sizes[1] > cluster_sizes[0]:
+        cluster_sizes, centres = cluster_sizes[::-1].copy(), centres[::-1].copy()
 
     stations: dict[str, int] = {}
-    for _sid, station, _group, n in series:
-        stations[station] = stations.get(station, 0) + int(n)
+    for row in series:
+        stations[row[1]] = stations.get(row[1], 0) + int(row[3])
     station_list = [
         {
             "station": station,
@@ -332,55 +349,158 @@ def analyse(con: duckdb.DuckDBPyConnection, out_dir: Path, found: SourceSet | No
         }
         for station, count in sorted(stations.items())
     ]
-
-    # The prototype's view: 2-means on standardised density and contrast.
-    density_contrast = values[:, :2]
-    finite = np.isfinite(density_contrast).all(axis=1)
-    dc = density_contrast[finite]
-    centre, scale = (dc.mean(axis=0), dc.std(axis=0)) if len(dc) else (np.zeros(2), np.ones(2))
-    scale = np.where(scale > 0, scale, 1.0)
-    standardised = (dc - centre) / scale
-    labels, centres = detect.two_means(standardised)
-    sizes = [int((labels == 0).sum()), int((labels == 1).sum())]
-
-    outliers = _outliers(values, z_all, med, all_features, row_group, group_names, series, lengths, uids)
-
     report: dict[str, Any] = {
-        "scans": int(n_scans),
+        "scans": n_scans,
         "stations": station_list,
-        "outliers": outliers,
-        "clusters": {"k": 2, "sizes": sizes, "features": ["mean", "std"], "centres_standardised": centres.tolist()},
+        "outliers": [
+            {"sop_instance_uid": uid, "station": station, "score": round(score, 2), "reasons": reasons}
+            for score, uid, station, reasons in candidates
+        ],
+        "clusters": {
+            "k": 2,
+            "sizes": [int(cluster_sizes[0]), int(cluster_sizes[1])],
+            "features": ["mean", "std"],
+            "centres_standardised": centres.tolist(),
+        },
         "baselines": {
-            g: {f: {"median": _num(baselines[g][f][0]), "robust_sd": _num(baselines[g][f][1])} for f in all_features if f in baselines.get(g, {})}
+            g: {f: {"median": _num(baselines[g][f][0]), "robust_sd": _num(baselines[g][f][1])} for f in all_features if f in baselines[g]}
             for g in group_names
         },
         "method": {
             "baseline": "median and 1.4826*MAD per group (modality/body part/protocol family) over the fleet",
-            "spc": f"EWMA lambda={detect.EWMA_LAMBDA} on robust z (clipped to +-{detect.Z_CLIP}), limit {detect.EWMA_L} sigma, alert when out of control at the latest scan",
-            "outliers": f"robust Mahalanobis (MCD) on robust z per group, chi-square p < {OUTLIER_P}",
+            "spc": (
+                f"EWMA lambda={detect.EWMA_LAMBDA} on robust z clipped to +-{detect.Z_CLIP}, limit {detect.EWMA_L} sigma "
+                f"(scaled by the group's typical scan-to-scan spread); alert when out of control at the latest scan "
+                f"and the scans since the change average >= {detect.MIN_ALERT_SCORE} robust SD off the baseline"
+            ),
+            "outliers": f"robust Mahalanobis (MCD by C-steps) on robust z per group, chi-square p < {OUTLIER_P}",
         },
     }
     from medsendx.fsutil import atomic_write_bytes
 
     atomic_write_bytes(out_dir / REPORT_JSON, (json.dumps(report, indent=2) + "\n").encode())
-    # Scatter: a sample is enough for the eye and keeps the PNG fast at a million scans.
-    station_codes = np.repeat(np.arange(len(series)), lengths)[finite] if len(series) else np.zeros(0, int)
-    series_station = [row[1] for row in series]
     from medsendx.fleet.plot import render_report
 
     render_report(
         out_dir / REPORT_PNG,
-        standardised,
-        labels,
+        sample_dc[finite_sample],
+        detect.nearest_centre(sample_dc[finite_sample], centres),
         centres,
-        station_codes,
-        series_station,
+        cluster_sizes.tolist(),
+        np.asarray(sample["station"], dtype=object)[finite_sample],
         charts,
         station_list,
-        int(n_scans),
+        n_scans,
     )
     report["_sources"] = found
     return report
+
+
+BATCH_ROWS = 250_000
+SAMPLE_ROWS = 20_000
+MIN_GROUP_SAMPLE = 2_000  # below this many sampled rows, a group gets its own sample query
+
+
+def _series_table(con: duckdb.DuckDBPyConnection, group_names: list[str], med: np.ndarray, rsd: np.ndarray, metrics: list[str]) -> list[tuple]:
+    """One row per (station, group) in order: id, station, group, scans, and per metric the
+    scan-to-scan SD of the clipped robust z (computed in DuckDB against the baselines)."""
+    baseline = pa.table(
+        {"group_key": group_names}
+        | {f"med_{i}": med[:, i] for i in range(len(metrics))}
+        | {f"rsd_{i}": rsd[:, i] for i in range(len(metrics))}
+    )
+    con.register("baseline_table", baseline)
+    clip = detect.Z_CLIP
+    spreads = ", ".join(
+        f'stddev_samp(coalesce(greatest(-{clip}, least({clip}, (s."{m}" - b.med_{i}) / b.rsd_{i})), 0)) AS sd_{i}'
+        for i, m in enumerate(metrics)
+    )
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE series AS
+            SELECT (row_number() OVER (ORDER BY station, group_key) - 1)::INTEGER AS series_id, *
+            FROM (SELECT s.station, s.group_key, count(*) AS n, {spreads}
+                  FROM scans s JOIN baseline_table b ON s.group_key = b.group_key GROUP BY ALL)"""
+    )
+    con.unregister("baseline_table")
+    return con.execute("SELECT * FROM series ORDER BY series_id").fetchall()
+
+
+def _batches(lengths: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
+    """Runs of whole series (first, last index) of at most ``max_rows`` rows (one long
+    series may exceed it alone)."""
+    out: list[tuple[int, int]] = []
+    first, rows = 0, 0
+    for i, n in enumerate(lengths.tolist()):
+        if rows and rows + n > max_rows:
+            out.append((first, i - 1))
+            first, rows = i, 0
+        rows += n
+    if len(lengths):
+        out.append((first, len(lengths) - 1))
+    return out
+
+
+def _fetch_series(con: duckdb.DuckDBPyConnection, first: int, last: int, metrics: list[str]) -> tuple[pa.ChunkedArray, np.ndarray]:
+    """The scans of series ``first..last`` in series then time order: UIDs, and a float
+    matrix with columns mean, std, then the metrics."""
+    fetched = ["mean", "std"] + metrics
+    select = ", ".join(f's."{c}"::DOUBLE AS "{c}"' for c in fetched)
+    table = con.sql(
+        f"""SELECT s.sop_instance_uid, {select}
+            FROM scans s JOIN series r ON s.station = r.station AND s.group_key = r.group_key
+            WHERE r.series_id BETWEEN {int(first)} AND {int(last)}
+            ORDER BY r.series_id, s.acquired_at NULLS LAST, s.instance_number NULLS LAST, s.sop_instance_uid"""
+    ).to_arrow_table()
+    values = np.empty((table.num_rows, len(fetched)))
+    for i, name in enumerate(fetched):
+        values[:, i] = table.column(name).to_numpy(zero_copy_only=False)
+    return table.column("sop_instance_uid"), values
+
+
+def _sample(con: duckdb.DuckDBPyConnection, metrics: list[str]) -> dict[str, np.ndarray]:
+    cols = ", ".join(f'"{c}"::DOUBLE AS "{c}"' for c in ["mean", "std"] + metrics)
+    table = con.sql(
+        f"SELECT station, group_key, {cols} FROM scans USING SAMPLE reservoir({SAMPLE_ROWS} ROWS) REPEATABLE (7)"
+    ).to_arrow_table()
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+
+
+def _density_contrast_scale(con: duckdb.DuckDBPyConnection) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and SD of density and contrast over the fleet, for standardising."""
+    row = con.execute(
+        "SELECT avg(mean), stddev_pop(mean), avg(std), stddev_pop(std) FROM scans WHERE mean IS NOT NULL AND std IS NOT NULL"
+    ).fetchall()[0]
+    values = [float(v) if v is not None else math.nan for v in row]
+    centre = np.nan_to_num(np.array([values[0], values[2]]))
+    spread = np.array([values[1], values[3]])
+    return centre, np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
+
+
+def _outlier_models(con, group_names, sample_metrics, sample_group, med, rsd, metrics) -> dict[int, tuple[list[int], detect.RobustCovariance, float]]:
+    """Per group: the metric columns it has, the robust covariance fit, the distance limit."""
+    from scipy.special import chdtri  # chi-square quantile, without scipy.stats' start-up
+
+    models: dict[int, tuple[list[int], detect.RobustCovariance, float]] = {}
+    for g, group in enumerate(group_names):
+        rows = sample_metrics[sample_group == g]
+        if len(rows) < MIN_GROUP_SAMPLE:
+            cols = ", ".join(f'"{m}"::DOUBLE' for m in metrics)
+            rows = con.execute(
+                f"SELECT {cols} FROM (SELECT * FROM scans WHERE group_key = ?) USING SAMPLE reservoir({SAMPLE_ROWS} ROWS) REPEATABLE (7)",
+                [group],
+            ).fetchnumpy()
+            rows = np.column_stack([np.asarray(rows[k], dtype=np.float64) for k in rows]) if len(rows) else np.zeros((0, len(metrics)))
+        if len(rows) == 0:
+            continue
+        wanted = [metrics.index(f) for f in OUTLIER_FEATURES["CT" if group.startswith("CT/") else "other"]]
+        present = [c for c in wanted if np.isfinite(rows[:, c]).mean() > 0.5]
+        if len(present) < 2:
+            continue
+        z = detect.robust_z(rows[:, present], med[g, present], rsd[g, present])
+        model = detect.fit_robust_covariance(z)
+        if model is not None:
+            models[g] = (present, model, math.sqrt(float(chdtri(int(model.keep.sum()), OUTLIER_P))))
+    return models
 
 
 def describe_group(group: str) -> str:
@@ -410,65 +530,52 @@ def _baselines(con: duckdb.DuckDBPyConnection, features: list[str]) -> dict[str,
     return out
 
 
-def _outliers(
-    values: np.ndarray,
-    z_all: np.ndarray,
-    med: np.ndarray,
-    features: list[str],
-    row_group: np.ndarray,
-    group_names: list[str],
-    series: list[tuple],
-    lengths: np.ndarray,
-    uids: pa.ChunkedArray,
-) -> list[dict[str, Any]]:
-    """Scans far from their group in several features at once, with the features why."""
-    from scipy.stats import chi2
-
-    found: list[tuple[float, int, list[str]]] = []
-    for g, group in enumerate(group_names):
+def _outliers(models, z, values, row_group, med, metrics, uids, row_series, series) -> list[tuple[float, str, str, list[str]]]:
+    """Scans of one batch far from their group in several metrics at once: (score, UID,
+    station, reasons), at most MAX_OUTLIERS per group, strongest first."""
+    found: list[tuple[float, str, str, list[str]]] = []
+    for g, (present, model, threshold) in models.items():
         rows = np.nonzero(row_group == g)[0]
         if len(rows) == 0:
             continue
-        kind = "CT" if group.startswith("CT/") else "other"
-        cols = [features.index(f) for f in OUTLIER_FEATURES[kind]]
-        present = [c for c in cols if np.isfinite(values[rows, c]).mean() > 0.5]
-        if len(present) < 2:
-            continue
-        z = z_all[np.ix_(rows, present)]
-        distance = detect.robust_mahalanobis(z)
-        threshold = math.sqrt(chi2.ppf(1.0 - OUTLIER_P, df=len(present)))
-        candidates = np.nonzero(distance > threshold)[0]
-        top = candidates[np.argsort(-distance[candidates])][:MAX_OUTLIERS]
-        for i in top:
+        zg = z[np.ix_(rows, present)]
+        distance = model.distance(zg)
+        hits = np.nonzero((distance > threshold) & (np.abs(zg).max(axis=1) >= 3))[0]  # a feature to point at
+        for i in hits[np.argsort(-distance[hits])][:MAX_OUTLIERS]:
             row = rows[i]
-            zr = z[i]
-            order = np.argsort(-np.abs(zr))
             reasons = []
-            for j in order[:3]:
-                if abs(zr[j]) < 3 and reasons:
+            for j in np.argsort(-np.abs(zg[i]))[:3]:
+                if abs(zg[i, j]) < 3 and reasons:
                     break
-                name = features[present[j]]
+                name = metrics[present[j]]
                 reasons.append(
                     f"{METRIC_LABELS.get(name, name)} {_fmt(values[row, present[j]], name)}, group median "
-                    f"{_fmt(med[g, present[j]], name)} ({zr[j]:+.1f} robust SD)"
+                    f"{_fmt(med[g, present[j]], name)} ({zg[i, j]:+.1f} robust SD)"
                 )
-            found.append((float(distance[i]), int(row), reasons))
-    found.sort(key=lambda t: -t[0])
-    series_of_row = np.repeat(np.arange(len(series)), lengths) if len(series) else np.zeros(0, int)
-    return [
-        {
-            "sop_instance_uid": uids[row].as_py(),
-            "station": series[int(series_of_row[row])][1],
-            "score": round(score, 2),
-            "reasons": reasons,
-        }
-        for score, row, reasons in found[:MAX_OUTLIERS]
-    ]
+            found.append((float(distance[i]), uids[int(row)].as_py(), series[int(row_series[row])][1], reasons))
+    return found
 
 
-def _write_parquet(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+def _write_unique_scans(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Copy ``raw`` to Parquet, keeping one row per SOP Instance UID (a re-sent scan counts once).
+
+    Only the UIDs that occur more than once go through DISTINCT ON; de-duplicating every row
+    would cost a hash table over the whole fleet.
+    """
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE repeated_uids AS
+           SELECT sop_instance_uid FROM raw WHERE sop_instance_uid IS NOT NULL GROUP BY 1 HAVING count(*) > 1"""
+    )
+    if con.execute("SELECT count(*) FROM repeated_uids").fetchall()[0][0]:
+        query = """SELECT * FROM raw WHERE sop_instance_uid IS NULL
+                      OR sop_instance_uid NOT IN (SELECT sop_instance_uid FROM repeated_uids)
+                   UNION ALL BY NAME
+                   SELECT DISTINCT ON (sop_instance_uid) * FROM raw
+                   WHERE sop_instance_uid IN (SELECT sop_instance_uid FROM repeated_uids)"""
+    else:
+        query = "SELECT * FROM raw"
     tmp = path.with_name(f".{path.name}.tmp")
-    con.execute(f"COPY scans TO '{_sql_path(tmp)}' (FORMAT parquet, COMPRESSION zstd)")
+    con.execute(f"COPY ({query}) TO '{_sql_path(tmp)}' (FORMAT parquet, COMPRESSION zstd)")
     os.replace(tmp, path)
 
 

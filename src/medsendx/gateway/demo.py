@@ -51,6 +51,7 @@ class DemoSummary:
     destination: str = ""
     identities_planted: int = 0  # identifying values planted across all objects
     identities_found_at_hq: int = 0  # of those, how many reached HQ (must be 0)
+    attributes_changed: int = 0  # attributes removed or replaced, from the audit log
     raw_bytes: int = 0
     wire_bytes: int = 0
     link_resets: int = 0
@@ -59,6 +60,7 @@ class DemoSummary:
     fleet_alerts: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)  # parts that could not run, and why
+    notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -219,10 +221,12 @@ def _finish(settings: Settings, out: Path, summary: DemoSummary, planted_copies:
     summary.raw_bytes = counters["received_bytes"]
     summary.wire_bytes = totals["wire_bytes"]
     summary.delivery_retries = totals["retries"]
-    summary.link_resets = link.stats.resets + link.stats.refused if link else 0
+    if link is not None and link.stats.connections:
+        summary.link_resets = link.stats.resets + link.stats.refused
     if not to:
         summary.identities_found_at_hq = _identities_at(out / "hq", secrets)
     summary.priorities = _priorities(settings)
+    summary.attributes_changed = _audited_changes(settings)
     if to:
         with tempfile.TemporaryDirectory(prefix="medsendx-deid-") as tmp:
             _overlay(_local_copies(settings, planted_copies, Path(tmp)), out, summary)
@@ -242,8 +246,8 @@ def _link_fallback(folder: Path, summary: DemoSummary):
     except ImportError:
         from medsendx.gateway.flakylink import flaky_transport_factory
 
-        summary.missing.append("DIMSE transport not installed: the flaky link is simulated above the folder transport")
-        return flaky_transport_factory(0.35)
+        summary.notes.append("no DIMSE transport on this install: link drops are simulated above the folder transport")
+        return flaky_transport_factory(0.35, stats=summary)
     return None
 
 
@@ -255,6 +259,17 @@ def _identities_at(folder: Path, secrets: list[str]) -> int:
             data = path.read_bytes()
             found += sum(1 for s in secrets if s.encode() in data)
     return found
+
+
+def _audited_changes(settings: Settings) -> int:
+    """Attributes removed or replaced (every action but Keep), summed over the audit log."""
+    total = 0
+    if settings.audit_log.exists():
+        for line in settings.audit_log.read_text().splitlines():
+            entry = json.loads(line)
+            if entry.get("status") == "ok":
+                total += sum(n for action, n in entry.get("actions", {}).items() if action != "K")
+    return total
 
 
 def _priorities(settings: Settings) -> list[dict[str, Any]]:

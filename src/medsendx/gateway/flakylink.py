@@ -141,11 +141,12 @@ def _reset(sock: socket.socket) -> None:
         pass
 
 
-def flaky_transport_factory(fail_fraction: float, seed: int | None = None):
+def flaky_transport_factory(fail_fraction: float, seed: int | None = None, stats=None):  # noqa: ANN001
     """A transport factory whose transports drop the link before a share of the requests.
 
     For destinations a TCP proxy cannot sit in front of (a local folder): the failure is
     raised where a reset would surface, so the deliverer's retry path runs for real.
+    ``stats.link_resets`` (when given) counts the drops.
     """
     from medsendx.transport import open_transport
 
@@ -159,6 +160,8 @@ def flaky_transport_factory(fail_fraction: float, seed: int | None = None):
 
         def send(self, items, checkpoint):  # noqa: ANN001 (the Transport protocol)
             if rng.random() < fail_fraction:
+                if stats is not None:
+                    stats.link_resets += 1
                 raise ConnectionResetError("simulated link drop")
             return self.inner.send(items, checkpoint)
 

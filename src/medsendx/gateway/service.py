@@ -221,20 +221,20 @@ class GatewayService:
             self._retry_later(job)
             return
         fields = {"status": result.status, "sop_instance_uid": result.sop_instance_uid, "priority": result.priority}
-        if result.status == "quarantined":
-            self.state.add("quarantined")
-            fields["reason"] = result.reason
-        elif result.status == "duplicate":
-            self.state.add("duplicates")
-        elif result.status in ("queued", "held"):
-            self.state.add("deidentified")
-            if result.status == "queued":
-                self._wake_deliverer()
-        else:
+        if not result.committed:  # not expected from the pipeline; keep the raw object, try again
             self.state.add("errors")
             log_event(log, "object not processed; kept for retry", logging.ERROR, reason=result.reason)
             self._retry_later(job)
             return
+        if result.status in ("quarantined", "error"):  # either way the input is in quarantine
+            self.state.add("quarantined")
+            fields["reason"] = result.reason
+        elif result.status == "duplicate":
+            self.state.add("duplicates")
+        else:
+            self.state.add("deidentified")
+            if result.status == "queued":
+                self._wake_deliverer()
         log_event(log, "object processed", **fields)
         if job.dropped is not None:
             self.state.mark_seen(job.dropped.sha256, result.status)

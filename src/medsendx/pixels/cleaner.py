@@ -10,13 +10,15 @@ of rows around what was blanked, and identical frames (a frozen cine) are read o
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_color_lut
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_color_lut, apply_modality_lut
 from pydicom.uid import UID
 
 from medsendx.config import PixelSettings, Settings
@@ -139,8 +141,10 @@ class PixelCleaner:
                 frame = frames[index]
                 key = hashlib.blake2b(frame.tobytes() + repr(bands).encode(), digest_size=16).digest()
                 if key not in ocr_cache:
-                    ocr_cache[key] = ocr.ocr_image(display_array(ds, frame), bands)
-                    calls += 1
+                    ocr_cache[key] = []
+                    for view, image in enumerate(_renderings(ds, frame)):
+                        ocr_cache[key] += [_in_view(word, view) for word in ocr.ocr_image(image, bands)]
+                        calls += 1
                 chosen = words_to_redact(ocr_cache[key], policy, matcher)
                 if not chosen:
                     continue
@@ -175,6 +179,41 @@ class PixelCleaner:
         if hidden:
             what += ", bits above Bits Stored cleared"
         return PixelCleanResult(True, f"{what}, {verified}", _unique(regions), bool(changed or hidden), calls)
+
+
+def _renderings(ds: Dataset, frame: np.ndarray) -> list[np.ndarray]:
+    """The frame as a person sees it, plus, for greyscale shown through a window narrower
+    than its values, the full range: text painted outside the window is invisible in the
+    first view but appears as soon as someone changes the window."""
+    shown = display_array(ds, frame)
+    if frame.ndim != 2 or str(ds.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR":
+        return [shown]
+    if "WindowCenter" not in ds and "VOILUTSequence" not in ds:
+        return [shown]  # already a min/max-like (percentile) view
+    values = apply_modality_lut(frame, ds) if "RescaleSlope" in ds or "ModalityLUTSequence" in ds else frame
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if hi <= lo:
+        return [shown]
+    if "WindowCenter" in ds and "WindowWidth" in ds and "VOILUTSequence" not in ds:
+        center, width = (float(_first(ds.WindowCenter)), float(_first(ds.WindowWidth)))
+        if center - width / 2 <= lo and hi <= center + width / 2:
+            return [shown]  # the window already shows every value
+    full = ((np.asarray(values, dtype=np.float32) - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        full = 255 - full
+    return [shown, full]
+
+
+def _first(value: object) -> float:
+    return float(value[0] if isinstance(value, (list, tuple, MultiValue)) else value)  # type: ignore[index, arg-type]
+
+
+def _in_view(word: ocr.OcrWord, view: int) -> ocr.OcrWord:
+    """Keep words of different renderings on different lines (the label rule is per line)."""
+    if view == 0:
+        return word
+    block, paragraph, line = word.line
+    return dataclasses.replace(word, line=(block + 100_000 * view, paragraph, line))
 
 
 def _hidden_high_bits(ds: Dataset, pixels: np.ndarray) -> bool:

@@ -82,7 +82,8 @@ class IdentityMatcher:
         tokens: set[str] = set()
         for value in values:
             text = str(value or "")
-            tokens.update(p for p in _parts(text) if len(p) >= 2)
+            # Short number pieces ("07" of a date) would match every small number on a page.
+            tokens.update(p for p in _parts(text) if len(p) >= 2 and not (p.isdigit() and len(p) < 4))
             whole = fold(text)
             if len(whole) >= 2:
                 tokens.add(whole)  # "DOE^JOHN" may be read as one word "DOEJOHN"

@@ -1,0 +1,54 @@
+"""Study-aware sending: hold each study until it has been quiet, then queue it by priority."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from medsendx.config import Settings
+from medsendx.gateway.demo import scanner_send
+from medsendx.gateway.scanday import PATIENTS, plant_identity
+from medsendx.gateway.service import GatewayService
+from medsendx.gateway.state import GatewayState
+from medsendx.outbox import Outbox
+
+
+def test_held_objects_come_out_highest_priority_first(tmp_path):
+    state = GatewayState(tmp_path / "gateway.sqlite3")
+    state.hold("1.1", "9.9", tmp_path / "a.dcm", 10)
+    state.hold("1.2", "9.9", tmp_path / "b.dcm", None)
+    state.hold("1.3", "9.9", tmp_path / "c.dcm", 80)
+    state.hold("1.4", "8.8", tmp_path / "d.dcm", 50)
+    assert [o.sop_instance_uid for o in state.held_objects("9.9")] == ["1.3", "1.1", "1.2"]
+    assert state.quiet_studies(60) == []  # just arrived
+    assert sorted(state.quiet_studies(60, now=time.time() + 61)) == ["8.8", "9.9"]
+    state.close()
+
+
+def test_study_is_held_until_quiet_then_sent(tmp_path, ct_head):
+    settings = Settings(state_dir=tmp_path / "state")
+    settings.outbox.destination = str(tmp_path / "hq")
+    gw = settings.gateway
+    gw.bind_address, gw.dicom_port, gw.http_port, gw.min_free_bytes = "127.0.0.1", 0, 0, 0
+    gw.study_quiet_seconds, gw.processes, gw.workers = 3.0, 0, 2
+    files = [plant_identity(src, tmp_path / f"{i}.dcm", PATIENTS[i // 3], new_uids_seed=PATIENTS[i // 3].patient_id)
+             for i, src in enumerate(ct_head[:6])]  # two patients, one study each
+    service = GatewayService(settings).start()
+    try:
+        assert scanner_send(files, service.receiver.port) == [0] * 6
+        deadline = time.monotonic() + 60
+        while len(service.state.held_objects()) < 6 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # both studies are de-identified and waiting; nothing has been queued for sending yet
+        assert len(service.state.held_objects()) == 6
+        assert len({o.study_instance_uid for o in service.state.held_objects()}) == 2
+        assert sum(Outbox(settings.outbox_db).counts().values()) == 0
+        while Outbox(settings.outbox_db).counts()["sent"] < 6 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        rows = Outbox(settings.outbox_db).items()
+        assert len(rows) == 6 and {r.state for r in rows} == {"sent"}
+        assert all(r.priority is not None for r in rows)  # queued with their triage priority
+        assert service.state.held_objects() == []
+    finally:
+        service.stop()
+    assert len([p for p in Path(tmp_path / "hq").rglob("*") if p.is_file()]) == 6
