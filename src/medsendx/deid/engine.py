@@ -1,69 +1,81 @@
-"""The de-identification engine: one pass over the dataset, every sequence at any depth.
+"""The de-identification engine: one pass over the object, every sequence at any depth.
 
-``Deidentifier(settings).deidentify(ds)`` de-identifies a pydicom Dataset in place;
-``.deidentify_file(src, out_dir)`` does it for a file: read, de-identify, write
-``out_dir/<new SOP Instance UID>.dcm`` atomically, append the audit log, and quarantine the
-input with a reason if anything goes wrong (it never raises for bad input).
+``Deidentifier(settings).deidentify_file(src, out_dir)`` reads a file, de-identifies it,
+writes ``out_dir/<new SOP Instance UID>.dcm`` atomically, appends the audit log, and
+quarantines the input with a reason if anything goes wrong (it never raises for bad
+input). ``.deidentify(ds)`` does the same to a pydicom Dataset in place.
 
-Speed comes from not doing work: elements that are kept are never decoded (pydicom keeps
-them as raw bytes and writes them back as they were), pixel data is never decoded or
-copied through numpy, the ``tag -> action`` map is computed once per option set, and the
-keyed UID map is cached across files.
+Speed comes from not doing work: the engine walks the file's bytes (``codec``), decides
+each element from the precomputed ``tag -> action`` map, copies kept elements as slices
+of the input (pixel data included, never decoded), and encodes only what it changes. The
+few header values needed for decisions (SOP class, burned-in flags, patient key) are read
+through pydicom from a dataset of just those elements.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import io
 import logging
+import os
 import re
+import tempfile
 import uuid
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
+import pydicom
+from pydicom.charset import decode_bytes, encode_string
 from pydicom.datadict import dictionary_VR, get_private_entry
-from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 from pydicom.sequence import Sequence
-from pydicom.uid import UID, UID_dictionary
-from pydicom.valuerep import VR as VR_
+from pydicom.uid import UID, UID_dictionary, ExplicitVRLittleEndian
 
 from medsendx import __version__
 from medsendx.config import Settings
+from medsendx.deid import codec
 from medsendx.deid import profile as P
 from medsendx.deid.audit import append_audit
-from medsendx.deid.pixelrisk import PixelRisk, assess_pixel_risk, identifying_words
+from medsendx.deid.codec import Element, Encoding, FormatError, Unsupported
+from medsendx.deid.pixelrisk import IDENTIFYING_KEYWORDS, RISK_KEYWORDS, PixelRisk, assess_header_risk, identifying_words
 from medsendx.deid.uids import KeyedMapper, load_or_create_secret, shift_date, shift_datetime
 from medsendx.dicomio import DicomReadError, read_dataset
-from medsendx.fsutil import atomic_write_bytes
+from medsendx.fsutil import TEMP_PREFIX, atomic_write, fsync_dir
 from medsendx.quarantine import quarantine_file
 
 # Our implementation UID: 2.25 + the UUID5 of the project name (stable across versions).
 IMPLEMENTATION_CLASS_UID = "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, "medsendx").int)
-MEDIA_DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"
 IMPLEMENTATION_VERSION_NAME = f"MEDSENDX_{__version__}"[:16]
+MEDIA_DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"
 
 # Dummy values for the D action, by VR. Sequences are kept with de-identified items; UIDs
 # get keyed replacements; binary values are emptied (no dummy could mean anything).
-DUMMY_VALUES: dict[str, Any] = {
+DUMMY_TEXT: dict[str, str] = {
     "PN": "ANONYMOUS", "LO": "ANONYMIZED", "SH": "ANONYMIZED", "LT": "ANONYMIZED",
     "ST": "ANONYMIZED", "UT": "ANONYMIZED", "UC": "ANONYMIZED", "CS": "ANONYMIZED",
     "AE": "ANONYMOUS", "DA": "19000101", "TM": "000000.00", "DT": "19000101000000.000000",
-    "AS": "000Y", "IS": "0", "DS": "0", "US": 0, "SS": 0, "UL": 0, "SL": 0, "UV": 0,
-    "SV": 0, "FL": 0.0, "FD": 0.0, "UR": None, "OB": None, "OW": None, "OF": None,
-    "OD": None, "OL": None, "OV": None, "UN": None, "AT": None,
+    "AS": "000Y", "IS": "0", "DS": "0",
 }
+DUMMY_BINARY: dict[str, bytes] = {"US": b"\0\0", "SS": b"\0\0", "UL": b"\0" * 4, "SL": b"\0" * 4, "FL": b"\0" * 4, "FD": b"\0" * 8, "SV": b"\0" * 8, "UV": b"\0" * 8}
 CLEANABLE_TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "PN", "CS"})
 _WORD_SPLIT = re.compile(r"([^\w]+)")
 _LONG_DIGITS = re.compile(r"\d{5,}")
 _SPACES = re.compile(r"\s{2,}")
-# File meta attributes worth nothing to the receiver that may name the sending site.
-_META_DROP = (0x00020016, 0x00020017, 0x00020018, 0x00020026, 0x00020027, 0x00020028, 0x00020100, 0x00020102)
+
+TAG_SOP_CLASS, TAG_SOP_INSTANCE = 0x00080016, 0x00080018
+TAG_STUDY_UID, TAG_SERIES_UID = 0x0020000D, 0x0020000E
+TAG_CHARSET = 0x00080005
+# Top-level attributes the engine reads before walking (decisions, patient key, words).
+_RISK_TAGS = {keyword: pydicom.datadict.tag_for_keyword(keyword) for keyword in RISK_KEYWORDS}
+_WORD_TAGS = frozenset(pydicom.datadict.tag_for_keyword(k) for k in IDENTIFYING_KEYWORDS)
 
 
 class QuarantineRequired(Exception):
@@ -104,58 +116,63 @@ class FileOutcome:
 
 
 @dataclass
+class _Prepared:
+    """A de-identified object waiting to be written."""
+
+    source: Path
+    digest: str
+    chunks: list[bytes | memoryview]
+    report: DeidReport
+
+
+@dataclass
 class _Context:
     """Per-object state shared by every level of the walk."""
 
+    buf: bytes
+    view: memoryview  # kept elements leave as slices of this: no copy until the write
     counts: Counter
     offset_days: int
     enhanced: bool
     derived: bool
     words: set[str] | None
+    charset: list[str]
+    top_uids: dict[int, str] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
 def _quiet_pydicom() -> Iterator[None]:
     """pydicom's warnings quote element values; those must never reach a log."""
     logger = logging.getLogger("pydicom")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL + 1)
+    disabled = logger.disabled  # (setLevel would clear every logger's cache: slow per file)
+    logger.disabled = True
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        logger.disabled = disabled
 
 
-def _strings(elem: DataElement | RawDataElement) -> list[str]:
-    """The values of a string element without a charset round trip (ASCII VRs only)."""
-    value = elem.value
-    if value is None:
-        return []
-    if isinstance(value, (bytes, bytearray)):
-        text = bytes(value).decode("latin-1").strip("\x00 ")
-        return text.split("\\") if text else []
-    if isinstance(value, str):
-        return value.split("\\") if value else []
-    return [str(v) for v in value]
+@lru_cache(maxsize=4096)
+def dict_vr(tag: int) -> str | None:
+    """The data dictionary's VR of a public tag (first choice of ambiguous ones)."""
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return None
+    return vr.split(" or ")[0] if " or " in vr else vr
 
 
-def _patient_key(ds: Dataset) -> str:
-    """What makes two objects 'the same patient' for pseudonyms and date shifts."""
-
-    def text(keyword: str) -> str:
-        elem = ds.get(keyword)
-        return "" if elem is None else str(elem).strip()
-
-    with contextlib.suppress(Exception):
-        patient_id = text("PatientID")
-        if patient_id:
-            return f"id:{text('IssuerOfPatientID')}|{patient_id}"
-        name = text("PatientName")
-        if name:
-            return f"name:{name}|{text('PatientBirthDate')}"
-    return f"study:{''.join(_strings(ds.get_item(0x0020000D))) if 0x0020000D in ds else ''}"
+def _element_vr(el: Element) -> str:
+    """The VR that decides an element: explicit, else (implicit, UN) the dictionary's."""
+    vr = el.vr
+    if vr and vr != "UN":
+        return vr
+    known = dict_vr(el.tag)
+    if known:
+        return known
+    return "SQ" if el.length == codec.UNDEFINED else "UN"
 
 
 # "No cleaner given": use the one ``settings.pixels`` asks for (None for policy "quarantine").
@@ -169,7 +186,9 @@ class Deidentifier:
     is called for objects whose pixels may show identity; by default it is the cleaner of
     ``settings.pixels``; with ``pixel_cleaner=None`` such objects are quarantined. A cleaner
     with ``needs_check(ds)`` may widen the objects checked (a header that says
-    BurnedInAnnotation NO on an ultrasound screen, or ``pixels.ocr_every_object``).
+    BurnedInAnnotation NO on an ultrasound screen, or ``pixels.ocr_every_object``); it is
+    given a dataset of the header attributes that decide pixel risk (``RISK_KEYWORDS`` and
+    ``ConversionType``, and PixelData without its value).
     """
 
     def __init__(self, settings: Settings, pixel_cleaner: Callable[[Dataset, set[str]], Any] | None = SETTINGS_CLEANER) -> None:
@@ -182,86 +201,265 @@ class Deidentifier:
         self.profile = P.Profile(settings.deid)
         self.actions = self.profile.actions
         self.mapper = KeyedMapper(load_or_create_secret(settings.secret_file), settings.deid.max_date_shift_days)
-        self._unlisted: dict[tuple[int, str | None], str] = {}
+        self._unlisted: dict[tuple[int, str], str] = {}
         self._needs_words = "C" in self.actions.values()
         self.station_name = station_name_for(settings.station_id)
+        self._provenance_cache: dict[Encoding, bytes] = {}
 
-    # ------------------------------------------------------------------ datasets
+    # ------------------------------------------------------------------ public API
     def deidentify(self, ds: Dataset) -> DeidReport:
-        """De-identify ``ds`` in place. Raises :class:`QuarantineRequired` when the object
-        must not leave; ``ds`` is then half-done and must be discarded."""
+        """De-identify ``ds`` in place (same rules as files). Raises
+        :class:`QuarantineRequired` when the object must not leave; ``ds`` is then left
+        as it was."""
         with _quiet_pydicom():
-            return self._deidentify(ds)
+            if getattr(ds, "file_meta", None) is None or "TransferSyntaxUID" not in ds.file_meta:
+                ds.file_meta = getattr(ds, "file_meta", None) or pydicom.dataset.FileMetaDataset()
+                ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            blob, report = self.deidentify_bytes(_encode(ds))
+            result = pydicom.dcmread(io.BytesIO(blob))
+        ds.clear()
+        ds.update(result)
+        ds.file_meta = result.file_meta
+        ds.preamble = result.preamble
+        ds.set_original_encoding(*result.original_encoding, result.original_character_set)
+        return report
 
-    def _deidentify(self, ds: Dataset) -> DeidReport:
-        if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
-            media_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
+    def deidentify_file(self, src: Path, out_dir: Path) -> FileOutcome:
+        """De-identify one file into ``out_dir/<new SOP Instance UID>.dcm`` (atomic, fsynced).
+
+        Never raises for bad input: the outcome says ``ok``, ``quarantined`` (the object
+        must not leave) or ``error`` (unreadable input, unwritable output); both failures
+        copy the input to quarantine with our reason and are written to the audit log.
+        """
+        prepared = self._prepare(Path(src))
+        if isinstance(prepared, FileOutcome):
+            return prepared
+        output = Path(out_dir) / f"{prepared.report.sop_instance_uid}.dcm"
+        try:
+            atomic_write(output, lambda fh: fh.writelines(prepared.chunks))
+        except OSError as exc:
+            return self._fail(prepared.source, prepared.digest, "error", _write_error(exc))
+        return self._committed(prepared, output)
+
+    def deidentify_files(self, sources: Iterable[Path], out_dir: Path, batch: int = 32) -> Iterator[FileOutcome]:
+        """:meth:`deidentify_file` for many files, with one disk flush per ``batch``.
+
+        Outputs are written to temp files, the file system is flushed once (``syncfs``),
+        then they are renamed into place: the same guarantee as one fsync per file (no
+        output is visible before its bytes are on disk), at a fraction of the cost.
+        Outcomes are yielded in input order once their batch is committed."""
+        out_dir = Path(out_dir)
+        pending: list[tuple[_Prepared | FileOutcome, Path | None]] = []
+        for src in sources:
+            prepared = self._prepare(Path(src))
+            if isinstance(prepared, _Prepared):
+                try:
+                    out_dir.mkdir(parents=True, exist_ok=True)
+                    pending.append((prepared, _write_temp(out_dir, prepared.chunks)))
+                except OSError as exc:
+                    pending.append((self._fail(prepared.source, prepared.digest, "error", _write_error(exc)), None))
+            else:
+                pending.append((prepared, None))
+            if len(pending) >= batch:
+                yield from self._commit(pending, out_dir)
+                pending = []
+        yield from self._commit(pending, out_dir)
+
+    def _commit(self, pending: list[tuple[_Prepared | FileOutcome, Path | None]], out_dir: Path) -> Iterator[FileOutcome]:
+        temps = [temp for _, temp in pending if temp is not None]
+        if temps:
+            _flush_filesystem(out_dir)
+        for item, temp in pending:
+            if temp is None:
+                yield item  # type: ignore[misc]
+                continue
+            prepared: _Prepared = item  # type: ignore[assignment]
+            output = out_dir / f"{prepared.report.sop_instance_uid}.dcm"
+            try:
+                os.replace(temp, output)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+                yield self._fail(prepared.source, prepared.digest, "error", _write_error(exc))
+                continue
+            yield self._committed(prepared, output)
+        if temps:
+            fsync_dir(out_dir)
+
+    def _prepare(self, src: Path) -> _Prepared | FileOutcome:
+        """Read, hash and de-identify ``src``; a failure is already a FileOutcome."""
+        digest = ""
+        try:
+            data = src.read_bytes()  # (not mmap: a file truncated under us would SIGBUS)
+            digest = hashlib.sha256(data).hexdigest()
+            chunks, report = self._deidentify_chunks(data)
+        except QuarantineRequired as exc:
+            return self._fail(src, digest, "quarantined", exc.reason)
+        except DicomReadError as exc:
+            return self._fail(src, digest, "error", str(exc))
+        except IsADirectoryError:
+            return self._fail(src, digest, "error", "is a directory, not a file")
+        except FileNotFoundError:
+            return self._fail(src, digest, "error", "file not found")
+        except PermissionError:
+            return self._fail(src, digest, "error", "permission denied reading the input")
+        except OSError as exc:
+            return self._fail(src, digest, "error", f"cannot read the input ({exc.strerror or type(exc).__name__})")
+        except Exception as exc:  # values may be in library messages: report the type only
+            return self._fail(src, digest, "error", f"cannot de-identify this object ({type(exc).__name__})")
+        return _Prepared(src, digest, chunks, report)
+
+    def _committed(self, prepared: _Prepared, output: Path) -> FileOutcome:
+        report = prepared.report
+        self._audit(prepared.digest, "ok", report=report)
+        return FileOutcome(
+            status="ok",
+            source=prepared.source,
+            output=output,
+            sop_instance_uid=report.sop_instance_uid,
+            study_instance_uid=report.study_instance_uid,
+            series_instance_uid=report.series_instance_uid,
+            report=report,
+        )
+
+    def deidentify_bytes(self, data: bytes) -> tuple[bytes, DeidReport]:
+        """De-identify a Part 10 file given as bytes; returns the output file's bytes.
+
+        Raises :class:`DicomReadError` (damaged input) or :class:`QuarantineRequired`."""
+        chunks, report = self._deidentify_chunks(data)
+        return b"".join(chunks), report
+
+    def _deidentify_chunks(self, data: bytes) -> tuple[list[bytes | memoryview], DeidReport]:
+        with _quiet_pydicom():
+            try:
+                return self._deidentify_bytes(data)
+            except FormatError as exc:
+                raise DicomReadError(str(exc)) from None
+            except Unsupported:
+                pass
+            # A legal structure the byte walker leaves alone (e.g. an implicit-VR item in an
+            # explicit-VR file): let pydicom read it and re-encode it canonically first.
+            ds = read_dataset(io.BytesIO(data))
+            try:
+                return self._deidentify_bytes(_encode(ds))
+            except (FormatError, Unsupported):
+                raise DicomReadError("damaged or unsupported DICOM structure") from None
+
+    # ------------------------------------------------------------------ the walk
+    def _deidentify_bytes(self, data: bytes) -> tuple[list[bytes | memoryview], DeidReport]:
+        """The output file as a list of chunks (slices of ``data`` for what is kept)."""
+        part = codec.read_part10(data)
+        buf, enc = part.body, part.encoding
+        elements, _ = codec.parse_dataset(buf, part.body_start, len(buf), enc, dict_vr)
+        index = {el.tag: el for el in elements}
+
+        def text(tag: int) -> str:
+            el = index.get(tag)
+            if el is None or el.length == codec.UNDEFINED:
+                return ""
+            return buf[el.value : el.end].decode("latin-1").strip("\x00 ")
+
+        _check_pixel_length(index, text, buf, enc)
+        sop_class = text(TAG_SOP_CLASS)
+        if not sop_class or TAG_SOP_INSTANCE not in index:
+            media_class = part.meta.get(0x00020002, b"").decode("latin-1").strip("\x00 ")
             if media_class == MEDIA_DIRECTORY_SOP_CLASS:
                 raise QuarantineRequired("media directory (DICOMDIR), not an object to send")
             raise QuarantineRequired("not a composite object (no SOP Class or SOP Instance UID)")
-        risk = assess_pixel_risk(ds)
+        risk = assess_header_risk(
+            {keyword: text(tag) for keyword, tag in _RISK_TAGS.items()},
+            has_pixels=any(tag in index for tag in (codec.PIXEL_DATA, 0x7FE00008, 0x7FE00009)),
+            embedded_overlay=any(
+                (g << 16 | 0x0102) in index and (g << 16 | 0x3000) not in index and _us(buf, index[g << 16 | 0x0102], enc) != 0
+                for g in range(0x6000, 0x6020, 2)
+            ),
+        )
         if risk is None and hasattr(self.pixel_cleaner, "needs_check"):
-            reason = self.pixel_cleaner.needs_check(ds)  # type: ignore[union-attr]
+            reason = self.pixel_cleaner.needs_check(_risk_dataset(index, text))  # type: ignore[union-attr]
             risk = PixelRisk(reason, cleanable=True) if reason else None
         if risk is not None and (not risk.cleanable or self.pixel_cleaner is None):
             raise QuarantineRequired(risk.reason)
-        words = identifying_words(ds) if (self._needs_words or risk is not None) else None
-        key = _patient_key(ds)
-        sop_class = str(ds.get("SOPClassUID", ""))
-        image_type = ds.get("ImageType")
+        words = None
+        if self._needs_words or risk is not None:
+            words = identifying_words(self._header_dataset(buf, elements, enc))
+        patient_id = text(0x00100020)
+        if patient_id:
+            key = f"id:{text(0x00100021)}|{patient_id}"
+        elif text(0x00100010):
+            key = f"name:{text(0x00100010)}|{text(0x00100030)}"
+        else:
+            key = f"study:{text(TAG_STUDY_UID)}"
+        charset = [c.strip() for c in text(TAG_CHARSET).split("\\")] if TAG_CHARSET in index else ["ISO_IR 6"]
         ctx = _Context(
+            buf=buf,
+            view=memoryview(buf),
             counts=Counter(),
             offset_days=self.mapper.date_offset_days(key),
             enhanced=_is_enhanced(sop_class),
-            derived=bool(image_type) and str(list(image_type)[0] if not isinstance(image_type, str) else image_type).upper().startswith("DERIVED"),
+            derived=text(0x00080008).upper().startswith("DERIVED"),
             words=words,
+            charset=charset,
         )
-        self._walk(ds, ctx, 0)
-        # Identity attributes exist in every output so a PACS never merges patients.
-        ds.PatientName = self.settings.deid.patient_name
-        ds.PatientID = self.mapper.patient_pseudonym(key)
-        ds.StationName = self.station_name
-        cleaned = False
-        if risk is not None:
-            result = self.pixel_cleaner(ds, words or set())  # type: ignore[misc]
-            if not getattr(result, "clean", False):
-                raise QuarantineRequired(getattr(result, "reason", "") or risk.reason)
-            ds.BurnedInAnnotation = "NO"
-            cleaned = True
-        self._provenance(ds, cleaned)
-        self._fix_file_meta(ds)
-        return DeidReport(
-            sop_instance_uid=str(ds.SOPInstanceUID),
-            study_instance_uid=str(ds.get("StudyInstanceUID", "")),
-            series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
+        out = self._walk(elements, enc, ctx, 0)
+        out.extend(self._identity_and_provenance(key, enc))
+        out.sort(key=lambda pair: pair[0])
+        body: list[bytes | memoryview] = [chunk for _, chunk in out]
+        if part.deflated:
+            body = [codec.deflate(b"".join(body))]
+        sop_instance = ctx.top_uids[TAG_SOP_INSTANCE]
+        meta = codec.file_meta(
+            sop_class, sop_instance, part.transfer_syntax, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+        )
+        chunks: list[bytes | memoryview] = [b"\x00" * 128 + b"DICM" + meta, *body]
+        report = DeidReport(
+            sop_instance_uid=sop_instance,
+            study_instance_uid=ctx.top_uids.get(TAG_STUDY_UID, ""),
+            series_instance_uid=ctx.top_uids.get(TAG_SERIES_UID, ""),
             counts=dict(sorted(ctx.counts.items())),
-            pixel_cleaned=cleaned,
             profile=self.profile.description,
             options=self.profile.option_dict(),
         )
+        if risk is not None:  # a cleaner is present and the risk is one it can fix
+            chunks = [self._clean_pixels(b"".join(chunks), words or set(), risk.reason)]
+            report.pixel_cleaned = True
+        return chunks, report
 
-    def _walk(self, ds: Dataset, ctx: _Context, depth: int) -> None:
+    def _header_dataset(self, buf: bytes, elements: list[Element], enc: Encoding) -> Dataset:
+        """A pydicom Dataset of the top-level elements whose words identify the patient."""
+        raw: dict[int, RawDataElement] = {}
+        for el in elements:
+            if el.tag in _WORD_TAGS or el.tag == TAG_CHARSET:
+                value = buf[el.value : el.end] if el.length != codec.UNDEFINED else b""
+                raw[el.tag] = RawDataElement(el.tag, el.vr, len(value), value, el.value, enc.implicit, enc.little)
+        return Dataset(raw)
+
+    def _walk(self, elements: list[Element], enc: Encoding, ctx: _Context, depth: int) -> list[tuple[int, bytes | memoryview]]:
         actions = self.actions
-        private = False
-        for tag in list(ds.keys()):
+        out: list[tuple[int, bytes]] = []
+        private: list[Element] = []
+        for el in elements:
+            tag = el.tag
             if (tag >> 16) & 1:
-                private = True
+                private.append(el)
                 continue
+            vr = _element_vr(el)
             action = actions.get(tag)
             if action is None:
-                action = self._unlisted_action(tag, ds.get_item(tag))
-            self._apply(ds, tag, action, ctx, depth)
+                action = self._unlisted_action(tag, vr)
+            chunk = self._apply(el, vr, action, enc, ctx, depth)
+            if chunk is not None:
+                out.append((tag, chunk))
         if private:
-            self._private(ds, ctx)
+            out.extend(self._private(private, ctx))
+        return out
 
-    def _unlisted_action(self, tag: int, elem: DataElement | RawDataElement) -> str:
+    def _unlisted_action(self, tag: int, vr: str) -> str:
         """The rule for attributes the table has no row for (see ``profile``)."""
-        key = (tag, elem.VR)
+        key = (tag, vr)
         action = self._unlisted.get(key)
         if action is not None:
             return action
         group, element = tag >> 16, tag & 0xFFFF
-        vr = _vr_of(tag, elem)
         if element == 0 or group in (0xFFFA, 0xFFFC) or 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF:
             action = "X"  # group lengths, padding, curves, overlays
         elif vr == "SQ":
@@ -281,88 +479,106 @@ class Deidentifier:
         self._unlisted[key] = action
         return action
 
-    def _apply(self, ds: Dataset, tag: int, action: str, ctx: _Context, depth: int) -> None:
+    def _apply(self, el: Element, vr: str, action: str, enc: Encoding, ctx: _Context, depth: int) -> bytes | memoryview | None:
+        """The encoded element after ``action``, or None when it is removed."""
         counts = ctx.counts
+        buf = ctx.buf
+        tag = el.tag
         if action == "K":
-            elem = ds.get_item(tag)
-            if _vr_of(tag, elem) == "SQ":
-                self._walk_sequence(ds, tag, ctx, depth)
-            return
-        if action == "X" or action == "XU" or action == P.PROVENANCE:
-            del ds[tag]
-            counts["X" if action != "XU" else "X_unlisted"] += 1
-            return
+            if vr == "SQ":
+                return self._sequence(el, enc, ctx, depth)
+            if tag in (TAG_SOP_INSTANCE, TAG_STUDY_UID, TAG_SERIES_UID) and depth == 0:
+                ctx.top_uids[tag] = "\\".join(codec.ascii_values(buf, el))
+            return ctx.view[el.start : el.end]
+        if action == "XU":
+            counts["X_unlisted"] += 1
+            return None
+        if action == "X" or action == P.PROVENANCE:
+            counts["X"] += 1
+            return None
         if action in P.COMBINED_ACTIONS:
-            action = P.resolve_combined(action, self._iod_type(tag, ctx, depth))
-            self._apply(ds, tag, action, ctx, depth)
-            return
-        elem = ds.get_item(tag)
-        vr = _vr_of(tag, elem)
+            return self._apply(el, vr, P.resolve_combined(action, self._iod_type(tag, ctx, depth)), enc, ctx, depth)
+        out_vr = vr  # (an implicit-VR header carries no VR; it still decides the padding)
         if action == "U" or action == "UIDCHECK":
             if vr == "SQ":
-                self._walk_sequence(ds, tag, ctx, depth)
                 counts["U"] += 1
-                return
-            values = _strings(elem)
+                return self._sequence(el, enc, ctx, depth)
+            values = codec.ascii_values(buf, el)
             if action == "UIDCHECK" and all(v in UID_dictionary for v in values):
-                return
-            ds[tag] = DataElement(tag, "UI", _one_or_many([self.mapper.uid(v) for v in values]))
+                return ctx.view[el.start : el.end]
+            mapped = [self.mapper.uid(v) for v in values]
+            if depth == 0 and tag in (TAG_SOP_INSTANCE, TAG_STUDY_UID, TAG_SERIES_UID):
+                ctx.top_uids[tag] = "\\".join(mapped)
             counts["U"] += 1
-        elif action == "Z":
-            ds[tag] = DataElement(tag, vr, Sequence() if vr == "SQ" else ("" if vr in _STRING_VRS else None))
+            return codec.text_element(tag, "UI", mapped, enc)
+        if action == "Z":
             counts["Z"] += 1
-        elif action == "D":
+            if vr == "SQ" or el.vr == "UN":
+                return codec.header(tag, el.vr or "SQ", 0, enc)
+            return codec.header(tag, out_vr, 0, enc)
+        if action == "D":
             if vr == "SQ":
-                self._walk_sequence(ds, tag, ctx, depth)
-            elif vr == "UI":
-                self._apply(ds, tag, "U", ctx, depth)
-                return
-            else:
-                ds[tag] = DataElement(tag, vr, DUMMY_VALUES.get(vr))
+                counts["D"] += 1
+                return self._sequence(el, enc, ctx, depth)
+            if vr == "UI":
+                return self._apply(el, vr, "U", enc, ctx, depth)
             counts["D"] += 1
-        elif action == P.SHIFT:
+            if vr in DUMMY_TEXT:
+                return codec.text_element(tag, out_vr, DUMMY_TEXT[vr], enc)
+            return codec.element(tag, out_vr, DUMMY_BINARY.get(vr, b""), enc)
+        if action == P.SHIFT:
             if vr == "DA" or vr == "DT":
                 shift = shift_date if vr == "DA" else shift_datetime
-                shifted = [shift(v, ctx.offset_days) for v in _strings(elem)]
-                ds[tag] = DataElement(tag, vr, _one_or_many([v for v in shifted if v]))
+                shifted = [s for s in (shift(v, ctx.offset_days) for v in codec.ascii_values(buf, el)) if s]
                 counts["C"] += 1
-            elif vr == "TM" or vr == "SH":
-                counts["K"] += 1  # times of day and UTC offsets: whole-day shifts keep them
-            elif vr == "SQ":
-                self._walk_sequence(ds, tag, ctx, depth)
-            else:
-                del ds[tag]  # binary timestamps cannot be shifted
-                counts["X"] += 1
-        elif action == "C":
+                return codec.text_element(tag, out_vr, shifted, enc)
             if vr == "SQ":
-                self._walk_sequence(ds, tag, ctx, depth)
-            elif vr == "AE":
-                ds[tag] = DataElement(tag, vr, DUMMY_VALUES["AE"])
-            elif vr in CLEANABLE_TEXT_VRS:
-                value = ds[tag].value
-                texts = [str(v) for v in value] if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [str(value or "")]
-                ds[tag] = DataElement(tag, vr, _one_or_many([clean_text(t, ctx.words or set()) for t in texts]))
-            else:
-                del ds[tag]
+                return self._sequence(el, enc, ctx, depth)
+            if vr == "TM" or vr == "SH":
+                counts["K"] += 1  # times of day and UTC offsets: whole-day shifts keep them
+                return ctx.view[el.start : el.end]
+            counts["X"] += 1  # binary timestamps cannot be shifted
+            return None
+        if action == "C":
             counts["C"] += 1
-        elif action == P.NAME:
-            ds[tag] = DataElement(tag, "PN", self.settings.deid.patient_name)
+            if vr == "SQ":
+                return self._sequence(el, enc, ctx, depth)
+            if vr == "AE":
+                return codec.text_element(tag, out_vr, DUMMY_TEXT["AE"], enc)
+            if vr in CLEANABLE_TEXT_VRS:
+                text = decode_bytes(buf[el.value : el.end], ctx.charset, set()).strip("\x00 ")
+                cleaned = "\\".join(clean_text(part, ctx.words or set()) for part in text.split("\\"))
+                return codec.element(tag, out_vr, encode_string(cleaned, ctx.charset), enc)
+            return None
+        if action in (P.NAME, P.PSEUDONYM, P.STATION):
             counts["D"] += 1
-        elif action == P.PSEUDONYM:
-            values = _strings(elem)
-            ds[tag] = DataElement(tag, "LO", self.mapper.patient_pseudonym(f"id:|{values[0]}") if values else "")
-            counts["D"] += 1
-        elif action == P.STATION:
-            ds[tag] = DataElement(tag, "SH", self.station_name)
-            counts["D"] += 1
-        else:  # pragma: no cover - profile compilation only produces the actions above
-            raise ValueError(f"unknown de-identification action {action!r}")
+            if depth == 0:
+                return None  # written with the provenance, present or not in the input
+            if action == P.NAME:
+                return codec.text_element(tag, out_vr, self.settings.deid.patient_name, enc)
+            if action == P.STATION:
+                return codec.text_element(tag, out_vr, self.station_name, enc)
+            values = codec.ascii_values(buf, el)
+            return codec.text_element(tag, out_vr, self.mapper.patient_pseudonym(f"id:|{values[0]}") if values else "", enc)
+        raise ValueError(f"unknown de-identification action {action!r}")  # pragma: no cover
 
-    def _walk_sequence(self, ds: Dataset, tag: int, ctx: _Context, depth: int) -> None:
-        value = ds[tag].value
-        if isinstance(value, Sequence):
-            for item in value:
-                self._walk(item, ctx, depth + 1)
+    def _sequence(self, el: Element, enc: Encoding, ctx: _Context, depth: int) -> bytes:
+        """A kept sequence, every item de-identified, re-encoded with undefined lengths.
+        A UN element holding a sequence keeps VR UN and its implicit-VR items."""
+        content = codec.IMPLICIT_LE if el.vr == "UN" else enc
+        parts = [codec.header(el.tag, "UN" if el.vr == "UN" else "SQ", codec.UNDEFINED, enc)]
+        for start, end, undefined in codec.sequence_items(ctx.buf, el, content, dict_vr):
+            if undefined:
+                items, _ = codec.parse_dataset(ctx.buf, start, end + 8, content, dict_vr, until_item_end=True)
+            else:
+                items, _ = codec.parse_dataset(ctx.buf, start, end, content, dict_vr)
+            walked = self._walk(items, content, ctx, depth + 1)
+            walked.sort(key=lambda pair: pair[0])
+            parts.append(codec.item_start(content))
+            parts.extend(chunk for _, chunk in walked)
+            parts.append(codec.item_end(content))
+        parts.append(codec.sequence_end(content))
+        return b"".join(parts)
 
     def _iod_type(self, tag: int, ctx: _Context, depth: int) -> int:
         if depth > 0:
@@ -372,121 +588,87 @@ class Deidentifier:
             return 1
         return enhanced if ctx.enhanced else classic
 
-    def _private(self, ds: Dataset, ctx: _Context) -> None:
-        tags = [t for t in ds.keys() if (t >> 16) & 1]
-        keep: set[int] = set()
+    def _private(self, elements: list[Element], ctx: _Context) -> list[tuple[int, bytes | memoryview]]:
+        """Private elements: all removed, or with Retain Safe Private only the allow-list
+        (and the creators of the blocks that hold them)."""
+        keep: dict[int, bytes | memoryview] = {}
         if self.settings.deid.retain_safe_private:
-            for tag in tags:
-                group, element = tag >> 16, tag & 0xFFFF
+            creators = {
+                el.tag: "".join(codec.ascii_values(ctx.buf, el)).strip()
+                for el in elements
+                if 0x0010 <= (el.tag & 0xFFFF) <= 0x00FF
+            }
+            for el in elements:
+                group, element = el.tag >> 16, el.tag & 0xFFFF
                 if element < 0x1000:
-                    continue  # creators (and invalid 0001-00FF) are decided below
+                    continue
                 creator_tag = (group << 16) | (element >> 8)
-                if creator_tag not in ds:
+                creator = creators.get(creator_tag)
+                if creator is None or (creator, group, element & 0xFF) not in P.SAFE_PRIVATE:
                     continue
-                creator = "".join(_strings(ds.get_item(creator_tag))).strip()
-                if (creator, group, element & 0xFF) not in P.SAFE_PRIVATE:
-                    continue
-                vr = ds.get_item(tag).VR
+                vr = el.vr
                 if vr in (None, "UN"):
                     with contextlib.suppress(KeyError):
-                        vr = get_private_entry(tag, creator)[0]
+                        vr = get_private_entry(el.tag, creator)[0]
                 if vr in P.SAFE_PRIVATE_VRS:
-                    keep.update((tag, creator_tag))
-        for tag in tags:
-            if tag not in keep:
-                del ds[tag]
-        ctx.counts["X_private"] += len(tags) - len(keep)
+                    keep[el.tag] = ctx.view[el.start : el.end]
+                    creator_el = next(c for c in elements if c.tag == creator_tag)
+                    keep[creator_tag] = ctx.view[creator_el.start : creator_el.end]
+        ctx.counts["X_private"] += len(elements) - len(keep)
         if keep:
             ctx.counts["K_private"] += len(keep)
+        return list(keep.items())
 
-    def _provenance(self, ds: Dataset, pixels_cleaned: bool) -> None:
-        ds.PatientIdentityRemoved = "YES"
-        description = self.profile.description
-        ds.DeidentificationMethod = _one_or_many([description[i : i + 64] for i in range(0, len(description), 64)])
-        codes = list(self.profile.method_codes)
-        if pixels_cleaned:
-            codes.insert(1, P.CODE_CLEAN_PIXELS)
-        items = []
-        for value, meaning in codes:
-            item = Dataset()
-            item.CodeValue = value
-            item.CodingSchemeDesignator = "DCM"
-            item.CodeMeaning = meaning
-            items.append(item)
-        ds.DeidentificationMethodCodeSequence = Sequence(items)
-        ds.LongitudinalTemporalInformationModified = {"full": "UNMODIFIED", "modified": "MODIFIED"}.get(
-            self.settings.deid.dates, "REMOVED"
-        )
+    def _identity_and_provenance(self, key: str, enc: Encoding) -> list[tuple[int, bytes | memoryview]]:
+        """PatientName, PatientID and StationName (always present in the output), and the
+        de-identification record (constant per option set, encoded once)."""
+        out_vr = None  # the dictionary VRs below; implicit-VR headers simply omit them
+        identity = [
+            (0x00100010, codec.text_element(0x00100010, out_vr or "PN", self.settings.deid.patient_name, enc)),
+            (0x00100020, codec.text_element(0x00100020, out_vr or "LO", self.mapper.patient_pseudonym(key), enc)),
+            (0x00081010, codec.text_element(0x00081010, out_vr or "SH", self.station_name, enc)),
+        ]
+        provenance = self._provenance_cache.get(enc)
+        if provenance is None:
+            description = self.profile.description
+            codes = []
+            for value, meaning in self.profile.method_codes:
+                codes.append(codec.item_start(enc))
+                codes.append(codec.text_element(0x00080100, out_vr or "SH", value, enc))
+                codes.append(codec.text_element(0x00080102, out_vr or "SH", "DCM", enc))
+                codes.append(codec.text_element(0x00080104, out_vr or "LO", meaning, enc))
+                codes.append(codec.item_end(enc))
+            provenance = b"".join(
+                (
+                    codec.text_element(0x00120062, out_vr or "CS", "YES", enc),
+                    codec.text_element(0x00120063, out_vr or "LO", [description[i : i + 64] for i in range(0, len(description), 64)], enc),
+                    codec.header(0x00120064, "SQ", codec.UNDEFINED, enc),
+                    *codes,
+                    codec.sequence_end(enc),
+                )
+            )
+            self._provenance_cache[enc] = provenance
+        temporal = {"full": "UNMODIFIED", "modified": "MODIFIED"}.get(self.settings.deid.dates, "REMOVED")
+        return identity + [
+            (0x00120062, provenance),  # 0012,0062..0064 in one chunk, in tag order
+            (0x00280303, codec.text_element(0x00280303, out_vr or "CS", temporal, enc)),
+        ]
 
-    def _fix_file_meta(self, ds: Dataset) -> None:
-        meta = getattr(ds, "file_meta", None)
-        if meta is None:
-            meta = ds.file_meta = FileMetaDataset()
-        for tag in _META_DROP:
-            if tag in meta:
-                del meta[tag]
-        if "SOPClassUID" in ds:
-            meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-        meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-        ds.preamble = b"\x00" * 128  # a preamble may hold a TIFF header or anything else
+    def _clean_pixels(self, blob: bytes, words: set[str], risk_reason: str) -> bytes:
+        """Hand the de-identified object to the pixel cleaner; record a clean result."""
+        ds = pydicom.dcmread(io.BytesIO(blob))
+        result = self.pixel_cleaner(ds, words)  # type: ignore[misc]
+        if not getattr(result, "clean", False):
+            raise QuarantineRequired(getattr(result, "reason", "") or risk_reason)
+        ds.BurnedInAnnotation = "NO"
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator = P.CODE_CLEAN_PIXELS[0], "DCM"
+        item.CodeMeaning = P.CODE_CLEAN_PIXELS[1]
+        codes = list(ds.DeidentificationMethodCodeSequence)
+        ds.DeidentificationMethodCodeSequence = Sequence([codes[0], item, *codes[1:]])
+        return _encode(ds)
 
-    # ------------------------------------------------------------------ files
-    def encode(self, ds: Dataset) -> bytes:
-        """A de-identified dataset as DICOM Part 10 bytes (in its own transfer syntax)."""
-        buffer = io.BytesIO()
-        with _quiet_pydicom():
-            dcmwrite(buffer, ds, enforce_file_format=True)
-        return buffer.getvalue()
-
-    def deidentify_file(self, src: Path, out_dir: Path) -> FileOutcome:
-        """De-identify one file into ``out_dir/<new SOP Instance UID>.dcm``.
-
-        Never raises for bad input: the outcome says ``ok``, ``quarantined`` (the object
-        must not leave) or ``error`` (unreadable input, unwritable output); both failures
-        copy the input to quarantine with our reason and are written to the audit log.
-        """
-        src = Path(src)
-        digest = ""
-        try:
-            data = src.read_bytes()
-            digest = hashlib.sha256(data).hexdigest()
-            with _quiet_pydicom():
-                ds = read_dataset(io.BytesIO(data))
-                _check_complete(ds, data)
-            report = self.deidentify(ds)
-            blob = self.encode(ds)
-        except QuarantineRequired as exc:
-            return self._fail(src, digest, "quarantined", exc.reason)
-        except DicomReadError as exc:
-            return self._fail(src, digest, "error", str(exc))
-        except IsADirectoryError:
-            return self._fail(src, digest, "error", "is a directory, not a file")
-        except FileNotFoundError:
-            return self._fail(src, digest, "error", "file not found")
-        except PermissionError:
-            return self._fail(src, digest, "error", "permission denied reading the input")
-        except OSError as exc:
-            return self._fail(src, digest, "error", f"cannot read the input ({exc.strerror or type(exc).__name__})")
-        except Exception as exc:  # values may be in pydicom's messages: report the type only
-            return self._fail(src, digest, "error", f"cannot de-identify this object ({type(exc).__name__})")
-        output = Path(out_dir) / f"{report.sop_instance_uid}.dcm"
-        try:
-            atomic_write_bytes(output, blob)
-        except OSError as exc:
-            return self._fail(src, digest, "error", f"cannot write the output ({exc.strerror or type(exc).__name__})")
-        self._audit(digest, "ok", report=report)
-        return FileOutcome(
-            status="ok",
-            source=src,
-            output=output,
-            sop_instance_uid=report.sop_instance_uid,
-            study_instance_uid=report.study_instance_uid,
-            series_instance_uid=report.series_instance_uid,
-            report=report,
-        )
-
+    # ------------------------------------------------------------------ failures
     def _fail(self, src: Path, digest: str, status: Literal["quarantined", "error"], reason: str) -> FileOutcome:
         try:
             entry = quarantine_file(self.settings.quarantine_dir, src, reason, stage="deid")
@@ -513,7 +695,6 @@ class Deidentifier:
             append_audit(self.settings.audit_log, record)
 
 
-_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
 _ENHANCED_WORDS = ("Enhanced", "Legacy Converted", "Segmentation", "Parametric Map", " SR", "RT ", "Presentation State")
 
 
@@ -524,23 +705,13 @@ def _is_enhanced(sop_class_uid: str) -> bool:
     return any(word in name for word in _ENHANCED_WORDS)
 
 
-def _vr_of(tag: int, elem: DataElement | RawDataElement) -> str:
-    """The element's VR; for implicit-VR and UN elements the dictionary's, when known."""
-    vr = elem.VR
-    if vr and vr != "UN":
-        return vr
-    try:
-        vr = dictionary_VR(tag)
-    except KeyError:
-        length = getattr(elem, "length", 0)
-        return "SQ" if length == 0xFFFFFFFF else "UN"
-    return vr.split(" or ")[0] if " or " in vr else vr
-
-
-def _one_or_many(values: list[str]) -> Any:
-    if not values:
-        return ""
-    return values[0] if len(values) == 1 else values
+def _encode(ds: Dataset) -> bytes:
+    """A pydicom Dataset as Part 10 bytes in its own transfer syntax."""
+    buffer = io.BytesIO()
+    if getattr(ds, "preamble", None) is None:
+        ds.preamble = b"\x00" * 128
+    dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def clean_text(text: str, words: set[str]) -> str:
@@ -559,50 +730,88 @@ def station_name_for(station_id: str) -> str:
     return station_id if len(station_id) <= 16 else station_id[-16:].lstrip("_")
 
 
-_KNOWN_VRS = frozenset(vr.value for vr in VR_)
-_DELIMITER_END = (b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", b"\xff\xfe\xe0\xdd\x00\x00\x00\x00")
+_NEEDS_CHECK_KEYWORDS = (*RISK_KEYWORDS, "ConversionType", "Manufacturer", "ManufacturerModelName")
+_PIXEL_TAGS = {codec.PIXEL_DATA: "OW", 0x7FE00008: "OF", 0x7FE00009: "OD"}
 
 
-def _check_complete(ds: Dataset, data: bytes) -> None:
-    """Refuse a file that pydicom read only in part: pydicom stops quietly at a cut-off
-    element, swallows the rest of the file after a bad VR, and never checks pixel sizes."""
-    size = len(data)
-    explicit = not ds.original_encoding[0] if ds.original_encoding[0] is not None else True
-    last = None
-    for tag in ds.keys():
-        elem = ds.get_item(tag)
-        if isinstance(elem, RawDataElement):
-            if explicit and elem.VR not in _KNOWN_VRS:
-                raise DicomReadError("invalid value representation in the header (damaged file)")
-            if elem.length != 0xFFFFFFFF and elem.value_tell + elem.length > size:
-                raise DicomReadError("an element runs past the end of the file (truncated or damaged)")
-        last = elem
-    if isinstance(last, RawDataElement) and last.value_tell is not None:
-        if last.length == 0xFFFFFFFF:
-            ends = _DELIMITER_END[0] if ds.original_encoding[1] is not False else _DELIMITER_END[1]
-            if not data.endswith(ends):
-                raise DicomReadError("file ends inside a sequence or encapsulated pixel data (truncated)")
-        elif last.value_tell + last.length != size:
-            raise DicomReadError("unreadable bytes after the last element (truncated or damaged)")
-    _check_pixel_length(ds)
+def _risk_dataset(index: dict[int, Element], text: Callable[[int], str]) -> Dataset:
+    """The header attributes that decide pixel risk, as a small pydicom Dataset (values
+    already decoded: no conversion cost), PixelData present but empty."""
+    ds = Dataset()
+    for keyword in _NEEDS_CHECK_KEYWORDS:
+        tag = pydicom.datadict.tag_for_keyword(keyword)
+        if tag in index:
+            values = text(tag).split("\\")
+            ds.add_new(tag, dict_vr(tag) or "LO", values if len(values) > 1 else values[0])
+    for tag, vr in _PIXEL_TAGS.items():
+        if tag in index:
+            ds.add_new(tag, vr, b"")
+    return ds
 
 
-def _check_pixel_length(ds: Dataset) -> None:
-    """Refuse native pixel data shorter than its declared size (a truncated file)."""
-    if "PixelData" not in ds:
-        return
-    elem = ds.get_item(0x7FE00010)
-    length = getattr(elem, "length", None)
-    if length is None or length == 0xFFFFFFFF:
-        return
+def _write_error(exc: OSError) -> str:
+    return f"cannot write the output ({exc.strerror or type(exc).__name__})"
+
+
+def _write_temp(out_dir: Path, chunks: list[bytes | memoryview]) -> Path:
+    """Write ``chunks`` to a new temp file in ``out_dir`` (no fsync: see _flush_filesystem)."""
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=out_dir)
     try:
-        expected = (
-            int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
-            * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.BitsAllocated)
-        )
-    except (AttributeError, TypeError, ValueError):
+        with os.fdopen(fd, "wb") as fh:
+            fh.writelines(chunks)
+        os.chmod(tmp, 0o644)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+_libc = None
+
+
+def _flush_filesystem(folder: Path) -> None:
+    """Make every file written so far on ``folder``'s file system durable: one
+    ``syncfs`` instead of an fsync per file (``os.sync`` where syncfs is missing)."""
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+            _libc.syncfs  # noqa: B018 - raises AttributeError where it does not exist
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            if _libc.syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    os.sync()
+
+
+def _us(buf: bytes, el: Element, enc: Encoding) -> int | None:
+    """An unsigned short value (US) of a raw element, or None if it is not one."""
+    if el.end - el.value < 2 or el.vr not in (None, "US"):
+        return None
+    return enc._h.unpack_from(buf, el.value)[0]
+
+
+def _check_pixel_length(index: dict[int, Element], text: Callable[[int], str], buf: bytes, enc: Encoding) -> None:
+    """Refuse native pixel data shorter than its declared size (a truncated file)."""
+    pixel = index.get(codec.PIXEL_DATA)
+    if pixel is None or pixel.length == codec.UNDEFINED:
         return
-    value = elem.value
-    actual = len(value) if isinstance(value, (bytes, bytearray)) else length
-    if actual * 8 < expected:
+    sizes = [index.get(tag) for tag in (0x00280010, 0x00280011, 0x00280100)]
+    if any(el is None for el in sizes):
+        return
+    rows, columns, bits = (_us(buf, el, enc) for el in sizes)  # type: ignore[arg-type]
+    samples = _us(buf, index[0x00280002], enc) if 0x00280002 in index else 1
+    try:
+        frames = int(text(0x00280008) or 1)
+    except ValueError:
+        frames = 1
+    if None in (rows, columns, bits, samples):
+        return
+    if pixel.length * 8 < rows * columns * samples * max(frames, 1) * bits:  # type: ignore[operator]
         raise DicomReadError("pixel data shorter than the image size (truncated file)")

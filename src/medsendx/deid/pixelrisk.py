@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Mapping
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -43,27 +44,35 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value)
 
 
+RISK_KEYWORDS = ("SOPClassUID", "RecognizableVisualFeatures", "BurnedInAnnotation", "Modality", "ImageType")
+
+
 def assess_pixel_risk(ds: Dataset) -> PixelRisk | None:
     """The pixel risk of ``ds`` (header only), or None for an object safe to pass on."""
+    header = {keyword: _text(ds, keyword) for keyword in RISK_KEYWORDS}
     has_pixels = any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
-    sop_class = _text(ds, "SOPClassUID")
+    return assess_header_risk(header, has_pixels, _embedded_overlay(ds))
+
+
+def assess_header_risk(header: Mapping[str, str], has_pixels: bool, embedded_overlay: bool) -> PixelRisk | None:
+    """The rule itself, on header values by keyword (multiple values joined by \\)."""
+    sop_class = header.get("SOPClassUID", "")
     if sop_class.startswith("1.2.840.10008.5.1.4.1.1.104."):
         return PixelRisk("encapsulated document: its content cannot be checked", cleanable=False)
     if not has_pixels:
         return None
-    if _text(ds, "RecognizableVisualFeatures").strip().upper() == "YES":
+    if header.get("RecognizableVisualFeatures", "").strip().upper() == "YES":
         return PixelRisk("recognizable visual features declared (e.g. a face)", cleanable=False)
-    burned_in = _text(ds, "BurnedInAnnotation").strip().upper()
+    burned_in = header.get("BurnedInAnnotation", "").strip().upper()
     if burned_in == "YES":
         return PixelRisk("burned-in annotation declared", cleanable=True)
     if burned_in != "NO":
-        modality = _text(ds, "Modality").strip().upper()
-        image_type = _text(ds, "ImageType").upper()
+        modality = header.get("Modality", "").strip().upper()
         if sop_class.startswith(_SCREEN_CAPTURE_PREFIXES) or modality in _SCREEN_CAPTURE_MODALITIES:
             return PixelRisk("screen-capture-like object without BurnedInAnnotation NO", cleanable=True)
-        if "SCREEN SAVE" in image_type:
+        if "SCREEN SAVE" in header.get("ImageType", "").upper():
             return PixelRisk("screen save image without BurnedInAnnotation NO", cleanable=True)
-    if _embedded_overlay(ds):
+    if embedded_overlay:
         return PixelRisk("overlay embedded in unused pixel bits", cleanable=True)
     return None
 

@@ -1,0 +1,221 @@
+"""De-identification of real files: every file in ../shared/data and the pydicom /
+pydicom-data test files. No original identifier may survive anywhere in the output bytes,
+pixel data must pass unchanged, UIDs stay consistent within a series, dciodvfy must report
+nothing new and a real Orthanc must store every output."""
+
+from __future__ import annotations
+
+import subprocess
+import warnings
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from pydicom.data import get_testdata_files
+
+from deid_helpers import settings_for
+from medsendx.deid import Deidentifier, FileOutcome
+from medsendx.deid.profile import Profile
+
+IDENTIFYING_VRS = {"PN", "LO", "SH", "LT", "ST", "UT", "UC", "UI", "AE"}
+DCIODVFY = "/usr/bin/dciodvfy"
+
+
+def original_identifiers(path: Path) -> set[bytes]:
+    """Values of the input that the default profile must not let through: every value of
+    an attribute the table does not keep (at any depth), every person name, every private
+    value. Short values (< 6 characters) are left out: they occur by chance in any file;
+    so are values that an attribute the profile keeps also holds (a procedure named in a
+    removed description and in a kept code meaning, an institution called like the kept
+    manufacturer, is not an identifier that leaked). Dates are checked apart
+    (``assert_dates_shifted``): a shifted date may by chance equal another original date."""
+    actions = Profile(settings_for(Path("/unused")).deid).actions
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    found: set[bytes] = set()
+    kept: set[bytes] = set()
+    for elem in ds.iterall():
+        action = actions.get(elem.tag)
+        if elem.VR not in IDENTIFYING_VRS or elem.tag.is_private:
+            continue
+        if action in (None, "K") and elem.VR != "PN":
+            kept.add(str(elem.value).strip().encode("latin-1", "replace"))
+            continue
+        if elem.keyword in ("SOPClassUID", "ReferencedSOPClassUID", "PatientIdentityRemoved", "DeidentificationMethod"):
+            continue
+        values = elem.value if isinstance(elem.value, (list, pydicom.multival.MultiValue)) else [elem.value]
+        for value in values:
+            text = str(value).strip()
+            if len(text) >= 6:
+                found.add(text.encode("latin-1", "replace"))
+    return {value for value in found if not any(value in k for k in kept)}
+
+
+def assert_dates_shifted(src: Path, out_path: Path) -> None:
+    """Every top-level date that stays was moved back by one offset of 1..365 days."""
+    original = pydicom.dcmread(src, stop_before_pixels=True)
+    out = pydicom.dcmread(out_path, stop_before_pixels=True)
+    shifts = set()
+    for elem in original:
+        if elem.VR != "DA" or not elem.value or elem.tag not in out or not out[elem.tag].value:
+            continue
+        before, after = str(elem.value)[:8], str(out[elem.tag].value)[:8]
+        if len(before) == 8 and before.isdigit():
+            shifts.add((date(int(after[:4]), int(after[4:6]), int(after[6:])) - date(int(before[:4]), int(before[4:6]), int(before[6:]))).days)
+    assert len(shifts) <= 1 and all(-365 <= s <= -1 for s in shifts), f"{src.name}: date shifts {shifts}"
+
+
+def pixel_bytes(path: Path) -> bytes | None:
+    ds = pydicom.dcmread(path)
+    return ds.get("PixelData")
+
+
+def dciodvfy_errors(path: Path) -> set[str]:
+    result = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=120)
+    return {line.strip() for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")}
+
+
+def deidentify_all(files: list[Path], tmp: Path, *, folder_each: bool = False) -> dict[Path, FileOutcome]:
+    """De-identify ``files``; ``folder_each`` gives every input its own output folder (the
+    pydicom set has the same object in several encodings, which share one output name)."""
+    # No pixel cleaner: this is about the header; objects at pixel risk go to quarantine
+    # (the pixel cleaner has its own tests).
+    deid = Deidentifier(settings_for(tmp / "state"), pixel_cleaner=None)
+    return {
+        path: deid.deidentify_file(path, tmp / "out" / (str(i) if folder_each else ""))
+        for i, path in enumerate(files)
+    }
+
+
+# ---------------------------------------------------------------- ../shared/data
+
+
+@pytest.fixture(scope="module")
+def shared_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[Path, FileOutcome]:
+    files = sorted(p for p in data_dir.rglob("*.dcm"))
+    assert len(files) >= 90
+    return deidentify_all(files, tmp_path_factory.mktemp("shared"))
+
+
+def ok_outcomes(run: dict[Path, FileOutcome]) -> dict[Path, FileOutcome]:
+    return {src: out for src, out in run.items() if out.status == "ok"}
+
+
+def test_every_shared_object_is_deidentified(shared_run):
+    failed = {src.name: o.reason for src, o in shared_run.items() if o.status != "ok"}
+    # The Philips folder holds one DICOMDIR (media directory, not an object to send).
+    assert list(failed.values()) == ["media directory (DICOMDIR), not an object to send"]
+
+
+def test_no_original_identifier_survives_in_shared_outputs(shared_run):
+    checked = 0
+    for src, outcome in ok_outcomes(shared_run).items():
+        data = outcome.output.read_bytes()
+        leaked = [v for v in original_identifiers(src) if v in data]
+        assert not leaked, f"{src.name}: {len(leaked)} original values in the output"
+        assert_dates_shifted(src, outcome.output)
+        out = pydicom.dcmread(outcome.output, stop_before_pixels=True)
+        assert not any(elem.tag.is_private for elem in out.iterall())
+        assert out.PatientIdentityRemoved == "YES"
+        checked += 1
+    assert checked == len(shared_run) - 1
+
+
+def test_pixel_data_passes_unchanged(shared_run):
+    for src, outcome in ok_outcomes(shared_run).items():
+        assert pixel_bytes(outcome.output) == pixel_bytes(src), src.name
+
+
+def test_uids_are_consistent_within_each_series(shared_run):
+    series: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    sops = []
+    for src, outcome in ok_outcomes(shared_run).items():
+        original = pydicom.dcmread(src, stop_before_pixels=True)
+        out = pydicom.dcmread(outcome.output, stop_before_pixels=True)
+        series[original.SeriesInstanceUID].add((out.StudyInstanceUID, out.SeriesInstanceUID))
+        assert out.SOPInstanceUID == outcome.output.stem == out.file_meta.MediaStorageSOPInstanceUID
+        assert out.SOPInstanceUID != original.SOPInstanceUID and len(out.SOPInstanceUID) <= 64
+        sops.append((original.SOPInstanceUID, out.SOPInstanceUID))
+    assert all(len(new) == 1 for new in series.values())
+    assert len({new for new in series.values() for new in new}) == len(series)
+    # one original SOP Instance UID -> one new one (transfer-syntax copies share theirs)
+    assert len({o for o, _ in sops}) == len({n for _, n in sops})
+
+
+@pytest.mark.slow
+def test_dciodvfy_reports_nothing_new_on_shared_outputs(shared_run):
+    pairs = list(ok_outcomes(shared_run).items())
+
+    def new_errors(pair):
+        src, outcome = pair
+        return src.name, dciodvfy_errors(outcome.output) - dciodvfy_errors(src)
+
+    with ThreadPoolExecutor(4) as pool:
+        problems = {name: errors for name, errors in pool.map(new_errors, pairs) if errors}
+    assert problems == {}
+
+
+@pytest.mark.slow
+def test_orthanc_stores_every_shared_output(shared_run, orthanc):
+    outputs = [o.output for o in ok_outcomes(shared_run).values()]
+    with httpx.Client(timeout=60) as client:
+        for path in outputs:
+            response = client.post(f"{orthanc.url}/instances", content=path.read_bytes())
+            assert response.status_code == 200, path.name
+            assert response.json()["Status"] in ("Success", "AlreadyStored")
+    assert set(orthanc.sop_instance_uids()) == {p.stem for p in outputs}
+
+
+# ---------------------------------------------------------------- pydicom test files
+
+
+def readable_pydicom_files() -> list[Path]:
+    files = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in sorted(get_testdata_files()):
+            path = Path(name)
+            try:
+                pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception:
+                continue  # pydicom itself cannot read it
+            files.append(path)
+    return files
+
+
+@pytest.fixture(scope="module")
+def pydicom_run(tmp_path_factory: pytest.TempPathFactory) -> dict[Path, FileOutcome]:
+    return deidentify_all(readable_pydicom_files(), tmp_path_factory.mktemp("pydicom"), folder_each=True)
+
+
+def test_pydicom_files_are_deidentified_or_refused_with_a_reason(pydicom_run):
+    statuses = defaultdict(int)
+    for src, outcome in pydicom_run.items():
+        statuses[outcome.status] += 1
+        if outcome.status != "ok":
+            assert outcome.reason and "\n" not in outcome.reason and outcome.output is None
+    assert statuses["ok"] >= 120, dict(statuses)
+
+
+def test_no_original_identifier_survives_in_pydicom_outputs(pydicom_run):
+    for src, outcome in ok_outcomes(pydicom_run).items():
+        data = outcome.output.read_bytes()
+        leaked = [v for v in original_identifiers(src) if v in data]
+        assert not leaked, f"{src.name}: {leaked[:3]}"
+        assert_dates_shifted(src, outcome.output)
+        assert pixel_bytes(outcome.output) == pixel_bytes(src), src.name
+
+
+@pytest.mark.slow
+def test_orthanc_stores_a_sample_of_pydicom_outputs(pydicom_run, orthanc):
+    by_uid = {o.output.stem: o.output for o in ok_outcomes(pydicom_run).values()}
+    outputs = [by_uid[uid] for uid in sorted(by_uid)][::6]
+    assert len(outputs) >= 15
+    with httpx.Client(timeout=60) as client:
+        for path in outputs:
+            response = client.post(f"{orthanc.url}/instances", content=path.read_bytes())
+            assert response.status_code == 200, path.name
+    assert set(orthanc.sop_instance_uids()) == {p.stem for p in outputs}
