@@ -178,14 +178,16 @@ class Outbox:
         # One connection per thread, kept open: usable from any thread, and no WAL
         # checkpoint on every close. Every public method is one self-contained transaction.
         conn = getattr(self._local, "conn", None)
-        if conn is not None:
+        if conn is not None and self._local.pid == os.getpid():
             return conn
+        # (A connection inherited through fork() must not be used: SQLite forbids it.)
         conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=30000")
         self._local.conn = conn
+        self._local.pid = os.getpid()
         self._all_connections.append(conn)
         return conn
 
