@@ -7,6 +7,7 @@ copy its own SOP Instance UID, so every output is a distinct file), then de-iden
 * the prototype's loop: pydicom dcmread, overwrite PatientName/PatientID, save_as;
 * ours, in memory (engine only, no file I/O);
 * ours, one core, as ``medsendx anonymize`` runs (atomic outputs, one disk flush per batch);
+* ours, one core, without the disk flush (comparison only: the baselines do not flush);
 * ours, one core, one fsync per file (``deidentify_file``, as the gateway calls it);
 * ours with worker processes over the folder (``medsendx anonymize -j N``).
 
@@ -54,11 +55,14 @@ def make_inputs(folder: Path, count: int) -> list[Path]:
 
 
 def timed(label: str, run, count: int, results: dict[str, float]) -> None:
-    started = time.perf_counter()
+    """Wall-clock files/s, and files per CPU-second of this process (what one core does
+    when it is not shared; meaningless for the worker run, whose work is in children)."""
+    started, cpu_started = time.perf_counter(), time.process_time()
     run()
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     results[label] = count / elapsed
-    print(f"  {label:<44} {count / elapsed:8.0f} files/s   ({elapsed:5.2f} s)", flush=True)
+    cpu_rate = f"{count / cpu:8.0f} files/CPU-s" if "workers" not in label else " " * 20
+    print(f"  {label:<44} {count / elapsed:8.0f} files/s  {cpu_rate}  ({elapsed:5.2f} s)", flush=True)
 
 
 def main() -> None:
@@ -75,7 +79,8 @@ def main() -> None:
         deid = Deidentifier(settings, pixel_cleaner=None)
         datas = [p.read_bytes() for p in inputs]
         count = len(inputs)
-        print(f"{count} files ({sum(map(len, datas)) / 1e6:.0f} MB) from ../shared/data/ct-head-ge, {os.cpu_count()} cores")
+        print(f"{count} files ({sum(map(len, datas)) / 1e6:.0f} MB) from ../shared/data/ct-head-ge, {os.cpu_count()} cores, "
+              f"load average {os.getloadavg()[0]:.1f}")
         results: dict[str, float] = {}
 
         def out(name: str) -> Path:
@@ -99,6 +104,17 @@ def main() -> None:
         timed("ours, engine only (in memory)", lambda: [deid.deidentify_bytes(d) for d in datas], count, results)
         batch_dir = out("ours")
         timed("ours, 1 core (anonymize: batch flush)", lambda: list(deid.deidentify_files(inputs, batch_dir)), count, results)
+        # The same, without waiting for the disk (the baselines above do not flush either):
+        # shows how much of the wall time is the durability flush on this machine's disk.
+        from medsendx.deid import engine
+
+        flush, sync_dir = engine._flush_filesystem, engine.fsync_dir
+        engine._flush_filesystem = engine.fsync_dir = lambda folder: None
+        try:
+            noflush_dir = out("ours-noflush")
+            timed("ours, 1 core, no disk flush (comparison only)", lambda: list(deid.deidentify_files(inputs, noflush_dir)), count, results)
+        finally:
+            engine._flush_filesystem, engine.fsync_dir = flush, sync_dir
         single_dir = out("ours-fsync")
         timed("ours, 1 core, fsync per file", lambda: [deid.deidentify_file(p, single_dir) for p in inputs], count, results)
         workers_dir = out("ours-workers")
@@ -108,7 +124,7 @@ def main() -> None:
             count,
             results,
         )
-        for folder in (batch_dir, single_dir, workers_dir):
+        for folder in (batch_dir, noflush_dir, single_dir, workers_dir):
             assert len(list(folder.iterdir())) == count, "every input must give one output"
 
         copy, proto = results["plain file copy (shutil.copyfile)"], results["prototype loop (dcmread, set 2 tags, save_as)"]

@@ -488,3 +488,11 @@ def test_dataset_without_file_meta_is_deidentified_in_place(tmp_path):
     assert ds.PatientName == "ANONYMIZED" and ds.PixelData == pixels
     assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
     assert not any(PLANT in str(elem.value) for elem in ds.iterall() if elem.VR != "OW")
+
+
+def test_deidentification_method_lists_profile_and_options_in_valid_values(tmp_path):
+    out, _, _ = run(tmp_path, planted_ct(), clean_descriptors=True, retain_uids=True)
+    values = list(out.DeidentificationMethod)
+    assert values[0] == "MedSendX PS3.15 Basic Profile"
+    assert "Clean Descriptors" in values and "Retain UIDs" in values
+    assert all(len(v) <= 64 for v in values)

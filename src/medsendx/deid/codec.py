@@ -9,8 +9,9 @@ through byte for byte.
 Handled: the Part 10 file meta, implicit VR little endian, explicit VR little and big
 endian, deflated explicit VR little endian, sequences and items of defined or undefined
 length at any depth, UN elements holding sequences, encapsulated pixel data.
-``FormatError`` means the bytes are damaged (truncated, bad VR, runs past the end);
-``Unsupported`` means a legal but unusual structure that the caller hands to pydicom.
+``FormatError`` means the bytes are damaged (truncated, bad VR, runs past the end) or use
+a structure we refuse (undefined length on an element that is not a sequence or pixel
+data; an implicit-VR item inside an explicit-VR file): such objects go to quarantine.
 """
 
 from __future__ import annotations
@@ -41,10 +42,6 @@ _NUL_PADDED = frozenset({"UI", "OB", "OD", "OF", "OL", "OV", "OW", "UN", "SV", "
 
 class FormatError(Exception):
     """The bytes are not a well-formed DICOM object (our own one-line wording)."""
-
-
-class Unsupported(Exception):
-    """Well-formed perhaps, but a structure this parser leaves to pydicom."""
 
 
 @dataclass(frozen=True)
@@ -164,10 +161,10 @@ def parse_dataset(buf: bytes, pos: int, end: int, enc: Encoding, dict_vr, *, unt
             elif vr in (None, "SQ", "UN"):
                 content = IMPLICIT_LE if vr == "UN" else enc
                 if vr is None and dict_vr(tag) not in (None, "SQ", "UN"):
-                    raise Unsupported("undefined length on a non-sequence element")
+                    raise FormatError("undefined length on an element that is not a sequence")
                 stop = skip_sequence(buf, value, end, content, dict_vr)
             else:
-                raise Unsupported("undefined length on a non-sequence element")
+                raise FormatError("undefined length on an element that is not a sequence")
         else:
             stop = value + length
             if stop > end:

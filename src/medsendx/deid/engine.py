@@ -44,10 +44,10 @@ from medsendx.config import Settings
 from medsendx.deid import codec
 from medsendx.deid import profile as P
 from medsendx.deid.audit import append_audit
-from medsendx.deid.codec import Element, Encoding, FormatError, Unsupported
+from medsendx.deid.codec import Element, Encoding, FormatError
 from medsendx.deid.pixelrisk import IDENTIFYING_KEYWORDS, RISK_KEYWORDS, PixelRisk, assess_header_risk, identifying_words
 from medsendx.deid.uids import KeyedMapper, load_or_create_secret, shift_date, shift_datetime
-from medsendx.dicomio import DicomReadError, read_dataset
+from medsendx.dicomio import DicomReadError
 from medsendx.fsutil import TEMP_PREFIX, atomic_write, fsync_dir
 from medsendx.quarantine import quarantine_file
 
@@ -335,15 +335,6 @@ class Deidentifier:
                 return self._deidentify_bytes(data)
             except FormatError as exc:
                 raise DicomReadError(str(exc)) from None
-            except Unsupported:
-                pass
-            # A legal structure the byte walker leaves alone (e.g. an implicit-VR item in an
-            # explicit-VR file): let pydicom read it and re-encode it canonically first.
-            ds = read_dataset(io.BytesIO(data))
-            try:
-                return self._deidentify_bytes(_encode(ds))
-            except (FormatError, Unsupported):
-                raise DicomReadError("damaged or unsupported DICOM structure") from None
 
     # ------------------------------------------------------------------ the walk
     def _deidentify_bytes(self, data: bytes) -> tuple[list[bytes | memoryview], DeidReport]:
@@ -630,7 +621,6 @@ class Deidentifier:
         ]
         provenance = self._provenance_cache.get(enc)
         if provenance is None:
-            description = self.profile.description
             codes = []
             for value, meaning in self.profile.method_codes:
                 codes.append(codec.item_start(enc))
@@ -641,7 +631,7 @@ class Deidentifier:
             provenance = b"".join(
                 (
                     codec.text_element(0x00120062, out_vr or "CS", "YES", enc),
-                    codec.text_element(0x00120063, out_vr or "LO", [description[i : i + 64] for i in range(0, len(description), 64)], enc),
+                    codec.text_element(0x00120063, out_vr or "LO", self.profile.method_values, enc),
                     codec.header(0x00120064, "SQ", codec.UNDEFINED, enc),
                     *codes,
                     codec.sequence_end(enc),
@@ -813,5 +803,7 @@ def _check_pixel_length(index: dict[int, Element], text: Callable[[int], str], b
         frames = 1
     if None in (rows, columns, bits, samples):
         return
+    if "422" in text(0x00280004):  # YBR_FULL_422: two chroma samples per two pixels
+        samples = 2
     if pixel.length * 8 < rows * columns * samples * max(frames, 1) * bits:  # type: ignore[operator]
         raise DicomReadError("pixel data shorter than the image size (truncated file)")

@@ -256,10 +256,16 @@ class Profile:
         return codes
 
     @cached_property
+    def method_values(self) -> list[str]:
+        """DeidentificationMethod values (LO: at most 64 characters each): the profile,
+        then one value per option."""
+        return ["MedSendX PS3.15 Basic Profile"] + [meaning.removesuffix(" Option") for _, meaning in self.method_codes[1:]]
+
+    @cached_property
     def description(self) -> str:
-        """Human-readable summary, also written to DeidentificationMethod."""
-        names = [meaning.removesuffix(" Option") for _, meaning in self.method_codes[1:]]
-        return "MedSendX PS3.15 Basic Profile" + (f" + {', '.join(names)}" if names else "")
+        """Human-readable summary (audit log)."""
+        first, *names = self.method_values
+        return first + (f" + {', '.join(names)}" if names else "")
 
     def option_dict(self) -> dict[str, Any]:
         """The options as plain JSON-able values (for the audit log)."""

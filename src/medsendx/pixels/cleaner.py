@@ -128,6 +128,38 @@ class PixelCleaner:
                     blank(frames[index], (x0, y0, x1, y1), fill)
                     changed.add(index)
 
+        leftovers, calls = self._read_and_blank(ds, frames, matcher, fill, regions, changed)
+        if leftovers:
+            return PixelCleanResult(
+                False,
+                f"identifying text remains after {MAX_REDACTION_ROUNDS} redaction rounds "
+                f"({leftovers} word(s))",
+                _unique(regions),
+                False,
+                calls,
+            )
+        hidden = _hidden_high_bits(ds, pixels)
+        if changed or hidden:
+            store_pixels(ds, frames[0] if frame_count(ds) == 1 else frames)
+        verified = "verified by OCR" if calls else "nothing to check"
+        what = f"{len(_unique(regions))} region(s) blanked" if changed else "no identifying text found"
+        if hidden:
+            what += ", bits above Bits Stored cleared"
+        return PixelCleanResult(True, f"{what}, {verified}", _unique(regions), bool(changed or hidden), calls)
+
+    def _read_and_blank(
+        self,
+        ds: Dataset,
+        frames: np.ndarray,
+        matcher: IdentityMatcher,
+        fill: np.ndarray | int,
+        regions: list[Box],
+        changed: set[int],
+    ) -> tuple[int, int]:
+        """OCR, blank and re-read every frame in place; returns (identifying words left
+        after the last round, OCR calls). Blanked boxes go to ``regions``, frames to ``changed``."""
+        policy = self.settings.policy
+        height, width = frames.shape[1:3]
         ocr_cache: dict[bytes, list[ocr.OcrWord]] = {}
         calls = 0
         # frame -> the rows to read: None = the whole frame (first look), else bands around
@@ -162,23 +194,7 @@ class PixelCleaner:
             pending = still
             if not pending:
                 break
-        if leftovers:
-            return PixelCleanResult(
-                False,
-                f"identifying text remains after {MAX_REDACTION_ROUNDS} redaction rounds "
-                f"({leftovers} word(s))",
-                _unique(regions),
-                False,
-                calls,
-            )
-        hidden = _hidden_high_bits(ds, pixels)
-        if changed or hidden:
-            store_pixels(ds, frames[0] if frame_count(ds) == 1 else frames)
-        verified = "verified by OCR" if calls else "nothing to check"
-        what = f"{len(_unique(regions))} region(s) blanked" if changed else "no identifying text found"
-        if hidden:
-            what += ", bits above Bits Stored cleared"
-        return PixelCleanResult(True, f"{what}, {verified}", _unique(regions), bool(changed or hidden), calls)
+        return leftovers, calls
 
 
 def _renderings(ds: Dataset, frame: np.ndarray) -> list[np.ndarray]:
