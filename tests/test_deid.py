@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import EnhancedCTImageStorage, SecondaryCaptureImageStorage, generate_uid
 
 from deid_helpers import PIXELS, PLANT, planted_ct, settings_for, write
-from medsendx.deid import Deidentifier, QuarantineRequired, Profile, clean_text, station_name_for
+from medsendx.deid import Deidentifier, QuarantineRequired, Profile, clean_text
 from medsendx.deid.audit import read_audit
 from medsendx.deid.profile import COMBINED_ACTIONS, SIMPLE_ACTIONS, load_table, resolve_combined
 from medsendx.deid.uids import shift_date, shift_datetime
@@ -267,8 +267,9 @@ def test_secret_is_created_once_with_mode_0600(tmp_path):
 def test_patient_name_placeholder_and_station_id(tmp_path):
     out, _, _ = run(tmp_path, planted_ct(), patient_name="WITHHELD")
     assert out.PatientName == "WITHHELD"
-    assert out.StationName == "MOBILE_CLINIC_01"  # SH holds 16 characters
-    assert station_name_for("TRUCK7") == "TRUCK7"
+    # the provenance tag names the unit exactly, so that fleet analytics never merges two
+    # units that share a suffix (see the README on ids longer than SH's 16 characters)
+    assert out.StationName == "REMOTE_MOBILE_CLINIC_01"
 
 
 def test_existing_deidentification_records_are_replaced(tmp_path):

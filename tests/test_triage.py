@@ -87,6 +87,7 @@ def test_kmeans_1d_rejects_empty_input() -> None:
 # ---------------------------------------------------------------- real scans
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("folder", REAL_FOLDERS)
 def test_never_worse_than_scikit_learn_on_every_real_slice(data_dir: Path, folder: str) -> None:
     """Our SSE is never larger than scikit-learn KMeans' on exactly the same pixels."""

@@ -13,7 +13,7 @@ from medsendx.dicomio import read_dataset
 from medsendx.triage import render_overlay, triage_dataset
 from medsendx.triage.overlay import CLASS_COLOURS
 
-from triage_synthetic import ct_with_hu, metal_streaks, save
+from triage_synthetic import ct_with_hu, metal_streaks, multiframe_from, save
 
 
 def _has_colour(png: Path, colour: tuple[int, int, int]) -> bool:
@@ -91,3 +91,14 @@ def test_overlay_shows_no_identifying_text(ct_head: list[Path], tmp_path: Path) 
     assert "PRIORITY" in text and "HISTOGRAM" in text  # OCR does read the picture
     for planted in ("ZEBRAFINCH", "QUENTIN", "WOLFSBURG"):
         assert planted not in text
+
+
+def test_segment_multi_frame_object_reports_every_frame(cli, ct_head: list[Path], tmp_path: Path) -> None:
+    scan = save(multiframe_from([ct_head[2], ct_head[12], ct_head[22]]), tmp_path / "multi.dcm")
+    out = tmp_path / "multi.png"
+    result = cli("segment", scan, "--json", "--out", out)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert [f["frame"] for f in record["frames"]] == [0, 1, 2]
+    assert all([c["label"] for c in f["classes"]] == ["Air", "Soft tissue", "Bone"] for f in record["frames"])
+    assert out.is_file()

@@ -4,7 +4,7 @@
 place, ``.deidentify_file(src, out_dir)`` for files (atomic output, audit log, quarantine).
 """
 
-from medsendx.deid.engine import Deidentifier, DeidReport, FileOutcome, QuarantineRequired, clean_text, station_name_for
+from medsendx.deid.engine import Deidentifier, DeidReport, FileOutcome, QuarantineRequired, clean_text
 from medsendx.deid.pixelrisk import PixelRisk, assess_pixel_risk, identifying_words
 from medsendx.deid.profile import Profile
 
@@ -18,5 +18,4 @@ __all__ = [
     "assess_pixel_risk",
     "clean_text",
     "identifying_words",
-    "station_name_for",
 ]

@@ -203,7 +203,7 @@ class Deidentifier:
         self.mapper = KeyedMapper(load_or_create_secret(settings.secret_file), settings.deid.max_date_shift_days)
         self._unlisted: dict[tuple[int, str], str] = {}
         self._needs_words = "C" in self.actions.values()
-        self.station_name = station_name_for(settings.station_id)
+        self.station_name = settings.station_id
         self._provenance_cache: dict[Encoding, bytes] = {}
 
     # ------------------------------------------------------------------ public API
@@ -711,13 +711,6 @@ def clean_text(text: str, words: set[str]) -> str:
     kept = ["" if part.upper() in words else part for part in parts]
     cleaned = _LONG_DIGITS.sub("", "".join(kept))
     return _SPACES.sub(" ", cleaned).strip()
-
-
-def station_name_for(station_id: str) -> str:
-    """StationName is SH (at most 16 characters). A longer unit id keeps its last 16
-    characters, where fleets put the unit number (REMOTE_MOBILE_CLINIC_01 ->
-    MOBILE_CLINIC_01); the full id goes to the audit log."""
-    return station_id if len(station_id) <= 16 else station_id[-16:].lstrip("_")
 
 
 _NEEDS_CHECK_KEYWORDS = (*RISK_KEYWORDS, "ConversionType", "Manufacturer", "ManufacturerModelName")

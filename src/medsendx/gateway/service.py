@@ -96,7 +96,10 @@ class GatewayService:
             self.preparer.warm()
         for i in range(max(1, self.gw.workers)):
             self._spawn(self._worker, f"pipeline-{i}")
-        self._spawn(self._resume, "resume-staged")
+        # What is staged now was left by an earlier run; listed before the receiver starts
+        # so that it never races with objects arriving in this run.
+        leftovers = self.staging.pending()
+        self._spawn(lambda: self._resume(leftovers), "resume-staged")
         if self.gw.study_quiet_seconds > 0:
             self._spawn(self._release_quiet_studies, "study-hold")
         if self._deliver:
@@ -188,8 +191,7 @@ class GatewayService:
         self.state.add("received", 1, received_bytes=item.size)
         self._submit(Job(item.path, dropped=item))
 
-    def _resume(self) -> None:
-        pending = self.staging.pending()
+    def _resume(self, pending: list[Path]) -> None:
         if pending:
             log_event(log, "resuming staged objects from an earlier run", count=len(pending))
         for path in pending:
@@ -210,6 +212,8 @@ class GatewayService:
                     self._queued.discard(job.path)
 
     def _process(self, job: Job) -> None:
+        if not job.path.exists():  # already handled (and removed) through another route
+            return
         try:
             if self.preparer is not None:
                 result = self.pipeline.commit(self.preparer.prepare(job.path))
