@@ -34,12 +34,13 @@ def real_samples(paths: list[Path], folder: Path) -> list[Sample]:
 def synthetic_samples(source: Path, folder: Path, count: int, size: int = 64) -> list[Sample]:
     """``count`` small CT objects of one new study, each a different crop of a real slice."""
     folder.mkdir(parents=True, exist_ok=True)
-    base = pydicom.dcmread(source)
-    pixels = base.pixel_array
+    ds = pydicom.dcmread(source)
+    pixels = ds.pixel_array
     study, series = generate_uid(), generate_uid()
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = series
     out = []
     for index in range(count):
-        ds = pydicom.dcmread(source)
         y = 128 + (index * 7) % (pixels.shape[0] - 256)
         x = 128 + (index * 13) % (pixels.shape[1] - 256)
         crop = np.ascontiguousarray(pixels[y:y + size, x:x + size])
@@ -48,8 +49,6 @@ def synthetic_samples(source: Path, folder: Path, count: int, size: int = 64) ->
         uid = generate_uid()
         ds.SOPInstanceUID = uid
         ds.file_meta.MediaStorageSOPInstanceUID = uid
-        ds.StudyInstanceUID = study
-        ds.SeriesInstanceUID = series
         ds.InstanceNumber = index + 1
         path = folder / f"{uid}.dcm"
         ds.save_as(path, enforce_file_format=True)
@@ -66,3 +65,15 @@ def enqueue_all(outbox, samples: list[Sample], destination: str, priority: int |
             destination=destination,
             priority=priority,
         )
+
+
+def orthanc_objects(orthanc) -> dict:
+    """{SOP Instance UID: dataset} of everything the PACS holds; fails on a duplicate."""
+    import io
+
+    out: dict[str, pydicom.Dataset] = {}
+    for orthanc_id in orthanc.instance_ids():
+        ds = pydicom.dcmread(io.BytesIO(orthanc.instance_file(orthanc_id)))
+        assert ds.SOPInstanceUID not in out, "the PACS holds an instance twice"
+        out[ds.SOPInstanceUID] = ds
+    return out

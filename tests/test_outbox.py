@@ -37,9 +37,14 @@ def test_enqueue_takes_the_file_over_and_refuses_duplicates(outbox: Outbox, tmp_
     assert sample.sop_instance_uid in item.path.name  # the name comes from the new UID only
 
     again = real_samples(ct_head[:1], tmp_path / "again")[0]
+    again.path.write_bytes(original + b"\0\0")  # same UID, other bytes: not ours to delete
     assert not outbox.enqueue(again.path, sop_instance_uid=again.sop_instance_uid,
                               study_instance_uid=again.study_instance_uid, destination=DEST)
-    assert again.path.exists(), "a refused duplicate leaves the caller's file alone"
+    assert again.path.exists(), "a refused duplicate with other content is left to the caller"
+    same = real_samples(ct_head[:1], tmp_path / "same")[0]
+    assert not outbox.enqueue(same.path, sop_instance_uid=same.sop_instance_uid,
+                              study_instance_uid=same.study_instance_uid, destination=DEST)
+    assert not same.path.exists(), "an identical duplicate (a kill before the unlink) is cleaned up"
     # The same object for a second destination is a second row with its own file.
     assert outbox.enqueue(again.path, sop_instance_uid=again.sop_instance_uid,
                           study_instance_uid=again.study_instance_uid, destination="file:///elsewhere")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.uid import JPEGLSLossless
 
-from delivery_samples import enqueue_all, real_samples, synthetic_samples
+from delivery_samples import orthanc_objects, enqueue_all, real_samples, synthetic_samples
 from medsendx.config import load_settings
 from medsendx.delivery import Deliverer
 from medsendx.outbox import Outbox
@@ -18,15 +17,6 @@ from medsendx.transport.base import open_transport
 
 def _settings(state: Path, **outbox):
     return load_settings(overrides={"state_dir": str(state), "outbox": outbox}, environ={})
-
-
-def _orthanc_objects(orthanc) -> dict[str, pydicom.Dataset]:
-    out: dict[str, pydicom.Dataset] = {}
-    for orthanc_id in orthanc.instance_ids():
-        ds = pydicom.dcmread(io.BytesIO(orthanc.instance_file(orthanc_id)))
-        assert ds.SOPInstanceUID not in out, "the PACS holds an instance twice"
-        out[ds.SOPInstanceUID] = ds
-    return out
 
 
 def test_stow_delivers_every_object_once_compressed_and_bit_exact(orthanc, tmp_path: Path, ct_head) -> None:
@@ -40,7 +30,7 @@ def test_stow_delivers_every_object_once_compressed_and_bit_exact(orthanc, tmp_p
 
     assert Deliverer(outbox, settings).run_once() == 10
     assert outbox.counts() == {"queued": 0, "sending": 0, "sent": 10, "failed": 0}
-    stored = _orthanc_objects(orthanc)
+    stored = orthanc_objects(orthanc)
     assert set(stored) == set(originals)
     for uid, ds in stored.items():
         assert ds.file_meta.TransferSyntaxUID == JPEGLSLossless

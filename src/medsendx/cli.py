@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "anonymize": "medsendx.commands.anonymize:anonymize_cmd",
     "gateway": "medsendx.commands.gateway:gateway_cmd",
     "status": "medsendx.commands.status:status_cmd",
+    "send": "medsendx.commands.send:send_cmd",
+    "queue": "medsendx.commands.queue:queue_cmd",
     "demo": "medsendx.commands.demo:demo_cmd",
 }
 

@@ -95,6 +95,8 @@ class S3Settings:
     secret_access_key: str = ""
     server_side_encryption: str = "AES256"
     multipart_threshold_bytes: int = 8 * 1024 * 1024
+    multipart_part_bytes: int = 8 * 1024 * 1024  # S3 needs at least 5 MiB per part but the last
+    part_attempts: int = 3  # tries per part before the object goes back to the queue
 
 
 @dataclass

@@ -94,12 +94,11 @@ class Deliverer:
         # Only rows due when the pass began: a transient failure rescheduled with a tiny
         # jittered delay must not turn the pass into a busy loop.
         started = time.time()
-        limit = max(1, self.settings.outbox.batch_max_objects)
         for destination in self.outbox.due_by_destination(started):
             if self._held.get(destination, 0.0) > time.time():
                 continue
             while not (stop is not None and stop.is_set()):
-                items = self.outbox.claim(limit=limit, destination=destination, now=started)
+                items = self.outbox.claim(limit=self._batch_size(destination), destination=destination, now=started)
                 if not items:
                     break
                 results = self._send(destination, items)
@@ -111,6 +110,12 @@ class Deliverer:
                 self._link_faults.pop(destination, None)
         self.last_pass = stats
         return stats.handled
+
+    def _batch_size(self, destination: str) -> int:
+        try:
+            return max(1, int(self.transport(destination).max_batch_objects))
+        except Exception:  # a destination that cannot even be opened: _send reports it
+            return 1
 
     def _hold(self, destination: str) -> None:
         """The link to ``destination`` failed: pause it with full-jitter backoff."""

@@ -32,6 +32,7 @@ import random
 import shutil
 import socket
 import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -159,33 +160,54 @@ class Outbox:
         self.spool_dir = private_dir(self.db_path.parent / "outgoing")
         self.lease_seconds = lease_seconds
         self._owner = _owner_id()
-        with self._connect() as conn:
-            conn.executescript(_SCHEMA)
+        self._local = threading.local()
+        self._all_connections: list[sqlite3.Connection] = []
+        self._connect().executescript(_SCHEMA)
+        self._clean_spool_temps()
+
+    def _clean_spool_temps(self) -> None:
+        """Remove half-made spool copies left by processes that were killed."""
+        host = socket.gethostname()
+        for tmp in self.spool_dir.glob(".tmp-*"):
+            pid = tmp.name.split("-")[1]
+            if not _owner_alive(f"{host}:{pid}"):
+                tmp.unlink(missing_ok=True)
 
     # --- plumbing -------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
-        # A fresh connection per operation keeps the object usable from any thread and
-        # makes every public method one self-contained transaction.
-        conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+        # One connection per thread, kept open: usable from any thread, and no WAL
+        # checkpoint on every close. Every public method is one self-contained transaction.
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            return conn
+        # (A connection inherited through fork() must not be used: SQLite forbids it.)
+        conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=30000")
+        self._local.conn = conn
+        self._local.pid = os.getpid()
+        self._all_connections.append(conn)
         return conn
+
+    def close(self) -> None:
+        """Close this outbox's database connections (all threads)."""
+        for conn in self._all_connections:
+            conn.close()
+        self._all_connections.clear()
+        self._local = threading.local()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         conn = self._connect()
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     # --- filling the queue ------------------------------------------------------------------
     def enqueue(
@@ -199,18 +221,24 @@ class Outbox:
     ) -> bool:
         """Queue a de-identified file for ``destination``; the outbox takes the file over.
 
-        Returns False (and leaves ``path`` alone) when this SOP Instance UID is already
-        queued, being sent, sent or failed for that destination.
+        On success the file at ``path`` is gone (it lives in :attr:`spool_dir` now). Returns
+        False when this SOP Instance UID is already queued, being sent, sent or failed for
+        that destination; ``path`` is then removed only if it holds exactly the bytes
+        already queued (or lies in the spool unused), else left to the caller.
         """
         source = Path(path)
         with self._transaction() as conn:
             exists = conn.execute(
-                "SELECT 1 FROM outbox WHERE sop_instance_uid = ? AND destination = ?",
+                "SELECT sha256 FROM outbox WHERE sop_instance_uid = ? AND destination = ?",
                 (sop_instance_uid, destination),
             ).fetchone()
         if exists:
-            self._drop_if_orphan(source)
+            self._drop_duplicate(source, exists["sha256"])
             return False
+        # Crash-safe order: (1) the file appears complete in the spool, (2) the row is
+        # committed, (3) the caller's file goes. A kill before (2) leaves the caller's file in
+        # place, so enqueueing it again after the restart works; a kill before (3) leaves a
+        # copy that a second enqueue (refused as a duplicate) cleans up.
         spooled = self._spool(source, sop_instance_uid, destination)
         size = spooled.stat().st_size
         digest = sha256_file(spooled)
@@ -226,6 +254,8 @@ class Outbox:
             inserted = cursor.rowcount == 1
         if not inserted:  # another process enqueued it between our check and insert
             self._drop_if_orphan(spooled)
+        elif spooled != source:
+            source.unlink(missing_ok=True)
         return inserted
 
     def _spool_name(self, sop_instance_uid: str, destination: str) -> Path:
@@ -235,20 +265,34 @@ class Outbox:
         return self.spool_dir / f"{sop_instance_uid}.{tag}.dcm"
 
     def _spool(self, source: Path, sop_instance_uid: str, destination: str) -> Path:
+        """Put a complete copy of ``source`` at its spool name (a hard link when possible)."""
         target = self._spool_name(sop_instance_uid, destination)
         if source.resolve() == target.resolve():
             return target
+        tmp = self.spool_dir / f".tmp-{os.getpid()}-{target.name}"
+        tmp.unlink(missing_ok=True)
         try:
-            os.replace(source, target)  # same filesystem: atomic move
+            os.link(source, tmp)  # same filesystem: no copy, and the data is already on disk
         except OSError:
-            tmp = target.with_name(".tmp-" + target.name)
             shutil.copyfile(source, tmp)
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
-            os.replace(tmp, target)
-            source.unlink()
+        os.replace(tmp, target)
         fsync_dir(self.spool_dir)
         return target
+
+    def _drop_duplicate(self, source: Path, queued_sha256: str) -> None:
+        """A refused duplicate: a spool file nobody needs goes; a caller's file goes only
+        when it holds exactly the bytes already queued (what a kill between commit and
+        unlink in :meth:`enqueue` leaves behind)."""
+        try:
+            in_spool = source.resolve().parent == self.spool_dir.resolve()
+        except OSError:
+            return
+        if in_spool:
+            self._drop_if_orphan(source)
+        elif source.is_file() and sha256_file(source) == queued_sha256:
+            source.unlink(missing_ok=True)
 
     def _drop_if_orphan(self, path: Path) -> None:
         """Remove a spool file that no pending or failed row refers to."""
@@ -330,8 +374,11 @@ class Outbox:
                    WHERE id = ?""",
                 (now, now, wire_bytes, item_id),
             )
-        if row is not None:
-            self._drop_if_orphan(Path(row["path"]))
+            still_used = row is not None and conn.execute(
+                "SELECT 1 FROM outbox WHERE path = ? AND state != 'sent'", (row["path"],)
+            ).fetchone()
+        if row is not None and not still_used:
+            Path(row["path"]).unlink(missing_ok=True)
 
     def mark_retry(self, item_id: int, reason: str, *, delay: float, wire_bytes: int = 0) -> None:
         """A transient fault: back to ``queued``, due again after ``delay`` seconds."""
@@ -364,12 +411,25 @@ class Outbox:
             )
 
     # --- looking and steering -----------------------------------------------------------------
-    def counts(self) -> dict[str, int]:
-        """Number of rows per state (every state present, zero when empty)."""
+    def counts(self, destination: str | None = None) -> dict[str, int]:
+        """Number of rows per state (every state present, zero when empty), for one
+        destination or all."""
         out = dict.fromkeys(STATES, 0)
+        sql, params = "SELECT state, COUNT(*) AS n FROM outbox", ()
+        if destination is not None:
+            sql, params = sql + " WHERE destination = ?", (destination,)
         with self._transaction() as conn:
-            for row in conn.execute("SELECT state, COUNT(*) AS n FROM outbox GROUP BY state"):
+            for row in conn.execute(sql + " GROUP BY state", params):
                 out[row["state"]] = row["n"]
+        return out
+
+    def destinations(self) -> dict[str, dict[str, int]]:
+        """{destination: counts per state} over the whole outbox."""
+        out: dict[str, dict[str, int]] = {}
+        with self._transaction() as conn:
+            rows = conn.execute("SELECT destination, state, COUNT(*) AS n FROM outbox GROUP BY destination, state")
+            for row in rows:
+                out.setdefault(row["destination"], dict.fromkeys(STATES, 0))[row["state"]] = row["n"]
         return out
 
     def items(self, *, state: str | None = None, destination: str | None = None, limit: int | None = None) -> list[OutboxItem]:

@@ -22,7 +22,11 @@ from typing import Iterable
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.filewriter import write_file_meta_info
+from pydicom.pixels import pixel_array
+from pydicom.pixels.encoders import JPEG2000LosslessEncoder, JPEGLSLosslessEncoder
 from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
@@ -62,22 +66,62 @@ def _has_pixels(ds: Dataset) -> bool:
     return "PixelData" in ds
 
 
-def compress_lossless(raw: bytes, syntax: UID) -> bytes | None:
-    """The Part 10 file ``raw`` re-encoded losslessly in ``syntax`` and verified bit for
-    bit, or None when the codec cannot encode this image."""
+_ENCODERS = {JPEGLSLossless: JPEGLSLosslessEncoder, JPEG2000Lossless: JPEG2000LosslessEncoder}
+# CharLS decodes JPEG-LS ~6x faster than libjpeg; openjpeg is the JPEG 2000 decoder.
+_DECODER_PLUGIN = {JPEGLSLossless: "pyjpegls", JPEG2000Lossless: "pylibjpeg"}
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+def compress_lossless(raw: bytes, syntax: UID, ds: Dataset | None = None) -> bytes | None:
+    """The Part 10 file ``raw`` (already parsed as ``ds``, which may change) re-encoded
+    losslessly in ``syntax`` and verified bit for bit, or None when the codec cannot
+    encode this image."""
     try:
-        ds = pydicom.dcmread(io.BytesIO(raw))
+        ds = pydicom.dcmread(io.BytesIO(raw)) if ds is None else ds
         original = _pixels(ds)
-        # Lossless re-encoding keeps the instance identity (PS3.5 8.2): same SOP Instance UID,
-        # which idempotent delivery relies on. pydicom would otherwise mint a new one.
-        ds.compress(syntax, original, generate_instance_uid=False)
-        data = _encode(ds)
-        decoded = _pixels(pydicom.dcmread(io.BytesIO(data)))
+        data = _splice(raw, ds, syntax)
+        if data is None:  # not the common layout: let pydicom re-encode the whole dataset
+            # Lossless re-encoding keeps the instance identity (PS3.5 8.2): same SOP Instance
+            # UID, which idempotent delivery relies on. pydicom would otherwise mint a new one.
+            ds.compress(syntax, original, generate_instance_uid=False)
+            data = _encode(ds)
+        decoded = pixel_array(io.BytesIO(data), decoding_plugin=_DECODER_PLUGIN[syntax])
     except Exception:  # unsupported bit depth, colour model, missing codec...
         return None
     if decoded.shape != original.shape or decoded.dtype != original.dtype or not np.array_equal(decoded, original):
         return None
     return data
+
+
+def _splice(raw: bytes, ds: Dataset, syntax: UID) -> bytes | None:
+    """Fast path for Explicit VR Little Endian files: keep every byte of the file except the
+    meta group (new transfer syntax) and the pixel data element (now encapsulated frames).
+    Re-serialising the whole dataset with pydicom costs more than the codec itself."""
+    if ds.file_meta.TransferSyntaxUID != ExplicitVRLittleEndian or raw[128:132] != b"DICM":
+        return None
+    if raw[132:140] != b"\x02\x00\x00\x00UL\x04\x00":  # (0002,0000) group length first
+        return None
+    body_start = 144 + int.from_bytes(raw[140:144], "little")
+    expected = len(ds.PixelData)
+    offset = raw.rfind(_PIXEL_DATA_TAG, body_start)
+    while offset >= body_start:
+        vr = raw[offset + 4:offset + 6]
+        length = int.from_bytes(raw[offset + 8:offset + 12], "little")
+        if vr in (b"OW", b"OB") and raw[offset + 6:offset + 8] == b"\x00\x00" and length == expected:
+            break
+        offset = raw.rfind(_PIXEL_DATA_TAG, body_start, offset)
+    else:
+        return None
+    frames = list(_ENCODERS[syntax].iter_encode(ds))
+    meta = Dataset()
+    meta.update(ds.file_meta)
+    meta.TransferSyntaxUID = syntax
+    head = io.BytesIO()
+    head.write(raw[:132])
+    write_file_meta_info(head, FileMetaDataset(meta), enforce_standard=True)
+    element = _PIXEL_DATA_TAG + b"OB\x00\x00\xff\xff\xff\xff" + encapsulate(frames) + _SEQUENCE_DELIMITER
+    return b"".join([head.getvalue(), raw[body_start:offset], element, raw[offset + 12 + length:]])
 
 
 def prepare_for_wire(
@@ -107,10 +151,11 @@ def prepare_for_wire(
         for syntax in LOSSLESS_WIRE_SYNTAXES:
             if not ok(syntax):
                 continue
-            data = compress_lossless(raw, syntax)
+            data = compress_lossless(raw, syntax, ds)
+            if data is not None and (len(data) < len(raw) or not ok(current)):
+                return WirePayload(data, syntax, raw_size, True)
+            ds = pydicom.dcmread(io.BytesIO(raw))  # the failed attempt may have changed it
             if data is not None:
-                if len(data) < len(raw) or not ok(current):
-                    return WirePayload(data, syntax, raw_size, True)
                 break  # incompressible noise: the original, which the peer takes, is smaller
     if ok(current):
         return WirePayload(raw, current, raw_size, raw_size != len(raw))

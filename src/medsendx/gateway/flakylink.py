@@ -117,6 +117,10 @@ class FlakyLink:
         else:
             for sock in (client, upstream):
                 try:
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes the other pump; FIN to both ends
+                except OSError:
+                    pass
+                try:
                     sock.close()
                 except OSError:
                     pass
@@ -126,6 +130,12 @@ def _reset(sock: socket.socket) -> None:
     """Close with RST (SO_LINGER 0), as a dropped link looks to the sender."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # Wake a pump blocked in recv() on this socket first: close() alone does not, and
+        # the peer would never see the reset (a pynetdicom reader then blocks exit).
+        sock.shutdown(socket.SHUT_RD)
+    except OSError:
+        pass
+    try:
         sock.close()
     except OSError:
         pass

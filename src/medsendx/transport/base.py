@@ -15,8 +15,9 @@ URLs::
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol, Sequence
 from urllib.parse import urlsplit
 
 from medsendx.outbox import OutboxItem
@@ -131,6 +132,26 @@ def payload_or_refusal(
         return DeliveryResult(item.id, False, True, "queued file is missing")
     except Exception as exc:  # pydicom raises many types for damaged files
         return DeliveryResult(item.id, False, True, f"not a readable DICOM file ({type(exc).__name__})")
+
+
+_PREPARE_POOL: "ThreadPoolExecutor | None" = None
+
+
+def iter_payloads(
+    items: Sequence[OutboxItem], accepted: "Callable[[OutboxItem], Iterable[str] | None]", compress: bool
+) -> "Iterator[tuple[OutboxItem, WirePayload | DeliveryResult]]":
+    """:func:`payload_or_refusal` for each item, in order, computed ahead in two worker
+    threads: the codec works on the next objects while the link carries this one."""
+    global _PREPARE_POOL
+    if _PREPARE_POOL is None:
+        _PREPARE_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="medsendx-wire")
+    futures = [_PREPARE_POOL.submit(payload_or_refusal, item, accepted(item), compress) for item in items]
+    try:
+        for item, future in zip(items, futures):
+            yield item, future.result()
+    finally:
+        for future in futures:
+            future.cancel()
 
 
 def uid_is_safe(uid: str) -> bool:

@@ -28,7 +28,7 @@ from medsendx.transport.base import (
     Checkpoint,
     DeliveryResult,
     TransientBatchError,
-    payload_or_refusal,
+    iter_payloads,
     timeouts_from,
 )
 
@@ -148,8 +148,8 @@ class DicomWebTransport:
         results: list[DeliveryResult] = []
         chunk: list[tuple[OutboxItem, WirePayload]] = []
         chunk_bytes = 0
-        for item in items:
-            payload = payload_or_refusal(item, self._accepted(self.compress), self.compress)
+        accepted = self._accepted(self.compress)
+        for item, payload in iter_payloads(items, lambda _item: accepted, self.compress):
             if isinstance(payload, DeliveryResult):
                 results.append(payload)
                 continue

@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 from medsendx.fsutil import atomic_write_bytes
 from medsendx.outbox import OutboxItem
 from medsendx.transcode import ANY_SYNTAX
-from medsendx.transport.base import Checkpoint, DeliveryResult, TransportError, payload_or_refusal
+from medsendx.transport.base import Checkpoint, DeliveryResult, TransportError, iter_payloads
 
 if TYPE_CHECKING:
     from medsendx.config import Settings
@@ -43,8 +43,7 @@ class FolderTransport:
 
     def send(self, items: Sequence[OutboxItem], checkpoint: Checkpoint) -> list[DeliveryResult]:
         results = []
-        for item in items:
-            payload = payload_or_refusal(item, ANY_SYNTAX, self.compress)
+        for item, payload in iter_payloads(items, lambda _item: ANY_SYNTAX, self.compress):
             if isinstance(payload, DeliveryResult):
                 results.append(payload)
                 continue
