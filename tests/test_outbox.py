@@ -164,3 +164,33 @@ def _env() -> dict[str, str]:
     from conftest import cli_env
 
     return cli_env()
+
+
+def test_opening_an_outbox_never_removes_a_write_in_progress(outbox: Outbox) -> None:
+    """Every metrics scrape opens an Outbox; a de-identified file being written into the
+    spool at that moment (an fsutil temp without a pid) must survive, else the object is
+    lost to quarantine. Temps of dead writers, and ancient foreign temps, are removed."""
+    import os
+
+    from medsendx.fsutil import atomic_write
+
+    in_progress = []
+
+    def writer(fh) -> None:
+        fh.write(b"half a de-identified object")
+        in_progress.extend(outbox.spool_dir.glob(".tmp-*"))
+        Outbox(outbox.db_path)  # what a /metrics request does meanwhile
+
+    written = atomic_write(outbox.spool_dir / "2.25.1.dcm", writer)
+    assert in_progress and written.read_bytes() == b"half a de-identified object"
+
+    dead = outbox.spool_dir / ".tmp-999999999-2.25.2.abc.dcm"  # no such pid
+    ancient = outbox.spool_dir / ".tmp-k3j4h5g6"
+    recent = outbox.spool_dir / ".tmp-a1b2c3d4"
+    for path in (dead, ancient, recent):
+        path.write_bytes(b"x")
+    old = time.time() - 2 * 3600
+    os.utime(ancient, (old, old))
+    Outbox(outbox.db_path)
+    assert not dead.exists() and not ancient.exists()
+    assert recent.exists()

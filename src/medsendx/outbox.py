@@ -129,6 +129,10 @@ def _owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+# A temp file without a pid in its name older than this cannot be a write in progress.
+STALE_FOREIGN_TEMP_SECONDS = 3600.0
+
+
 def _owner_alive(owner: str | None) -> bool:
     """Is the process that claimed a row still running (on this host)?"""
     if not owner:
@@ -166,11 +170,26 @@ class Outbox:
         self._clean_spool_temps()
 
     def _clean_spool_temps(self) -> None:
-        """Remove half-made spool copies left by processes that were killed."""
+        """Remove half-made spool copies left by processes that were killed.
+
+        Our own temp names carry the writer's pid (``.tmp-<pid>-<name>``), removed once
+        that process is gone. Other writers' temp files in the spool (the de-identifier
+        writes its output here through ``fsutil.atomic_write``, named by ``mkstemp``)
+        carry no pid: an Outbox is opened by every metrics scrape while they are being
+        written, so they are removed only when far too old to belong to a live write.
+        """
         host = socket.gethostname()
+        now = time.time()
         for tmp in self.spool_dir.glob(".tmp-*"):
             pid = tmp.name.split("-")[1]
-            if not _owner_alive(f"{host}:{pid}"):
+            try:
+                if pid.isdigit():
+                    stale = not _owner_alive(f"{host}:{pid}")
+                else:
+                    stale = now - tmp.stat().st_mtime > STALE_FOREIGN_TEMP_SECONDS
+            except FileNotFoundError:  # its writer just renamed it into place
+                continue
+            if stale:
                 tmp.unlink(missing_ok=True)
 
     # --- plumbing -------------------------------------------------------------------------
