@@ -120,10 +120,7 @@ class FlakyLink:
                     sock.shutdown(socket.SHUT_RDWR)  # wakes the other pump; FIN to both ends
                 except OSError:
                     pass
-                try:
-                    sock.close()
-                except OSError:
-                    pass
+                _close_quietly(sock)
 
 
 def _reset(sock: socket.socket) -> None:
@@ -135,6 +132,11 @@ def _reset(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RD)
     except OSError:
         pass
+    _close_quietly(sock)
+
+
+def _close_quietly(sock: socket.socket) -> None:
+    """Close a socket the peer may already have torn down."""
     try:
         sock.close()
     except OSError:
