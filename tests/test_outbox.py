@@ -194,3 +194,25 @@ def test_opening_an_outbox_never_removes_a_write_in_progress(outbox: Outbox) -> 
     Outbox(outbox.db_path)
     assert not dead.exists() and not ancient.exists()
     assert recent.exists()
+
+
+def test_a_file_left_by_a_kill_after_the_sent_commit_is_removed_on_restart(
+    outbox: Outbox, tmp_path: Path, ct_head
+) -> None:
+    """SIGKILL between the 'sent' commit and the unlink leaves the spooled file behind; the
+    next deliverer removes it, and never a file no row names yet (de-identifier output)."""
+    from medsendx.config import load_settings
+    from medsendx.delivery import Deliverer
+
+    enqueue_all(outbox, real_samples(ct_head[:2], tmp_path / "in"), DEST)
+    sent, pending = outbox.claim(limit=10)
+    leftover = sent.path.read_bytes()
+    outbox.mark_sent(sent.id)
+    sent.path.write_bytes(leftover)  # as if the process died before its unlink
+    not_yet_enqueued = outbox.spool_dir / "2.25.99.dcm"
+    not_yet_enqueued.write_bytes(b"on its way to enqueue")
+
+    Deliverer(outbox, load_settings(overrides={"state_dir": str(tmp_path / "state")}, environ={}))
+    assert not sent.path.exists()
+    assert pending.path.exists(), "a row still sending keeps its file"
+    assert not_yet_enqueued.exists()

@@ -67,6 +67,8 @@ class Deliverer:
         self._link_faults: dict[str, int] = {}  # destination -> consecutive failed requests
         self._rng = rng or random.Random()
         self.last_pass = PassStats()
+        # A previous process may have died between committing 'sent' and deleting the file.
+        outbox.remove_sent_leftovers()
 
     def transport(self, destination: str) -> Transport:
         if destination not in self._transports:

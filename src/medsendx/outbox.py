@@ -71,6 +71,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     UNIQUE (sop_instance_uid, destination)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS outbox_path ON outbox (path);
 """
 
 
@@ -326,6 +327,23 @@ class Outbox:
             ).fetchone()
         if not used:
             path.unlink(missing_ok=True)
+
+    def remove_sent_leftovers(self) -> int:
+        """Delete spool files whose rows are all ``sent``: what a kill between the ``sent``
+        commit and the unlink in :meth:`mark_sent` leaves behind. Files no row names yet
+        (a de-identifier's output on its way to :meth:`enqueue`) are never touched."""
+        removed = 0
+        for path in self.spool_dir.iterdir():
+            if path.name.startswith(".tmp-") or not path.is_file():
+                continue
+            with self._transaction() as conn:
+                rows, pending = conn.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(state != 'sent'), 0) FROM outbox WHERE path = ?", (str(path),)
+                ).fetchone()
+            if rows and not pending:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     # --- handing work to the deliverer -----------------------------------------------------
     def claim(self, *, limit: int = 16, destination: str | None = None, now: float | None = None) -> list[OutboxItem]:
