@@ -13,6 +13,7 @@ holds, so processing the same raw file twice (a restart after ``kill -9``) queue
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -79,7 +80,7 @@ class Pipeline:
     with_features: bool = True
     compress: bool | None = None  # default: settings.outbox.compress
     feature_batch: int = 64
-    _rows: list[dict[str, Any]] = field(default_factory=list, init=False)
+    _journal: "FeatureJournal | None" = field(default=None, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
@@ -100,8 +101,12 @@ class Pipeline:
         return self.commit(self.prepare(path))
 
     def prepare(self, path: Path) -> PipelineResult:
-        """De-identify ``path`` into the spool folder, triage it and compute its QC features."""
-        outcome = self.deidentifier.deidentify_file(Path(path), self.out_dir)
+        """De-identify ``path`` into the spool folder, triage it, compute its QC features and
+        compress it losslessly: all from the de-identified bytes in memory, written once."""
+        finished: dict[str, Any] = {}
+        outcome = self.deidentifier.deidentify_file(
+            Path(path), self.out_dir, finish=lambda data: self._finish(data, finished)
+        )
         if outcome.status != "ok" or outcome.output is None:
             # "quarantined" (must not leave) or "error" (unreadable input, unwritable
             # output): either way the de-identifier has put the input in quarantine with
@@ -114,37 +119,54 @@ class Pipeline:
             study_instance_uid=outcome.study_instance_uid,
             output=outcome.output,
             removed=_removed_count(outcome.report),
+            priority=finished.get("priority"),
+            triage=finished.get("triage"),
+            features=finished.get("features"),
         )
-        self._triage_and_features(result)
-        if self.compress:
-            self._compress(result)
+        if result.triage is not None:
+            _write_advisory(private_dir(triage_dir(self.settings)) / f"{result.sop_instance_uid}.json",
+                            json.dumps(result.triage).encode())
         return result
 
-    def _compress(self, result: PipelineResult) -> None:
-        """Compress losslessly now, in the (parallel) prepare step, rather than in the single
-        delivery thread: the deliverer sends a JPEG-LS object as it is when the peer accepts
-        it, and decompresses it for a peer that does not. The codec output is verified bit
-        for bit by :func:`medsendx.transcode.compress_lossless`; if it cannot be, the object
-        stays as the de-identifier wrote it."""
-        from pydicom.uid import JPEGLSLossless
+    def _finish(self, data: bytes, finished: dict[str, Any]) -> bytes:
+        """Called by the de-identifier with the de-identified object before its one write:
+        triage and QC features from one parse, then the bytes to write (JPEG-LS when that
+        is smaller and verified bit for bit by :func:`medsendx.transcode.compress_lossless`;
+        otherwise as de-identified). Compressing here, in the parallel prepare step, keeps
+        it out of the single delivery thread; the deliverer decompresses for a peer that
+        does not accept JPEG-LS. Never raises: all of this is an optimisation or advisory."""
+        if not (self.compress or self.with_triage or self.with_features):
+            return data
+        import pydicom
 
-        from medsendx.fsutil import atomic_write_bytes
-        from medsendx.transcode import compress_lossless
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data))  # the de-identified object: nothing raw here
+        except Exception:
+            return data
+        self._triage_and_features(ds, finished)
+        if self.compress:
+            from pydicom.uid import JPEGLSLossless
 
-        raw = result.output.read_bytes()
-        data = compress_lossless(raw, JPEGLSLossless)
-        if data is not None and len(data) < len(raw):
-            atomic_write_bytes(result.output, data, mode=0o600)
+            from medsendx.transcode import compress_lossless
+
+            try:
+                compressed = compress_lossless(data, JPEGLSLossless, ds)
+            except Exception:
+                compressed = None
+            if compressed is not None and len(compressed) < len(data):
+                return compressed
+        return data
 
     def commit(self, result: PipelineResult) -> PipelineResult:
         """Queue a prepared object for delivery (or hold it for its study)."""
         if result.status != "ready":
             return result
         if result.features is not None:
-            with self._lock:
-                self._rows.append(result.features)
-                full = len(self._rows) >= self.feature_batch
-            if full:
+            # Journaled (durable) before the object is queued: a kill after this line finds
+            # the row at the next start; a kill before it processes the object again, and
+            # the journal keeps one row per SOP Instance UID either way.
+            waiting = self.journal.add(result.sop_instance_uid, result.features)
+            if waiting >= self.feature_batch:
                 self.flush()
         if self.hold is not None:
             self.hold(result.sop_instance_uid, result.study_instance_uid, result.output, result.priority)
@@ -160,16 +182,9 @@ class Pipeline:
         result.status = "queued" if fresh else "duplicate"
         return result
 
-    def _triage_and_features(self, result: PipelineResult) -> None:
+    def _triage_and_features(self, ds: Any, finished: dict[str, Any]) -> None:
         """Triage and QC features are advisory: a failure there never blocks delivery."""
-        if not (self.with_triage or self.with_features):
-            return
-        from medsendx.dicomio import read_dataset
-
-        try:
-            ds = read_dataset(result.output)  # the de-identified object: nothing raw here
-        except Exception:
-            return
+        sop_uid = str(getattr(ds, "SOPInstanceUID", ""))  # the de-identified UID
         record: dict[str, Any] | None = None
         if self.with_triage:
             try:
@@ -177,39 +192,166 @@ class Pipeline:
 
                 triage = triage_dataset(ds)
                 record = triage.to_dict()
-                result.priority = int(triage.priority)
-                result.triage = record
-                _write_advisory(private_dir(triage_dir(self.settings)) / f"{result.sop_instance_uid}.json",
-                                json.dumps(record).encode())
+                finished["priority"] = int(triage.priority)
+                finished["triage"] = record
             except ImportError:
                 pass
             except Exception as exc:
-                log.warning("triage failed", extra={"fields": {"sop_instance_uid": result.sop_instance_uid, "error": type(exc).__name__}})
+                log.warning("triage failed", extra={"fields": {"sop_instance_uid": sop_uid, "error": type(exc).__name__}})
         if self.with_features:
             try:
                 from medsendx.fleet import extract_features
 
-                result.features = extract_features(ds, record)
+                finished["features"] = extract_features(ds, record)
             except ImportError:
                 pass
             except Exception as exc:
-                log.warning("QC features failed", extra={"fields": {"sop_instance_uid": result.sop_instance_uid, "error": type(exc).__name__}})
+                log.warning("QC features failed", extra={"fields": {"sop_instance_uid": sop_uid, "error": type(exc).__name__}})
+
+    @property
+    def journal(self) -> "FeatureJournal":
+        """Opened on first use: worker processes (which only prepare) never open it."""
+        with self._lock:
+            if self._journal is None:
+                self._journal = FeatureJournal(feature_journal_path(self.settings))
+            return self._journal
 
     def flush(self) -> None:
-        """Write buffered QC feature rows to the feature store (Parquet per station and day)."""
-        with self._lock:
-            rows, self._rows = self._rows, []
-        if not rows:
-            return
+        """Move journaled QC feature rows to the feature store (Parquet per station and day),
+        including rows a killed run left behind."""
         try:
-            from medsendx.fleet import FeatureStore
-
-            FeatureStore(str(features_root(self.settings))).append(rows)
-        except Exception as exc:
-            log.warning("QC features not stored", extra={"fields": {"rows": len(rows), "error": type(exc).__name__}})
+            self.journal.flush(features_root(self.settings))
+        except Exception as exc:  # advisory data: keep the rows journaled, try at the next flush
+            log.warning("QC features not stored yet", extra={"fields": {"error": type(exc).__name__}})
 
     def close(self) -> None:
-        self.flush()
+        if self._journal is not None or feature_journal_path(self.settings).exists():
+            self.flush()
+            self.journal.close()
+
+
+def feature_journal_path(settings: Settings) -> Path:
+    return settings.state_dir / "features-journal.sqlite3"
+
+
+class FeatureJournal:
+    """QC feature rows kept durably (SQLite, fsynced commits) from the moment their object is
+    committed until they are in the Parquet feature store.
+
+    One row per de-identified SOP Instance UID: an object processed again after a crash adds
+    nothing. Flushing takes the waiting rows as a numbered batch (committed), writes them as
+    one Parquet file, then marks the batch done. A batch still "writing" at the next flush
+    was interrupted: the Parquet file may or may not exist, so its rows are written again
+    minus those the store already holds. Done rows are kept ``keep_days`` so that a late
+    re-processing of the same object is still recognised, then pruned.
+    """
+
+    def __init__(self, db_path: Path, keep_days: float = 7.0) -> None:
+        import sqlite3
+
+        self._lock = threading.Lock()
+        self._keep_seconds = keep_days * 86400
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # a committed row survives a power cut
+        self._db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS batches (
+                id INTEGER PRIMARY KEY, state TEXT NOT NULL, started REAL NOT NULL, done REAL);
+            CREATE TABLE IF NOT EXISTS rows (
+                sop_instance_uid TEXT PRIMARY KEY, row TEXT NOT NULL, batch INTEGER);
+            CREATE INDEX IF NOT EXISTS rows_batch ON rows (batch);
+            """
+        )
+
+    def add(self, sop_instance_uid: str, row: dict[str, Any]) -> int:
+        """Journal one row (ignored if that object already has one); returns how many wait."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO rows(sop_instance_uid, row, batch) VALUES(?, ?, NULL)",
+                (sop_instance_uid, json.dumps(row, default=str)),
+            )
+            return int(self._db.execute("SELECT COUNT(*) FROM rows WHERE batch IS NULL").fetchone()[0])
+
+    def waiting(self) -> int:
+        """Rows not yet in the feature store (waiting or in an unfinished batch)."""
+        with self._lock:
+            return int(self._db.execute(
+                "SELECT COUNT(*) FROM rows LEFT JOIN batches ON rows.batch = batches.id "
+                "WHERE rows.batch IS NULL OR batches.state != 'done'").fetchone()[0])
+
+    def flush(self, store_root: Path) -> int:
+        """Write every waiting row to the feature store; returns how many rows were written."""
+        import time
+
+        from medsendx.fleet import FeatureStore
+
+        store = FeatureStore(str(store_root))
+        written = 0
+        with self._lock:  # one flush at a time; add() waits for the few ms of a Parquet write
+            for batch_id, started in self._db.execute(
+                "SELECT id, started FROM batches WHERE state = 'writing' ORDER BY id").fetchall():
+                rows = self._batch_rows(batch_id)
+                present = _stored_uids(store_root, since=started - 1.0)
+                rows = [r for r in rows if r.get("sop_instance_uid") not in present]
+                written += self._write(store, batch_id, rows)
+            now = time.time()
+            if not self._db.execute("SELECT 1 FROM rows WHERE batch IS NULL LIMIT 1").fetchone():
+                return written
+            self._db.execute("BEGIN IMMEDIATE")
+            cursor = self._db.execute("INSERT INTO batches(state, started) VALUES('writing', ?)", (now,))
+            batch_id = cursor.lastrowid
+            self._db.execute("UPDATE rows SET batch = ? WHERE batch IS NULL", (batch_id,))
+            self._db.execute("COMMIT")
+            written += self._write(store, batch_id, self._batch_rows(batch_id))
+            self._db.execute(
+                "DELETE FROM rows WHERE batch IN (SELECT id FROM batches WHERE state = 'done' AND done < ?)",
+                (now - self._keep_seconds,))
+            self._db.execute("DELETE FROM batches WHERE state = 'done' AND done < ? "
+                             "AND id NOT IN (SELECT DISTINCT batch FROM rows WHERE batch IS NOT NULL)",
+                             (now - self._keep_seconds,))
+        return written
+
+    def _batch_rows(self, batch_id: int) -> list[dict[str, Any]]:
+        return [json.loads(r[0]) for r in self._db.execute(
+            "SELECT row FROM rows WHERE batch = ? ORDER BY rowid", (batch_id,)).fetchall()]
+
+    def _write(self, store: Any, batch_id: int, rows: list[dict[str, Any]]) -> int:
+        import time
+
+        if rows:
+            store.append(rows)  # atomic file (temp + fsync + rename)
+        self._db.execute("UPDATE batches SET state = 'done', done = ? WHERE id = ?", (time.time(), batch_id))
+        return len(rows)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM rows")
+            self._db.execute("DELETE FROM batches")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _stored_uids(store_root: Path, since: float) -> set[str]:
+    """SOP Instance UIDs in the local feature store's Parquet files written since ``since``."""
+    import pyarrow.parquet as pq
+
+    uids: set[str] = set()
+    root = Path(store_root)
+    if not root.is_dir():
+        return uids
+    for path in root.rglob("*.parquet"):
+        try:
+            if path.stat().st_mtime < since:
+                continue
+            column = pq.read_table(path, columns=["sop_instance_uid"]).column("sop_instance_uid")
+        except Exception:
+            continue
+        uids.update(str(u) for u in column.to_pylist() if u is not None)
+    return uids
 
 
 # --- preparing in worker processes -------------------------------------------------------------

@@ -224,19 +224,24 @@ class Deidentifier:
         ds.set_original_encoding(*result.original_encoding, result.original_character_set)
         return report
 
-    def deidentify_file(self, src: Path, out_dir: Path) -> FileOutcome:
+    def deidentify_file(
+        self, src: Path, out_dir: Path, *, finish: Callable[[bytes], bytes] | None = None
+    ) -> FileOutcome:
         """De-identify one file into ``out_dir/<new SOP Instance UID>.dcm`` (atomic, fsynced).
 
         Never raises for bad input: the outcome says ``ok``, ``quarantined`` (the object
         must not leave) or ``error`` (unreadable input, unwritable output); both failures
         copy the input to quarantine with our reason and are written to the audit log.
+        ``finish`` (optional) maps the de-identified Part 10 bytes to the bytes written
+        (the gateway compresses losslessly there), so the object is written only once.
         """
         prepared = self._prepare(Path(src))
         if isinstance(prepared, FileOutcome):
             return prepared
         output = Path(out_dir) / f"{prepared.report.sop_instance_uid}.dcm"
+        chunks = prepared.chunks if finish is None else [finish(b"".join(prepared.chunks))]
         try:
-            atomic_write(output, lambda fh: fh.writelines(prepared.chunks))
+            atomic_write(output, lambda fh: fh.writelines(chunks))
         except OSError as exc:
             return self._fail(prepared.source, prepared.digest, "error", _write_error(exc))
         return self._committed(prepared, output)

@@ -192,6 +192,7 @@ class GatewayService:
         self._submit(Job(item.path, dropped=item))
 
     def _resume(self, pending: list[Path]) -> None:
+        self.pipeline.flush()  # QC feature rows a killed run had journaled but not yet stored
         if pending:
             log_event(log, "resuming staged objects from an earlier run", count=len(pending))
         for path in pending:
