@@ -234,6 +234,12 @@ def test_sigkill_at_random_moments_delivers_each_object_once(orthanc, planted_se
     rows = Outbox(state / "outbox.sqlite3").items()
     assert len(rows) == 28 and {r.state for r in rows} == {"sent"}
     assert sorted(r.sop_instance_uid for r in rows) == sorted(orthanc.sop_instance_uids())
+    # the QC feature rows survived the kills too: one per delivered object, none twice
+    import pyarrow.parquet as pq
+
+    feature_uids = [uid for path in (state / "features").rglob("*.parquet")
+                    for uid in pq.read_table(path, columns=["sop_instance_uid"]).column("sop_instance_uid").to_pylist()]
+    assert sorted(feature_uids) == sorted(r.sop_instance_uid for r in rows)
 
 
 def test_disk_nearly_full_refuses_then_destination_down_then_back(orthanc, planted_series, tmp_path):

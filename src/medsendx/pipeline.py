@@ -161,25 +161,26 @@ class Pipeline:
         """Queue a prepared object for delivery (or hold it for its study)."""
         if result.status != "ready":
             return result
+        waiting = 0
         if result.features is not None:
             # Journaled (durable) before the object is queued: a kill after this line finds
             # the row at the next start; a kill before it processes the object again, and
             # the journal keeps one row per SOP Instance UID either way.
             waiting = self.journal.add(result.sop_instance_uid, result.features)
-            if waiting >= self.feature_batch:
-                self.flush()
         if self.hold is not None:
             self.hold(result.sop_instance_uid, result.study_instance_uid, result.output, result.priority)
             result.status = "held"
-            return result
-        fresh = self.outbox.enqueue(
-            result.output,
-            sop_instance_uid=result.sop_instance_uid,
-            study_instance_uid=result.study_instance_uid,
-            destination=self.destination,
-            priority=result.priority,
-        )
-        result.status = "queued" if fresh else "duplicate"
+        else:
+            fresh = self.outbox.enqueue(
+                result.output,
+                sop_instance_uid=result.sop_instance_uid,
+                study_instance_uid=result.study_instance_uid,
+                destination=self.destination,
+                priority=result.priority,
+            )
+            result.status = "queued" if fresh else "duplicate"
+        if waiting >= self.feature_batch:
+            self.flush()
         return result
 
     def _triage_and_features(self, ds: Any, finished: dict[str, Any]) -> None:
