@@ -75,8 +75,22 @@ class GatewayProcess:
         return self.proc.wait(timeout=60)
 
     def kill(self) -> None:
+        """SIGKILL the gateway; its worker processes must not outlive it."""
+        workers = self.children()
         self.proc.kill()
         self.proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while workers and time.monotonic() < deadline:
+            workers = [pid for pid in workers if Path(f"/proc/{pid}").exists()
+                       and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()]
+            time.sleep(0.2)
+        assert not workers, "worker processes outlived the killed gateway"
+
+    def children(self) -> list[int]:
+        pids: list[int] = []
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            pids += [int(c) for c in (task / "children").read_text().split()]
+        return pids
 
 
 @pytest.fixture

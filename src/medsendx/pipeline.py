@@ -362,13 +362,29 @@ def _stored_uids(store_root: Path, since: float) -> set[str]:
 _worker_pipeline: Pipeline | None = None
 
 
-def _init_worker(settings: Settings) -> None:
+def _init_worker(settings: Settings, parent_pid: int) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _exit_with_parent(parent_pid)
     _prefer_fast_jpegls_decoder()
     global _worker_pipeline
     _worker_pipeline = Pipeline(settings, with_features=True)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """A worker whose gateway was killed (``kill -9``, power supervisor) would otherwise live
+    on, idle, forever: gone within a second of its parent (at once if the parent died while
+    this worker was still starting). Its unfinished object is still
+    staged and is processed again by the next gateway."""
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _prefer_fast_jpegls_decoder() -> None:
@@ -403,7 +419,7 @@ class PreparePool:
 
         self._pool = ProcessPoolExecutor(
             max_workers=max(1, processes), mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker, initargs=(settings,),
+            initializer=_init_worker, initargs=(settings, os.getpid()),
         )
 
         self._processes = max(1, processes)
