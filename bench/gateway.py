@@ -76,7 +76,7 @@ def push(port: int, files: list[Path], aec: str) -> None:
     finished(storescu(port, files, aec))
 
 
-def tree_cpu(pid: int) -> float:
+def tree_cpu(pid: int, descendants: bool = True) -> float:
     """CPU seconds (user + system) used so far by a process and all its live descendants."""
     tick = os.sysconf("SC_CLK_TCK")
     total, todo = 0.0, [pid]
@@ -85,6 +85,8 @@ def tree_cpu(pid: int) -> float:
         try:
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            if not descendants:
+                break
             for task in Path(f"/proc/{current}/task").iterdir():
                 todo.extend(int(c) for c in (task / "children").read_text().split())
         except (FileNotFoundError, ProcessLookupError, ValueError):
@@ -108,7 +110,14 @@ class Run:
 def timed_push(port: int, files: list[Path], aec: str, orthanc: Orthanc, expected: int,
                others: dict[str, int]) -> Run:
     """Push ``files`` with storescu and wait until Orthanc has stored ``expected`` objects."""
-    before = {name: tree_cpu(pid) for name, pid in others.items()}
+    def sample() -> dict[str, float]:
+        cpu = {}
+        for name, pid in others.items():
+            cpu[name] = tree_cpu(pid, descendants=False)
+            cpu[f"{name} workers"] = tree_cpu(pid) - cpu[name]
+        return cpu
+
+    before = sample()
     scu_before = children_cpu()
     start = time.perf_counter()
     proc = storescu(port, files, aec)
@@ -125,7 +134,7 @@ def timed_push(port: int, files: list[Path], aec: str, orthanc: Orthanc, expecte
         finished(proc)
         receipt = time.perf_counter() - start
     cpu = {"storescu": children_cpu() - scu_before}
-    cpu.update({name: tree_cpu(pid) - before[name] for name, pid in others.items()})
+    cpu.update({name: sec - before[name] for name, sec in sample().items() if sec - before[name] > 0.05})
     return Run(wall, receipt, cpu)
 
 
