@@ -84,7 +84,9 @@ class GatewayService:
         )
 
     def _make_pipeline(self):
-        from medsendx.pipeline import Pipeline, PreparePool
+        from medsendx.pipeline import Pipeline, PreparePool, skip_value_validation
+
+        skip_value_validation()
 
         hold = self._hold if self.gw.study_quiet_seconds > 0 else None
         self.preparer = PreparePool(self.settings, self.gw.processes) if self.gw.processes > 0 else None
