@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -290,8 +291,6 @@ class FeatureJournal:
 
     def flush(self, store_root: Path) -> int:
         """Write every waiting row to the feature store; returns how many rows were written."""
-        import time
-
         from medsendx.fleet import FeatureStore
 
         store = FeatureStore(str(store_root))
@@ -325,8 +324,6 @@ class FeatureJournal:
             "SELECT row FROM rows WHERE batch = ? ORDER BY rowid", (batch_id,)).fetchall()]
 
     def _write(self, store: Any, batch_id: int, rows: list[dict[str, Any]]) -> int:
-        import time
-
         if rows:
             store.append(rows)  # atomic file (temp + fsync + rename)
         self._db.execute("UPDATE batches SET state = 'done', done = ? WHERE id = ?", (time.time(), batch_id))
@@ -394,9 +391,8 @@ def skip_value_validation() -> None:
 def _exit_with_parent(parent_pid: int) -> None:
     """A worker whose gateway was killed (``kill -9``, power supervisor) would otherwise live
     on, idle, forever: gone within a second of its parent (at once if the parent died while
-    this worker was still starting). Its unfinished object is still
-    staged and is processed again by the next gateway."""
-    import time
+    this worker was still starting). Its unfinished object is still staged and is processed
+    again by the next gateway."""
 
     def watch() -> None:
         while os.getppid() == parent_pid:
