@@ -113,6 +113,20 @@ def test_the_audit_log_has_one_line_per_object_in_input_order(tmp_path: Path) ->
     assert all(r["status"] == "ok" and len(r["input_sha256"]) == 64 for r in audit)
 
 
+def test_a_caller_that_stops_early_still_gets_every_written_output_audited(tmp_path: Path) -> None:
+    """The command interrupted (Ctrl-C) while outputs are in flight: what was written is
+    committed and has its audit line; no temp file is left."""
+    deid = Deidentifier(settings_for(tmp_path / "state"), pixel_cleaner=None)
+    sources = [write(planted_ct(), tmp_path / "in" / f"{i}.dcm") for i in range(10)]
+    outcomes = deid.deidentify_files(sources, tmp_path / "out", batch=3)
+    first = [next(outcomes) for _ in range(3)]
+    outcomes.close()
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert temps(tmp_path / "out") == [] and len(written) >= len(first)
+    audited = read_audit(deid.settings.audit_log)
+    assert sorted(f"{r['output_sop_instance_uid']}.dcm" for r in audited) == written
+
+
 @pytest.mark.slow
 def test_a_run_killed_mid_way_leaves_only_complete_outputs(ct_head: list[Path], tmp_path: Path) -> None:
     """kill -9 while ``medsendx anonymize`` writes: every file under its final name is
