@@ -158,3 +158,22 @@ def test_a_run_killed_mid_way_leaves_only_complete_outputs(ct_head: list[Path], 
         assert path.read_bytes() == (complete / path.name).read_bytes(), path.name
     assert subprocess.run([*command, str(killed)], env=env, capture_output=True).returncode == 0
     assert sorted(p.name for p in killed.iterdir() if not p.name.startswith(TEMP_PREFIX)) == sorted(p.name for p in complete.iterdir())
+
+
+def test_worker_processes_give_the_same_outputs_and_order_as_one_process(tmp_path: Path) -> None:
+    """``anonymize -j 2`` on a folder large enough to be split between processes."""
+    from medsendx.commands.anonymize import _outcomes
+
+    settings = settings_for(tmp_path / "state")
+    sources = [write(planted_ct(), tmp_path / "in" / f"{i:03d}.dcm") for i in range(300)]
+    (tmp_path / "in" / "junk.dcm").write_bytes(b"not dicom")
+    sources.insert(150, tmp_path / "in" / "junk.dcm")
+    many = list(_outcomes(settings, sources, tmp_path / "many", 2))
+    one = list(_outcomes(settings, sources, tmp_path / "one", 1))
+    assert [o.source for o in many] == sources
+    assert [o.status for o in many] == [o.status for o in one] and many[150].status == "error"
+    assert [o.sop_instance_uid for o in many] == [o.sop_instance_uid for o in one]
+    for outcome in one:
+        if outcome.output is not None:
+            assert outcome.output.read_bytes() == (tmp_path / "many" / outcome.output.name).read_bytes()
+    assert temps(tmp_path / "many") == [] and len(list((tmp_path / "many").iterdir())) == 300
