@@ -21,7 +21,12 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 SOURCE = Path(__file__).with_name("_ckmeans.c")
+# stored pixel dtypes the whole-frame functions (minmax_*, frame_histogram_*, frame_labels_*)
+# are compiled for, by numpy dtype -> C suffix
+FRAME_KINDS = {np.dtype(np.int16): "i16", np.dtype(np.uint16): "u16", np.dtype(np.uint8): "u8"}
 FLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math"]
 
 
@@ -74,5 +79,12 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.histogram_i32.restype = ctypes.c_int
     lib.assign_i32.argtypes = [ptr, i64, ptr, ctypes.c_int32, ptr]
     lib.assign_i32.restype = None
-    lib.dp_layer.argtypes = [ptr, ptr, ptr, ptr, i64, i64, ptr, ptr]
-    lib.dp_layer.restype = None
+    lib.kmeans_dp.argtypes = [ptr, ptr, i64, i64, ctypes.c_double, ptr, ptr, ptr, ptr]
+    lib.kmeans_dp.restype = ctypes.c_int
+    for kind in FRAME_KINDS.values():
+        getattr(lib, f"minmax_{kind}").argtypes = [ptr, i64, ptr]
+        getattr(lib, f"minmax_{kind}").restype = None
+        getattr(lib, f"frame_histogram_{kind}").argtypes = [ptr, i64, i64, ptr, ptr, i64, i64, i64, i64, ptr]
+        getattr(lib, f"frame_histogram_{kind}").restype = i64
+        getattr(lib, f"frame_labels_{kind}").argtypes = [ptr, i64, i64, ptr, ptr, ptr, ctypes.c_int32, ctypes.c_int32, i64, i64, ptr]
+        getattr(lib, f"frame_labels_{kind}").restype = None

@@ -111,23 +111,57 @@ def kmeans_1d(values: np.ndarray, weights: np.ndarray | None = None, k: int = 3)
     """
     if k < 1:
         raise ValueError("k must be at least 1")
-    x = np.asarray(values, dtype=np.float64).ravel()
-    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    x = np.ascontiguousarray(values, dtype=np.float64).ravel()
+    w = np.ones_like(x) if weights is None else np.ascontiguousarray(weights, dtype=np.float64).ravel()
     if x.size == 0 or w.sum() <= 0:
         raise ValueError("no values to cluster")
     if x.size != w.size:
         raise ValueError("values and weights differ in length")
-    keep = w > 0
-    x, w = x[keep], w[keep]
+    if not np.all(w > 0):
+        keep = w > 0
+        x, w = x[keep], w[keep]
     if x.size > 1 and np.any(np.diff(x) <= 0):
         x, inverse = np.unique(x, return_inverse=True)
         w = np.bincount(inverse.ravel(), weights=w)
-    n = x.size
-    k = min(k, n)
+    return optimal_partition(x, w, min(k, x.size))
 
+
+def optimal_partition(x: np.ndarray, w: np.ndarray, k: int) -> Clustering:
+    """:func:`kmeans_1d` without its input checks, for callers whose input is already
+    valid: ``x`` strictly ascending float64, ``w`` positive float64 of the same length,
+    both contiguous, and ``1 <= k <= x.size``."""
+    n = x.size
     # Prefix sums of weight, weighted value and weighted square, on values centred at the
     # weighted mean so that the squares stay small and the SSE differences stay accurate.
     mean = float(np.dot(w, x) / w.sum())
+    lib = _native.load()
+    if lib is not None:  # the same arithmetic, compiled (see _ckmeans.c)
+        sums = np.empty((3, n + 1))
+        W, S, Q = sums
+        starts = np.empty(k, dtype=np.int64)
+        address = sums.ctypes.data
+        if lib.kmeans_dp(x.ctypes.data, w.ctypes.data, n, k, mean, address, address + 8 * (n + 1), address + 16 * (n + 1), starts.ctypes.data):
+            raise MemoryError("no memory for the clustering tables")
+    else:
+        W, S, Q, starts = _kmeans_dp_numpy(x, w, k, mean)
+    ends = np.append(starts[1:] - 1, n - 1)
+    cw = W[ends + 1] - W[starts]
+    cs = S[ends + 1] - S[starts]
+    sse = float(np.sum(Q[ends + 1] - Q[starts] - cs * cs / cw))
+    return Clustering(
+        centres=cs / cw + mean,
+        lows=x[starts],
+        highs=x[ends],
+        weights=cw,
+        sse=max(sse, 0.0),
+    )
+
+
+def _kmeans_dp_numpy(
+    x: np.ndarray, w: np.ndarray, k: int, mean: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Prefix sums and cluster starts, in numpy (the twin of ``kmeans_dp`` in _ckmeans.c)."""
+    n = x.size
     xc = x - mean
     W = np.concatenate(([0.0], np.cumsum(w)))
     S = np.concatenate(([0.0], np.cumsum(w * xc)))
@@ -152,17 +186,7 @@ def kmeans_1d(values: np.ndarray, weights: np.ndarray | None = None, k: int = 3)
         start = int(arg[end]) if arg.size == n else int(arg[0])
         starts[q - 1] = start
         end = start - 1
-    ends = np.append(starts[1:] - 1, n - 1)
-    cw = W[ends + 1] - W[starts]
-    cs = S[ends + 1] - S[starts]
-    sse = float(np.sum(Q[ends + 1] - Q[starts] - cs * cs / cw))
-    return Clustering(
-        centres=cs / cw + mean,
-        lows=x[starts],
-        highs=x[ends],
-        weights=cw,
-        sse=max(sse, 0.0),
-    )
+    return W, S, Q, starts
 
 
 def _dp_last(prev: np.ndarray, W: np.ndarray, S: np.ndarray, Q: np.ndarray, q: int) -> tuple[np.ndarray, np.ndarray]:
@@ -183,10 +207,6 @@ def _dp_layer(prev: np.ndarray, W: np.ndarray, S: np.ndarray, Q: np.ndarray, q: 
     # A[j] = prev[j-1] - Q[j]; the row constant Q[i+1] is added at the end.
     A = np.full(n, np.inf)
     A[q - 1 :] = prev[q - 2 : n - 1] - Q[q - 1 : n]
-    lib = _native.load()
-    if lib is not None:  # the same arithmetic, compiled (see _ckmeans.c)
-        lib.dp_layer(A.ctypes.data, W.ctypes.data, S.ctypes.data, Q.ctypes.data, q - 1, n, cur.ctypes.data, arg.ctypes.data)
-        return cur, arg
     ilo = np.array([q - 1])
     ihi = np.array([n - 1])
     jlo = np.array([q - 1])

@@ -9,16 +9,17 @@ segmenter by implementing ``segment`` without touching them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import lru_cache
-from typing import Protocol
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
+from typing import Any, Protocol
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag, Tag
 
-from medsendx.dicomio import frame_count, modality_pixels, padding_mask, stored_pixels
-from medsendx.triage import labels
-from medsendx.triage.cluster import Clustering, intensity_histogram, kmeans_1d
+from medsendx.dicomio import frame_count, modality_pixels, stored_pixels
+from medsendx.triage import _native, labels
+from medsendx.triage.cluster import Clustering, intensity_histogram, kmeans_1d, optimal_partition
 
 
 class TriageError(ValueError):
@@ -32,18 +33,63 @@ class FrameInput:
     ``values`` are in modality units (HU for CT): int32 when the rescale keeps integers
     (the fast, exact histogram path), float32 otherwise. ``valid`` is False for pixels that
     are not part of the patient's image: PixelPaddingValue and, for CT, pixels outside the
-    reconstruction circle.
+    reconstruction circle. Both are computed on first use: the k-means segmenter works on
+    the stored pixels directly and never needs them.
     """
 
-    values: np.ndarray
-    valid: np.ndarray
+    stored: np.ndarray  # the decoded stored pixel values of the frame
     modality: str
     units: str
     inverted: bool  # MONOCHROME1: low values are displayed bright
-    padding_pixels: int
-    outside_circle_pixels: int
     bits_stored: int
     signed: bool
+    # (slope, intercept) when values == stored * slope + intercept exactly in integers
+    rescale: tuple[int, int] | None
+    # stored values that are padding, inclusive; None without PixelPaddingValue
+    padding_range: tuple[int, int] | None
+    # reconstruction circle as (rows, cols, radius_rows, radius_cols); None when it covers all
+    circle: tuple[int, int, float, float] | None
+    # modality values computed up front when no integer rescale describes them
+    modality_values: np.ndarray | None = field(default=None, repr=False)
+
+    @cached_property
+    def values(self) -> np.ndarray:
+        if self.modality_values is not None:
+            return self.modality_values
+        assert self.rescale is not None
+        slope, intercept = self.rescale
+        values = self.stored.astype(np.int32)
+        if slope != 1:
+            values *= slope
+        if intercept:
+            values += intercept
+        return values
+
+    @cached_property
+    def padding(self) -> np.ndarray:
+        """True where the stored value is padding (what ``dicomio.padding_mask`` gives)."""
+        if self.padding_range is None:
+            return np.zeros(self.stored.shape, dtype=bool)
+        low, high = self.padding_range
+        if low == high:
+            return self.stored == low
+        return (self.stored >= low) & (self.stored <= high)
+
+    @cached_property
+    def valid(self) -> np.ndarray:
+        valid = ~self.padding
+        if self.circle is not None:
+            valid &= _circle_mask(*self.circle)
+        return valid
+
+    @cached_property
+    def padding_pixels(self) -> int:
+        return int(np.count_nonzero(self.padding))
+
+    @cached_property
+    def outside_circle_pixels(self) -> int:
+        """Pixels outside the reconstruction circle that are not padding."""
+        return int(self.stored.size - self.padding_pixels - np.count_nonzero(self.valid))
 
 
 @dataclass
@@ -85,24 +131,97 @@ class KMeansSegmenter:
         self.name = f"kmeans-1d-exact(k={k})"
 
     def segment(self, frame: FrameInput) -> Segmentation:
-        values = frame.values[frame.valid]
-        if values.size == 0:
-            raise TriageError("no pixel of the image is valid (all padding or outside the scan circle)")
-        distinct, counts = intensity_histogram(values)
-        clustering = kmeans_1d(distinct, counts, self.k)
-        segmentation = segmentation_from_clustering(clustering, frame, self.name)
-        segmentation.histogram = (distinct, counts)
-        return segmentation
+        """The stored-histogram path when it applies (it gives the identical result, see
+        the tests), else the per-pixel path."""
+        return segment_stored_histogram(frame, self.k, self.name) or segment_pixels(frame, self.k, self.name)
 
 
-def segmentation_from_clustering(clustering: Clustering, frame: FrameInput, method: str) -> Segmentation:
-    """Label image and named classes from a fitted clustering (ascending in value)."""
-    k = clustering.k
+NO_VALID_PIXEL = "no pixel of the image is valid (all padding or outside the scan circle)"
+
+
+def segment_pixels(frame: FrameInput, k: int, method: str) -> Segmentation:
+    """k-means on the histogram of the valid modality values, a label per pixel: works for
+    every frame (any rescale or modality LUT, any pixel type)."""
+    values = frame.values[frame.valid]
+    if values.size == 0:
+        raise TriageError(NO_VALID_PIXEL)
+    distinct, counts = intensity_histogram(values)
+    clustering = kmeans_1d(distinct, counts, k)
     cluster_of = clustering.assign(frame.values)
-    order = list(range(k))[::-1] if frame.inverted else list(range(k))
     if frame.inverted:
-        cluster_of = (k - 1) - cluster_of
+        cluster_of = (clustering.k - 1) - cluster_of
     label_image = np.where(frame.valid, cluster_of, -1).astype(np.int8)
+    return _named_segmentation(clustering, frame, method, label_image, (distinct, counts))
+
+
+def segment_stored_histogram(frame: FrameInput, k: int, method: str) -> Segmentation | None:
+    """The same result as :func:`segment_pixels`, from the stored pixels in two compiled
+    passes: one histogram of the stored values (inside and outside the reconstruction
+    circle), then one label per pixel through a per-value table. The rescale is applied to
+    the histogram's few thousand values instead of to every pixel, and padding is a range
+    of histogram values, so no modality-value image and no mask is ever built.
+
+    None when it does not apply (no compiler, a modality LUT or non-integer rescale, a
+    pixel type without compiled code): the caller then uses the per-pixel path.
+    """
+    lib = _native.load()
+    kind = _native.FRAME_KINDS.get(frame.stored.dtype)
+    if lib is None or kind is None or frame.rescale is None or frame.rescale[0] <= 0 or frame.stored.ndim != 2:
+        return None
+    stored = np.ascontiguousarray(frame.stored)
+    rows, cols = stored.shape
+    pixels = stored.ctypes.data  # (each .ctypes.data costs microseconds: taken once)
+    spans, first, stop = _row_spans(frame.circle, rows, cols)
+    low_high = np.empty(2, dtype=np.int64)
+    getattr(lib, f"minmax_{kind}")(pixels, stored.size, low_high.ctypes.data)
+    low, high = int(low_high[0]), int(low_high[1])
+    # padding values that occur, clipped to [low, high] so that they fit the pixel type
+    pad_low, pad_high = 1, 0  # an empty range
+    if frame.padding_range is not None:
+        pad_low, pad_high = max(frame.padding_range[0], low), min(frame.padding_range[1], high)
+    counts = np.empty(high - low + 1, dtype=np.int64)
+    padding_outside = getattr(lib, f"frame_histogram_{kind}")(
+        pixels, rows, cols, first, stop, low, counts.size, pad_low, pad_high, counts.ctypes.data
+    )
+    if padding_outside < 0:
+        return None  # no memory for the counters: the per-pixel path needs less
+    padding_inside = 0
+    if pad_low <= pad_high:
+        padding_inside = int(counts[pad_low - low : pad_high - low + 1].sum())
+        counts[pad_low - low : pad_high - low + 1] = 0
+    present = np.flatnonzero(counts)
+    if present.size == 0:
+        raise TriageError(NO_VALID_PIXEL)
+    frame.padding_pixels = padding_inside + padding_outside
+    frame.outside_circle_pixels = stored.size - int(spans[1].sum() - spans[0].sum()) - padding_outside
+    slope, intercept = frame.rescale
+    distinct = (present + low).astype(np.float64) * slope + intercept  # exact: integers far below 2**53
+    weights = counts[present].astype(np.float64)
+    clustering = optimal_partition(distinct, weights, min(k, distinct.size))
+    # The label of stored value v is the number of boundaries below slope * v + intercept.
+    # In stored units v exceeds boundary b exactly when v > floor((b - intercept) / slope)
+    # (b is a half-integer, so the division is exact enough for floor); that threshold is
+    # at least ``low``, as every boundary lies above the smallest valid value, and one at
+    # or above ``high`` means no pixel exceeds it, so clipping keeps it within the type.
+    thresholds = np.clip(np.floor((clustering.boundaries() - intercept) / slope), low, high).astype(np.int64)
+    label_image = np.empty((rows, cols), dtype=np.int8)
+    getattr(lib, f"frame_labels_{kind}")(
+        pixels, rows, cols, first, stop, thresholds.ctypes.data, thresholds.size, int(frame.inverted),
+        pad_low, pad_high, label_image.ctypes.data,
+    )  # fmt: skip
+    return _named_segmentation(clustering, frame, method, label_image, (distinct, weights))
+
+
+def _named_segmentation(
+    clustering: Clustering,
+    frame: FrameInput,
+    method: str,
+    label_image: np.ndarray,
+    histogram: tuple[np.ndarray, np.ndarray],
+) -> Segmentation:
+    """Named classes (dark to bright as displayed) from a fitted clustering."""
+    k = clustering.k
+    order = list(range(k))[::-1] if frame.inverted else list(range(k))
     return Segmentation(
         labels=label_image,
         names=labels.class_names(frame.modality, k),
@@ -112,6 +231,7 @@ def segmentation_from_clustering(clustering: Clustering, frame: FrameInput, meth
         ranges=[(float(clustering.lows[i]), float(clustering.highs[i])) for i in order],
         boundaries=[float(b) for b in clustering.boundaries()],
         sse=clustering.sse,
+        histogram=histogram,
     )
 
 
@@ -122,71 +242,90 @@ def valid_histogram(frame: FrameInput, segmentation: Segmentation | None = None)
     return intensity_histogram(frame.values[frame.valid])
 
 
-def frame_input(ds: Dataset, frame: int = 0) -> FrameInput:
-    """The pixels of one frame in modality units, with the mask of valid pixels."""
-    if "PixelData" not in ds:
+def frame_input(ds: Dataset, frame: int = 0, stored: np.ndarray | None = None) -> FrameInput:
+    """The pixels of one frame, with what says which of them are part of the image.
+
+    ``stored`` is the frame's stored pixel array when the caller has already decoded it
+    (then it is not decoded again).
+    """
+    if _tag("PixelData") not in ds:
         raise TriageError("object has no pixel data")
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
+    if int(_value(ds, "SamplesPerPixel", 1)) != 1:
         raise TriageError("colour images are not triaged")
     n_frames = frame_count(ds)
     if not 0 <= frame < n_frames:
         raise TriageError(f"frame {frame} does not exist ({n_frames} frame(s))")
-    try:
-        stored = stored_pixels(ds, frame if n_frames > 1 else None)
-    except Exception:
-        raise TriageError("pixel data cannot be decoded") from None
+    if stored is None:
+        try:
+            stored = stored_pixels(ds, frame if n_frames > 1 else None)
+        except Exception:
+            raise TriageError("pixel data cannot be decoded") from None
     if stored.ndim != 2:
         raise TriageError("pixel data is not a 2-D greyscale frame")
-    modality = str(ds.get("Modality", "OT")).upper()
-    values = _modality_values(ds, stored, frame)
-    valid = ~padding_mask(ds, stored)
-    padding = int(stored.size - np.count_nonzero(valid))
-    outside = 0
-    circle = _reconstruction_circle(ds, stored.shape) if modality == "CT" else None
-    if circle is not None:
-        before = int(np.count_nonzero(valid))
-        valid &= circle
-        outside = before - int(np.count_nonzero(valid))
+    modality = str(_value(ds, "Modality", "OT")).upper()
+    rescale = _integer_rescale(ds, stored)
     return FrameInput(
-        values=values,
-        valid=valid,
+        stored=stored,
         modality=modality,
-        units=labels.units(modality, str(ds.get("RescaleType", "")).upper() == "HU"),
-        inverted=str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1",
-        padding_pixels=padding,
-        outside_circle_pixels=outside,
-        bits_stored=int(ds.get("BitsStored", 16)),
-        signed=bool(int(ds.get("PixelRepresentation", 0))),
+        units=labels.units(modality, str(_value(ds, "RescaleType", "")).upper() == "HU"),
+        inverted=str(_value(ds, "PhotometricInterpretation", "")) == "MONOCHROME1",
+        bits_stored=int(_value(ds, "BitsStored", 16)),
+        signed=bool(int(_value(ds, "PixelRepresentation", 0))),
+        rescale=rescale,
+        padding_range=_padding_range(ds),
+        circle=_reconstruction_circle(ds, stored.shape) if modality == "CT" else None,
+        modality_values=None if rescale else modality_pixels(ds, frame if n_frames > 1 else None),
     )
 
 
-def _modality_values(ds: Dataset, stored: np.ndarray, frame: int) -> np.ndarray:
-    """Modality values; integers when slope and intercept are whole numbers (exact and
-    lets the histogram use one bincount pass)."""
-    if "ModalityLUTSequence" not in ds and stored.dtype.kind in "iu":
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        if slope.is_integer() and intercept.is_integer():
-            values = stored.astype(np.int32)
-            if slope != 1:
-                values *= int(slope)
-            if intercept:
-                values += int(intercept)
-            return values
-    return modality_pixels(ds, frame if frame_count(ds) > 1 else None)
+@lru_cache(maxsize=64)
+def _tag(keyword: str) -> BaseTag:
+    return Tag(keyword)
+
+
+def _value(ds: Dataset, keyword: str, default: Any = None) -> Any:
+    """``ds.get(keyword, default)``, a few times faster: triage reads about fifteen
+    attributes per frame, and by keyword that cost more than clustering the frame."""
+    element = ds.get(_tag(keyword))  # by tag, ``get`` gives the element, not its value
+    return default if element is None else element.value
+
+
+def _integer_rescale(ds: Dataset, stored: np.ndarray) -> tuple[int, int] | None:
+    """(slope, intercept) when the modality values are stored * slope + intercept in
+    integers (exact, and lets the histogram use counting); None otherwise."""
+    if _tag("ModalityLUTSequence") in ds or stored.dtype.kind not in "iu":
+        return None
+    slope = float(_value(ds, "RescaleSlope", 1) or 1)
+    intercept = float(_value(ds, "RescaleIntercept", 0) or 0)
+    if slope.is_integer() and intercept.is_integer():
+        return int(slope), int(intercept)
+    return None
+
+
+def _padding_range(ds: Dataset) -> tuple[int, int] | None:
+    """Stored values that are padding, inclusive (the rule of ``dicomio.padding_mask``)."""
+    pad = _value(ds, "PixelPaddingValue")
+    if pad is None:
+        return None
+    limit = _value(ds, "PixelPaddingRangeLimit")
+    if limit is not None:
+        low, high = sorted((int(pad), int(limit)))
+        return low, high
+    return int(pad), int(pad)
 
 
 def _reconstruction_circle(ds: Dataset, shape: tuple[int, ...]) -> np.ndarray | None:
     """True inside the CT reconstruction circle (ReconstructionDiameter, centred on the
     image); None when the attributes are missing or the circle covers the whole image."""
     try:
-        diameter = float(ds.ReconstructionDiameter)
-        row_mm, col_mm = (float(v) for v in ds.PixelSpacing)
+        diameter = float(_value(ds, "ReconstructionDiameter"))
+        row_mm, col_mm = (float(v) for v in _value(ds, "PixelSpacing"))
     except (AttributeError, TypeError, ValueError):
         return None
     if diameter <= 0 or row_mm <= 0 or col_mm <= 0:
         return None
-    return _circle_mask(int(shape[0]), int(shape[1]), round(diameter / 2 / row_mm, 3), round(diameter / 2 / col_mm, 3))
+    circle = (int(shape[0]), int(shape[1]), round(diameter / 2 / row_mm, 3), round(diameter / 2 / col_mm, 3))
+    return circle if _circle_mask(*circle) is not None else None
 
 
 @lru_cache(maxsize=8)
@@ -198,3 +337,20 @@ def _circle_mask(rows: int, cols: int, radius_rows: float, radius_cols: float) -
         return None
     inside.setflags(write=False)
     return inside
+
+
+@lru_cache(maxsize=8)
+def _row_spans(circle: tuple[int, int, float, float] | None, rows: int, cols: int) -> tuple[np.ndarray, int, int]:
+    """Per row, the columns [first, stop) inside the reconstruction circle (an ellipse, so
+    one run per row; every column when there is no circle): a read-only (2, rows) int32
+    array and the addresses of its two rows, for the compiled code."""
+    spans = np.empty((2, rows), dtype=np.int32)
+    if circle is None:
+        spans[0], spans[1] = 0, cols
+    else:
+        inside = _circle_mask(*circle)
+        spans[0] = np.where(inside.any(axis=1), inside.argmax(axis=1), 0)
+        spans[1] = spans[0] + inside.sum(axis=1)
+    spans.setflags(write=False)
+    address = spans.ctypes.data
+    return spans, address, address + 4 * rows
