@@ -19,7 +19,7 @@ from pydicom.tag import BaseTag, Tag
 
 from medsendx.dicomio import frame_count, modality_pixels, stored_pixels
 from medsendx.triage import _native, labels
-from medsendx.triage.cluster import Clustering, intensity_histogram, kmeans_1d, optimal_partition
+from medsendx.triage.cluster import Clustering, clustering_from, intensity_histogram, kmeans_1d
 
 
 class TriageError(ValueError):
@@ -155,61 +155,57 @@ def segment_pixels(frame: FrameInput, k: int, method: str) -> Segmentation:
 
 
 def segment_stored_histogram(frame: FrameInput, k: int, method: str) -> Segmentation | None:
-    """The same result as :func:`segment_pixels`, from the stored pixels in two compiled
-    passes: one histogram of the stored values (inside and outside the reconstruction
-    circle), then one label per pixel through a per-value table. The rescale is applied to
-    the histogram's few thousand values instead of to every pixel, and padding is a range
-    of histogram values, so no modality-value image and no mask is ever built.
+    """The same result as :func:`segment_pixels`, from the stored pixels in one compiled
+    call (``segment_frame_*`` in _ckmeans.c): a histogram of the stored values inside the
+    reconstruction circle, padding dropped as a range of histogram values, the rescale
+    applied to the histogram's few thousand values instead of to every pixel, the exact DP,
+    and one label per pixel through thresholds in stored units. No modality-value image and
+    no mask is built.
 
-    None when it does not apply (no compiler, a modality LUT or non-integer rescale, a
-    pixel type without compiled code): the caller then uses the per-pixel path.
+    None when it does not apply (no compiler, a modality LUT or non-integer or negative
+    rescale, a pixel type without compiled code, k > 65): then use the per-pixel path.
     """
     lib = _native.load()
     kind = _native.FRAME_KINDS.get(frame.stored.dtype)
-    if lib is None or kind is None or frame.rescale is None or frame.rescale[0] <= 0 or frame.stored.ndim != 2:
+    if lib is None or kind is None or frame.rescale is None or frame.rescale[0] <= 0 or not 1 <= k <= 65:
         return None
     stored = np.ascontiguousarray(frame.stored)
     rows, cols = stored.shape
-    pixels = stored.ctypes.data  # (each .ctypes.data costs microseconds: taken once)
     spans, first, stop = _row_spans(frame.circle, rows, cols)
-    low_high = np.empty(2, dtype=np.int64)
-    getattr(lib, f"minmax_{kind}")(pixels, stored.size, low_high.ctypes.data)
-    low, high = int(low_high[0]), int(low_high[1])
-    # padding values that occur, clipped to [low, high] so that they fit the pixel type
-    pad_low, pad_high = 1, 0  # an empty range
-    if frame.padding_range is not None:
-        pad_low, pad_high = max(frame.padding_range[0], low), min(frame.padding_range[1], high)
-    counts = np.empty(high - low + 1, dtype=np.int64)
-    padding_outside = getattr(lib, f"frame_histogram_{kind}")(
-        pixels, rows, cols, first, stop, low, counts.size, pad_low, pad_high, counts.ctypes.data
-    )
-    if padding_outside < 0:
-        return None  # no memory for the counters: the per-pixel path needs less
-    padding_inside = 0
-    if pad_low <= pad_high:
-        padding_inside = int(counts[pad_low - low : pad_high - low + 1].sum())
-        counts[pad_low - low : pad_high - low + 1] = 0
-    present = np.flatnonzero(counts)
-    if present.size == 0:
-        raise TriageError(NO_VALID_PIXEL)
-    frame.padding_pixels = padding_inside + padding_outside
-    frame.outside_circle_pixels = stored.size - int(spans[1].sum() - spans[0].sum()) - padding_outside
+    pad_low, pad_high = frame.padding_range or (1, 0)  # (1, 0): no padding
     slope, intercept = frame.rescale
-    distinct = (present + low).astype(np.float64) * slope + intercept  # exact: integers far below 2**53
-    weights = counts[present].astype(np.float64)
-    clustering = optimal_partition(distinct, weights, min(k, distinct.size))
-    # The label of stored value v is the number of boundaries below slope * v + intercept.
-    # In stored units v exceeds boundary b exactly when v > floor((b - intercept) / slope)
-    # (b is a half-integer, so the division is exact enough for floor); that threshold is
-    # at least ``low``, as every boundary lies above the smallest valid value, and one at
-    # or above ``high`` means no pixel exceeds it, so clipping keeps it within the type.
-    thresholds = np.clip(np.floor((clustering.boundaries() - intercept) / slope), low, high).astype(np.int64)
-    label_image = np.empty((rows, cols), dtype=np.int8)
-    getattr(lib, f"frame_labels_{kind}")(
-        pixels, rows, cols, first, stop, thresholds.ctypes.data, thresholds.size, int(frame.inverted),
-        pad_low, pad_high, label_image.ctypes.data,
-    )  # fmt: skip
-    return _named_segmentation(clustering, frame, method, label_image, (distinct, weights))
+    labels_out = np.empty((rows, cols), dtype=np.int8)
+    capacity = _HISTOGRAM_CAPACITY
+    while True:
+        # one buffer (each address costs microseconds to take): info (4 + k int64), stats
+        # (2k + 1 float64), then the histogram's values and weights (capacity each)
+        work = np.empty(4 + k + 2 * k + 1 + 2 * capacity)
+        address = work.ctypes.data
+        at_stats, at_values = 8 * (4 + k), 8 * (4 + k + 2 * k + 1)
+        status = getattr(lib, f"segment_frame_{kind}")(
+            stored.ctypes.data, rows, cols, first, stop, pad_low, pad_high, slope, intercept, k, int(frame.inverted),
+            labels_out.ctypes.data, address + at_values, address + at_values + 8 * capacity, capacity,
+            address, address + at_stats,
+        )  # fmt: skip
+        info = work[: 4 + k].view(np.int64)
+        if status != 2:
+            break
+        capacity = int(info[0])  # more distinct values than room for them: once more, with room
+    if status < 0:
+        return None  # no memory: the per-pixel path needs less
+    n_present, frame.padding_pixels, frame.outside_circle_pixels, k_used = info[:4].tolist()
+    if status == 1:
+        raise TriageError(NO_VALID_PIXEL)
+    histogram = work[at_values // 8 :]
+    distinct, counts = histogram[:n_present].copy(), histogram[capacity : capacity + n_present].copy()
+    stats = work[at_stats // 8 : at_values // 8]
+    # (the C code lays stats out for the k it used: centres, weights, SSE)
+    clustering = clustering_from(distinct, info[4 : 4 + k_used], stats[: 2 * k_used + 1])
+    return _named_segmentation(clustering, frame, method, labels_out, (distinct, counts))
+
+
+# distinct stored values a frame usually has (12-bit CT: a few thousand); more costs a retry
+_HISTOGRAM_CAPACITY = 8192
 
 
 def _named_segmentation(
@@ -343,7 +339,8 @@ def _circle_mask(rows: int, cols: int, radius_rows: float, radius_cols: float) -
 def _row_spans(circle: tuple[int, int, float, float] | None, rows: int, cols: int) -> tuple[np.ndarray, int, int]:
     """Per row, the columns [first, stop) inside the reconstruction circle (an ellipse, so
     one run per row; every column when there is no circle): a read-only (2, rows) int32
-    array and the addresses of its two rows, for the compiled code."""
+    array and the addresses of its two rows for the compiled code (hold the array while
+    they are in use)."""
     spans = np.empty((2, rows), dtype=np.int32)
     if circle is None:
         spans[0], spans[1] = 0, cols
