@@ -19,7 +19,7 @@ from medsendx.dicomio import iter_dicom_files
 from medsendx.quarantine import quarantine_file
 
 _worker: Deidentifier | None = None
-_BATCH = 32  # files per disk flush (see Deidentifier.deidentify_files)
+_BATCH = 32  # files per rename + folder fsync (see Deidentifier.deidentify_files)
 
 
 def _worker_init(settings: Settings) -> None:
