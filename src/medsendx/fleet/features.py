@@ -248,7 +248,11 @@ def image_features(ds: Dataset, stored: np.ndarray, modality: str | None) -> dic
         return out
     pad = pad_mask if n_pad else None  # one mask, reused by every step below
 
-    moments = _moments(stored, pad)
+    pad_run = None
+    if n_pad and "PixelPaddingRangeLimit" not in ds and stored.dtype.kind in "iu":
+        # Padding is then one value: its share of the sums is a product, not a gather.
+        pad_run = (n_pad, int(stored.flat[int(np.argmax(pad_mask))]))
+    moments = _moments(stored, pad, pad_run)
     mean_stored = moments.total / n_image
     # Population variance of the image pixels from exact sums (Python ints do not overflow).
     var_stored = (moments.total_sq * n_image - moments.total * moments.total) / (n_image * n_image)
@@ -269,7 +273,8 @@ def image_features(ds: Dataset, stored: np.ndarray, modality: str | None) -> dic
         # values. Search the background on the inverted scale (a linear map like the
         # rescale) and report its level in the object's own units.
         sign = -1.0 if _text(ds, "PhotometricInterpretation") == "MONOCHROME1" else 1.0
-        found = _background_physics(ds, stored, pad, modality, tiles._replace(means=sign * tiles.means), sign * slope, sign * intercept)
+        flipped = tiles._replace(means=sign * tiles.means)
+        found = _background_physics(ds, stored, pad, modality, flipped, sign * slope, sign * intercept)
         if found.get("background_level") is not None:
             found["background_level"] *= sign
         out.update(found)
@@ -315,8 +320,11 @@ def _tile_sums(a: np.ndarray, partial: Any) -> np.ndarray:
     return rows.reshape(h // BLOCK, w // BLOCK, BLOCK).sum(axis=2, dtype=final)
 
 
-def _moments(stored: np.ndarray, pad: np.ndarray | None) -> Moments:
-    """Exact integer sums and sums of squares, per tile and over the image minus padding."""
+def _moments(stored: np.ndarray, pad: np.ndarray | None, pad_run: tuple[int, int] | None = None) -> Moments:
+    """Exact integer sums and sums of squares, per tile and over the image minus padding.
+
+    ``pad_run`` = (count, value) when every padding pixel holds one integer value.
+    """
     if stored.dtype.kind in "iu":
         bound = max(abs(int(stored.min())), abs(int(stored.max())))
         # int32 holds 8 squares of values below 2^14 (a tile row's partial sum); beyond, int64.
@@ -333,7 +341,11 @@ def _moments(stored: np.ndarray, pad: np.ndarray | None) -> Moments:
         total, total_sq = sums.sum(dtype=big).item(), sums_sq.sum(dtype=big).item()
     else:
         total, total_sq = stored.sum(dtype=big).item(), squares.sum(dtype=big).item()
-    if pad is not None:
+    if pad_run is not None:
+        count, value = pad_run
+        total -= count * value
+        total_sq -= count * value * value
+    elif pad is not None:
         padded = stored[pad].astype(big)
         total -= padded.sum().item()
         total_sq -= np.dot(padded, padded).item()
@@ -418,7 +430,9 @@ def _value_histogram(ds: Dataset, stored: np.ndarray, pad: np.ndarray | None) ->
     return values.astype(np.float64), counts
 
 
-def _ct_physics(ds: Dataset, stored: np.ndarray, pad: np.ndarray | None, tiles: TileStats, slope: float, intercept: float) -> dict[str, Any]:
+def _ct_physics(
+    ds: Dataset, stored: np.ndarray, pad: np.ndarray | None, tiles: TileStats, slope: float, intercept: float
+) -> dict[str, Any]:
     means, variances, whole = tiles.means, tiles.variances, tiles.whole
     body = whole & (means > BODY_BLOCK_MIN_MEAN_HU)
     # Air inside the body (sinuses, airways) is not a reference: fill the body's holes.
@@ -491,7 +505,13 @@ def _upper_level(hist: np.ndarray, window: tuple[int, int], lo: int, *, fraction
 
 
 def _background_physics(
-    ds: Dataset, stored: np.ndarray, pad: np.ndarray | None, modality: str | None, tiles: TileStats, slope: float, intercept: float
+    ds: Dataset,
+    stored: np.ndarray,
+    pad: np.ndarray | None,
+    modality: str | None,
+    tiles: TileStats,
+    slope: float,
+    intercept: float,
 ) -> dict[str, Any]:
     """Background level and SNR for modalities without an absolute scale (MR, MG, ...)."""
     values, counts = _value_histogram(ds, stored, pad)
@@ -508,6 +528,7 @@ def _background_physics(
     cropped = _crop(stored)
     h8, w8 = cropped.shape
     rows = cropped.reshape(h8 // BLOCK, BLOCK, w8)
+    # The brightest pixel of each tile in (possibly inverted) units, rows first as for sums.
     tile_extreme = (rows.max(axis=1) if slope > 0 else rows.min(axis=1)).reshape(h8 // BLOCK, w8 // BLOCK, BLOCK)
     tile_top = slope * (tile_extreme.max(axis=2) if slope > 0 else tile_extreme.min(axis=2)) + intercept
     low = whole & (tile_top < threshold)
