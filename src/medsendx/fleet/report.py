@@ -354,7 +354,7 @@ def analyse(con: duckdb.DuckDBPyConnection, out_dir: Path, found: SourceSet | No
         # 2. the prototype's view: 2-means labels for every scan
         dc = (values[:, :2] - centre) / spread_dc
         finite = np.isfinite(dc).all(axis=1)
-        cluster_sizes += np.bincount(_cluster_labels(kmeans, dc[finite]), minlength=2)[:2]
+        cluster_sizes += np.bincount(detect.two_means_labels(kmeans, dc[finite]), minlength=2)[:2]
 
         # 3. multivariate outliers, with the features that make them stand out
         row_series = np.repeat(np.arange(first, last + 1), b_lengths)
@@ -363,7 +363,7 @@ def analyse(con: duckdb.DuckDBPyConnection, out_dir: Path, found: SourceSet | No
 
     # Clusters are numbered by size, largest first.
     centres = kmeans.cluster_centers_ if kmeans is not None else np.zeros((2, 2))
-    sample_labels = _cluster_labels(kmeans, sample_dc[finite_sample])
+    sample_labels = detect.two_means_labels(kmeans, sample_dc[finite_sample])
     if cluster_sizes[1] > cluster_sizes[0]:
         cluster_sizes, centres, sample_labels = cluster_sizes[::-1].copy(), centres[::-1].copy(), 1 - sample_labels
 
@@ -510,13 +510,6 @@ def _sample(con: duckdb.DuckDBPyConnection, metrics: list[str], n_scans: int) ->
         f"SELECT station, group_key, {cols} FROM scans WHERE {_sample_filter(n_scans)} ORDER BY sop_instance_uid"
     ).to_arrow_table()
     return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
-
-
-def _cluster_labels(kmeans, points: np.ndarray) -> np.ndarray:
-    """k-means cluster (0 or 1) of each point; all 0 when there was nothing to fit."""
-    if kmeans is None or len(points) == 0:
-        return np.zeros(len(points), dtype=np.int64)
-    return kmeans.predict(points)
 
 
 def _density_contrast_scale(con: duckdb.DuckDBPyConnection) -> tuple[np.ndarray, np.ndarray]:
