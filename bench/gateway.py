@@ -66,14 +66,14 @@ def storescu(port: int, files: list[Path], aec: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finished(proc: subprocess.Popen) -> None:
+def check_storescu(proc: subprocess.Popen) -> None:
     _, err = proc.communicate()
     if proc.returncode != 0:
         raise SystemExit(f"storescu failed: {err[-500:]}")
 
 
 def push(port: int, files: list[Path], aec: str) -> None:
-    finished(storescu(port, files, aec))
+    check_storescu(storescu(port, files, aec))
 
 
 def tree_cpu(pid: int, descendants: bool = True) -> float:
@@ -125,13 +125,13 @@ def timed_push(port: int, files: list[Path], aec: str, orthanc: Orthanc, expecte
     while True:
         if receipt is None and proc.poll() is not None:
             receipt = time.perf_counter() - start
-            finished(proc)
+            check_storescu(proc)
         if instance_count(orthanc) >= expected:
             break
         time.sleep(0.02)
     wall = time.perf_counter() - start
     if receipt is None:
-        finished(proc)
+        check_storescu(proc)
         receipt = time.perf_counter() - start
     cpu = {"storescu": children_cpu() - scu_before}
     cpu.update({name: sec - before[name] for name, sec in sample().items() if sec - before[name] > 0.05})
