@@ -46,7 +46,8 @@ def test_cstore_to_orthanc_negotiates_jpeg_ls_and_is_bit_exact(orthanc, tmp_path
     # The same objects again: Orthanc still holds one copy of each.
     outbox2 = Outbox(tmp_path / "state2" / "outbox.sqlite3")
     enqueue_all(outbox2, real_samples(ct_head[:8], tmp_path / "again"), destination)
-    assert Deliverer(outbox2, settings).run_once() == 8
+    stats = Deliverer(outbox2, settings).drain(timeout=60)
+    assert (stats.finished, stats.sent, stats.failed) == (True, 8, 0)
     assert len(orthanc.instance_ids()) == 8
 
 
@@ -131,3 +132,14 @@ def test_unreachable_peer_is_transient(tmp_path: Path, ct_head) -> None:
     Deliverer(outbox, settings).run_once()
     assert [r.state for r in outbox.items()] == ["queued", "queued"]
     assert all(r.transient_faults == 1 for r in outbox.items())
+
+
+def test_drain_gives_up_at_its_timeout_while_the_peer_stays_down(tmp_path: Path, ct_head) -> None:
+    settings = _settings(tmp_path / "state", connect_timeout_seconds=1.0, backoff_base_seconds=0.05,
+                         backoff_cap_seconds=0.2)
+    outbox = Outbox(settings.outbox_db)
+    enqueue_all(outbox, real_samples(ct_head[:2], tmp_path / "in"), f"dimse://NOBODY@127.0.0.1:{free_port()}")
+    stats = Deliverer(outbox, settings).drain(timeout=1.5)
+    assert not stats.finished
+    assert stats.sent == 0 and stats.retried >= 2 and stats.passes >= 1
+    assert outbox.counts()["queued"] == 2, "nothing is dropped when the drain stops"

@@ -24,15 +24,8 @@ def _settings(state: Path, **outbox):
 
 
 def _deliver_until_done(outbox: Outbox, settings, seconds: float = 90.0) -> None:
-    deliverer = Deliverer(outbox, settings)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        deliverer.run_once()
-        counts = outbox.counts()
-        if counts["queued"] == 0 and counts["sending"] == 0:
-            return
-        time.sleep(0.05)
-    pytest.fail(f"delivery did not finish: {outbox.counts()}")
+    if not Deliverer(outbox, settings).drain(timeout=seconds).finished:
+        pytest.fail(f"delivery did not finish: {outbox.counts()}")
 
 
 @pytest.mark.parametrize("kind", ["dicomweb", "dimse"])
