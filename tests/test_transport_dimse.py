@@ -143,3 +143,20 @@ def test_drain_gives_up_at_its_timeout_while_the_peer_stays_down(tmp_path: Path,
     assert not stats.finished
     assert stats.sent == 0 and stats.retried >= 2 and stats.passes >= 1
     assert outbox.counts()["queued"] == 2, "nothing is dropped when the drain stops"
+
+
+def test_file_whose_meta_lacks_the_sop_uids_is_still_delivered(orthanc, tmp_path: Path, ct_head) -> None:
+    """Streaming a file unchanged reads the instance's UIDs from its meta group; a file
+    written without them is sent decoded instead, never stuck in retries."""
+    (sample,) = synthetic_samples(ct_head[2], tmp_path / "in", 1)
+    ds = pydicom.dcmread(sample.path)
+    del ds.file_meta.MediaStorageSOPClassUID
+    del ds.file_meta.MediaStorageSOPInstanceUID
+    ds.save_as(sample.path, enforce_file_format=False)
+    assert "MediaStorageSOPInstanceUID" not in pydicom.dcmread(sample.path).file_meta
+    settings = _settings(tmp_path / "state", compress=False)
+    outbox = Outbox(settings.outbox_db)
+    enqueue_all(outbox, [sample], f"dimse://{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}")
+    stats = Deliverer(outbox, settings).drain(timeout=30)
+    assert stats.finished and stats.sent == 1, outbox.items()
+    assert orthanc.sop_instance_uids() == [sample.sop_instance_uid]

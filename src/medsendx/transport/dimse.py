@@ -12,6 +12,13 @@ Status handling (PS3.4 Annex B): success and warnings (0xB000, 0xB006, 0xB007) =
 not supported...) = refused for good. Re-sending a SOP Instance UID replaces the stored
 instance at a PACS, so delivery is idempotent.
 
+Speed: files go on the wire as they are encoded (pynetdicom's chunked mode, no decode and
+re-encode), with TCP_NODELAY as dcmtk sets it, and a batch is shared by
+``outbox.dimse_associations`` associations (2 by default): a PACS handles one object per
+association at a time, so a second association keeps it busy while the first waits for
+its response. Extra associations open beside the first, never before it, so a peer that
+serves one association at a time costs nothing.
+
 ``dimse+tls://`` wraps the association in TLS (verification on unless
 ``outbox.verify_tls`` is false; ``outbox.ca_file`` adds a CA bundle).
 """
@@ -27,8 +34,8 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 from urllib.parse import unquote, urlsplit
 
 import pydicom
-from pydicom.uid import UID
 from pydicom.filereader import read_file_meta_info
+from pydicom.uid import UID
 from pynetdicom import AE, _config
 from pynetdicom.presentation import build_context
 
@@ -309,7 +316,11 @@ class DimseTransport:
             if not as_is:
                 assert payload is not None
                 wire_file.write_bytes(payload.data)
-            status = assoc.send_c_store(wire_file)
+            try:
+                status = assoc.send_c_store(wire_file)
+            except AttributeError:  # raised before sending: the file meta lacks a UID that
+                # chunked mode reads from there, so let pynetdicom decode the data set instead
+                status = assoc.send_c_store(pydicom.dcmread(wire_file))
         except Exception as exc:  # a dropped connection surfaces in several ways
             return DeliveryResult(item.id, False, False, f"C-STORE failed ({type(exc).__name__})", wire_bytes=size)
         finally:
