@@ -55,12 +55,13 @@ class RefusingSCP:
     """A real pynetdicom Storage SCP that refuses chosen SOP Instance UIDs with a status and
     accepts only uncompressed transfer syntaxes."""
 
-    def __init__(self, refuse: dict[str, int]) -> None:
+    def __init__(self, refuse: dict[str, int], max_associations: int = 10) -> None:
         self.refuse = refuse
         self.stored: dict[str, pydicom.Dataset] = {}
         self.syntaxes: list[str] = []
         self.port = free_port()
         ae = AE(ae_title="REFUSER")
+        ae.maximum_associations = max_associations
         ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self.server = ae.start_server(("127.0.0.1", self.port), block=False,
                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
@@ -83,8 +84,8 @@ class RefusingSCP:
 def refusing_scp():
     scps: list[RefusingSCP] = []
 
-    def make(refuse: dict[str, int]) -> RefusingSCP:
-        scps.append(RefusingSCP(refuse))
+    def make(refuse: dict[str, int], max_associations: int = 10) -> RefusingSCP:
+        scps.append(RefusingSCP(refuse, max_associations))
         return scps[-1]
 
     yield make
@@ -160,3 +161,16 @@ def test_file_whose_meta_lacks_the_sop_uids_is_still_delivered(orthanc, tmp_path
     stats = Deliverer(outbox, settings).drain(timeout=30)
     assert stats.finished and stats.sent == 1, outbox.items()
     assert orthanc.sop_instance_uids() == [sample.sop_instance_uid]
+
+
+def test_peer_that_takes_one_association_at_a_time_gets_everything(refusing_scp, tmp_path: Path, ct_head) -> None:
+    """The second association of a batch is rejected (a limit of one): the first carries
+    the whole batch, and nothing is refused or lost."""
+    samples = synthetic_samples(ct_head[3], tmp_path / "in", 6)
+    scp = refusing_scp({}, max_associations=1)
+    settings = _settings(tmp_path / "state", dimse_associations=2, backoff_base_seconds=60.0)
+    outbox = Outbox(settings.outbox_db)
+    enqueue_all(outbox, samples, f"dimse://REFUSER@127.0.0.1:{scp.port}")
+    stats = Deliverer(outbox, settings).drain(timeout=30)
+    assert (stats.finished, stats.sent, stats.retried, stats.failed) == (True, 6, 0, 0)
+    assert set(scp.stored) == {s.sop_instance_uid for s in samples}

@@ -63,6 +63,10 @@ MAX_CONTEXTS = 128  # the DICOM limit on presentation contexts per association
 WARNING_STATUSES = {0xB000, 0xB006, 0xB007}
 
 
+class AssociationRejected(TransientBatchError):
+    """The peer answered the association request with a rejection (not a network fault)."""
+
+
 def store_status_outcome(status: int) -> tuple[bool, bool]:
     """(stored, permanent refusal) for a C-STORE status code."""
     if status == 0x0000 or status in WARNING_STATUSES or (status & 0xF000) == 0xB000:
@@ -232,9 +236,11 @@ class DimseTransport:
             # first is released, and then it finds the queue empty and ends.
             try:
                 assoc = self._associate(contexts)
-            except TransientBatchError:
-                self._extra_lanes_refused = True  # do not wait on this peer again
+            except AssociationRejected:
+                self._extra_lanes_refused = True  # e.g. a limit per calling AE: do not ask again
                 return
+            except TransientBatchError:
+                return  # a flaky link or a busy peer: try again with the next batch
             if _accepted_syntaxes(assoc) != accepted:  # only equal lanes can share one queue
                 self._extra_lanes_refused = True
                 _end(assoc)
@@ -270,7 +276,7 @@ class DimseTransport:
         )
         if not assoc.is_established:
             if assoc.is_rejected:
-                raise TransientBatchError("peer rejected the association")
+                raise AssociationRejected("peer rejected the association")
             # pynetdicom swallows the TLS error; find out again so the reason says what to fix.
             raise TransientBatchError(self._tls_failure() or "could not associate with the peer")
         _no_delay(assoc)
