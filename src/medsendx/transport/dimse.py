@@ -36,7 +36,7 @@ from urllib.parse import unquote, urlsplit
 import pydicom
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID
-from pynetdicom import AE, _config
+from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import build_context
 
 from medsendx.outbox import OutboxItem
@@ -100,6 +100,21 @@ def _sop_class_and_syntax(path) -> tuple[str, str]:
         return str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     return str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)
+
+
+def _wake_waiter_when_closed(event) -> None:
+    """When the connection is gone (state machine back to idle, Sta1), wake a C-STORE
+    waiting for its response. pynetdicom pauses the association's own loop during
+    ``send_c_store``, so after a reset it would otherwise wait the whole DIMSE timeout
+    (a minute by default) for a response that cannot come."""
+    if event.next_state == "Sta1":
+        event.assoc.dimse.msg_queue.put((None, None))
+
+
+def _connected(assoc) -> bool:
+    """Established and still connected: ``is_established`` lags a reset until the
+    association's loop runs, and a C-STORE started in between would wait for nothing."""
+    return bool(assoc.is_established) and assoc.dul.state_machine.current_state == "Sta6"
 
 
 def _no_delay(assoc) -> None:
@@ -221,7 +236,7 @@ class DimseTransport:
 
         def run_lane(assoc) -> None:
             try:
-                while assoc.is_established and time.monotonic() <= deadline:
+                while _connected(assoc) and time.monotonic() <= deadline:
                     got = next_payload()
                     if got is None:
                         return
@@ -273,6 +288,7 @@ class DimseTransport:
         ae.maximum_pdu_size = 0
         assoc = ae.associate(
             self.host, self.port, contexts=contexts, ae_title=self.called_aet, max_pdu=0, tls_args=self.tls_args,
+            evt_handlers=[(evt.EVT_FSM_TRANSITION, _wake_waiter_when_closed)],
         )
         if not assoc.is_established:
             if assoc.is_rejected:
