@@ -1,10 +1,16 @@
 """Benchmark: exact 1-D k-means triage against scikit-learn KMeans, on every slice of
 ../shared/data/ct-head-ge (512 x 512 head CT), in the same run.
 
-For each slice both methods get exactly the same pixels (HU, padding and out-of-circle
-pixels removed) and must return a label per pixel; both SSEs are computed by one float64
-formula. Printed: per-slice time and SSE for ours, sklearn n_init=1 and n_init=10, the
-speed ratios and the SSE ratios (ours / sklearn; <= 1.0 means never worse). Then the
+What is timed: every slice is read and its pixel data decoded once, untimed. OURS is timed
+from that decoded stored-pixel array plus the dataset's attributes to the label image:
+reading the attributes (rescale, padding, reconstruction circle), excluding padding and
+out-of-circle pixels, the histogram, the exact DP and a label for every pixel.
+SCIKIT-LEARN is timed for ``KMeans(3).fit`` alone, on a float64 column of the same valid
+pixels in HU, prepared for it untimed (so its conversion to HU and its masking are free:
+the comparison favours scikit-learn). Both SSEs are computed by one float64 formula on the
+same valid pixels. Printed: per-slice wall time and SSE for ours, sklearn n_init=1 and
+n_init=10, the speed ratios and the SSE ratios (ours / sklearn; <= 1.0 means never worse),
+CPU times next to wall times (sklearn may use several threads), and the load average. Then the
 in-process cost of triage + overlay PNG per slice (what the gateway pays) and the whole
 ``medsendx segment`` command on one slice in a fresh interpreter (what a person waits).
 
@@ -36,9 +42,9 @@ from rich.progress import track  # noqa: E402
 from rich.table import Table  # noqa: E402
 from sklearn.cluster import KMeans  # noqa: E402
 
-from medsendx.dicomio import read_dataset  # noqa: E402
-from medsendx.triage import render_overlay, triage_dataset  # noqa: E402
-from medsendx.triage.segmenter import frame_input  # noqa: E402
+from medsendx.dicomio import read_dataset, stored_pixels  # noqa: E402
+from medsendx.triage import DEFAULT_SEGMENTER, render_overlay, triage_dataset  # noqa: E402
+from medsendx.triage.segmenter import frame_input, segment_stored_histogram  # noqa: E402
 
 console = Console(highlight=False, width=150)
 
@@ -65,12 +71,10 @@ def best_time(fn, repeat: int, cpu_key: str | None = None) -> tuple[float, objec
     return best, result
 
 
-def ours(values: np.ndarray) -> np.ndarray:
-    """Our clustering of a pixel vector: histogram, exact DP, a label per pixel."""
-    from medsendx.triage.cluster import intensity_histogram, kmeans_1d
-
-    clustering = kmeans_1d(*intensity_histogram(values), 3)
-    return clustering.assign(values)
+def ours(ds, stored: np.ndarray) -> np.ndarray:
+    """Our segmentation of a decoded slice: attributes, exclusion masks, histogram, exact
+    DP, a label per pixel (-1 where excluded) -- what the gateway runs per slice."""
+    return DEFAULT_SEGMENTER.segment(frame_input(ds, stored=stored)).labels
 
 
 def main() -> int:
@@ -88,6 +92,13 @@ def main() -> int:
         f"machine: {os.cpu_count()} CPUs, load average {load:.1f}"
         + (" (busy: wall times are inflated; CPU times are printed too)" if load > 1.5 else "")
     )
+    probe = frame_input(read_dataset(files[0]))
+    fast = segment_stored_histogram(probe, 3, "probe") is not None
+    console.print(
+        "ours timed from decoded stored pixels + attributes to the label image; sklearn timed for fit() "
+        "alone on the prepared HU column of the same valid pixels. "
+        + ("Path: compiled stored-value histogram (_ckmeans.c)." if fast else "Path: per-pixel numpy (no C compiler).")
+    )
 
     table = Table(title=f"clustering k=3, {len(files)} slices of ct-head-ge (best of {args.repeat})")
     for col in ("slice", "pixels", "ours ms", "sk1 ms", "sk10 ms", "speed vs sk1", "speed vs sk10", "SSE ours/sk1", "SSE ours/sk10"):
@@ -95,10 +106,13 @@ def main() -> int:
     speed1, speed10, ratio1, ratio10, our_times = [], [], [], [], []
     for path in track(files, description="clustering", console=console, transient=True):
         ds = read_dataset(path)
-        pixels = frame_input(ds)
+        stored = stored_pixels(ds)  # decoded once, untimed, for both methods
+        pixels = frame_input(ds, stored=stored)
         values = pixels.values[pixels.valid]
         column = values.reshape(-1, 1).astype(np.float64)
-        t_ours, labels = best_time(lambda: ours(values), args.repeat, "ours")
+        t_ours, label_image = best_time(lambda: ours(ds, stored), args.repeat, "ours")
+        labels = label_image[pixels.valid]
+        assert (label_image[~pixels.valid] == -1).all()
         t_sk1, km1 = best_time(lambda: KMeans(3, n_init=1, random_state=0).fit(column), max(1, args.repeat // 2), "sk1")
         t_sk10, km10 = best_time(lambda: KMeans(3, n_init=10, random_state=0).fit(column), 1)
         s_ours, s1, s10 = sse(values, labels), sse(values, km1.labels_), sse(values, km10.labels_)
@@ -121,6 +135,11 @@ def main() -> int:
     console.print(
         f"CPU time (all threads): ours median {1000 * cpu_ours:.2f} ms, sklearn n_init=1 median "
         f"{1000 * cpu_sk1:.1f} ms: {cpu_sk1 / cpu_ours:.0f}x"
+    )
+    verdict = "MET" if statistics.median(speed1) >= 100 else "NOT MET"
+    console.print(
+        f"target >= 100x faster (wall) than sklearn n_init=1, median over {len(files)} slices: "
+        f"{statistics.median(speed1):.0f}x -> {verdict} (load average now {os.getloadavg()[0]:.1f})"
     )
     console.print(
         f"SSE ratio ours/sklearn: max {max(ratio1):.9f} (n_init=1), {max(ratio10):.9f} (n_init=10), "

@@ -229,6 +229,75 @@ def test_segmenter_can_be_replaced_without_touching_callers(ct_head: list[Path])
     assert record.method == "kmeans-1d-exact(k=2)"
 
 
+def _assert_same_segmentation(fast, slow, where: str) -> None:
+    assert np.array_equal(fast.labels, slow.labels), where
+    assert fast.centres == slow.centres and fast.counts == slow.counts, where
+    assert fast.ranges == slow.ranges and fast.boundaries == slow.boundaries, where
+    assert fast.sse == slow.sse and fast.names == slow.names, where
+    assert np.array_equal(fast.histogram[0], slow.histogram[0]) and np.array_equal(fast.histogram[1], slow.histogram[1]), where
+
+
+@pytest.mark.slow
+def test_stored_histogram_path_equals_per_pixel_path_on_every_real_slice(data_dir: Path) -> None:
+    """The fast path (histogram of the stored values, rescale and padding applied to the
+    histogram, labels through thresholds in stored units) gives exactly what the per-pixel
+    path gives (modality values, mask, histogram, label per value) on every real slice, for
+    k = 2..5, with the same padding and out-of-circle counts and the same valid pixels as
+    dicomio's padding mask."""
+    import os
+    import shutil
+
+    from medsendx.triage.segmenter import segment_pixels, segment_stored_histogram
+
+    native = os.environ.get("MEDSENDX_TRIAGE_NATIVE", "1") != "0" and (shutil.which("cc") or shutil.which("gcc"))
+    used = 0
+    for folder in REAL_FOLDERS:
+        for path in _image_files(data_dir, folder):
+            ds = read_dataset(path)
+            where = f"{folder}/{path.name}"
+            for k in (2, 3, 4, 5):
+                fast_frame, slow_frame = frame_input(ds), frame_input(ds)
+                fast = segment_stored_histogram(fast_frame, k, "m")
+                if fast is None:
+                    assert not native or folder != "ct-head-ge", where  # GE CT: int16, integer rescale
+                    break
+                used += 1
+                slow = segment_pixels(slow_frame, k, "m")
+                _assert_same_segmentation(fast, slow, f"{where} k={k}")
+                # counts set by the fast path == counts from the masks
+                assert fast_frame.padding_pixels == slow_frame.padding_pixels, where
+                assert fast_frame.outside_circle_pixels == slow_frame.outside_circle_pixels, where
+            pad = padding_mask(ds, stored_pixels(ds))
+            assert np.array_equal(frame_input(ds).padding, pad), where
+    if native:
+        assert used >= 4 * 28  # every GE slice at least
+
+
+def test_stored_histogram_path_handles_inverted_unsigned_and_multiframe(ct_head: list[Path]) -> None:
+    """MONOCHROME1 (labels reversed), unsigned 16-bit data with a rescale slope of 2 and a
+    padding range, and the frames of a multi-frame object: identical to the per-pixel path."""
+    from medsendx.triage.segmenter import segment_pixels, segment_stored_histogram
+
+    from triage_synthetic import mammography_phantom
+
+    if segment_stored_histogram(frame_input(read_dataset(ct_head[0])), 3, "m") is None:
+        pytest.skip("no C compiler: only the per-pixel path exists here")
+    mg, _ = mammography_phantom(0.3, photometric="MONOCHROME1")
+    ct = read_dataset(ct_head[3])
+    unsigned = (stored_pixels(ct).astype(np.int32) + 1500).astype(np.uint16)  # padding -> 0
+    ct.PixelRepresentation = 0
+    ct.PixelData = unsigned.tobytes()
+    ct.RescaleSlope, ct.RescaleIntercept = 2, -3000
+    ct.PixelPaddingValue, ct.PixelPaddingRangeLimit = 3, 0
+    frames = [frame_input(multiframe_from(ct_head[:3]), i) for i in range(3)]
+    for name, frame in [("MG MONOCHROME1", frame_input(mg)), ("unsigned CT", frame_input(ct)), *[(f"frame {i}", f) for i, f in enumerate(frames)]]:
+        fast = segment_stored_histogram(frame, 3, "m")
+        assert fast is not None, name
+        _assert_same_segmentation(fast, segment_pixels(frame, 3, "m"), name)
+    assert frame_input(ct).padding_range == (0, 3)
+    assert frame_input(mg).inverted
+
+
 def test_compiled_and_numpy_paths_give_identical_results(ct_head: list[Path], data_dir: Path, monkeypatch) -> None:
     """The compiled inner loops (_ckmeans.c) and their numpy twins agree bit for bit; on a
     machine with a C compiler the compiled ones are really in use."""

@@ -17,8 +17,13 @@ from typing import Any
 
 def append_audit(path: Path, record: dict[str, Any]) -> None:
     """Append ``record`` (plus the time) as one JSON line to the audit log at ``path``."""
-    line = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **record}
-    data = (json.dumps(line, sort_keys=False, separators=(",", ":")) + "\n").encode()
+    append_audit_lines(path, [record])
+
+
+def append_audit_lines(path: Path, records: list[dict[str, Any]]) -> None:
+    """Append several records (each plus the time) in one ``write``."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    data = "".join(json.dumps({"time": now, **record}, separators=(",", ":")) + "\n" for record in records).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:

@@ -15,18 +15,17 @@ through pydicom from a dataset of just those elements.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import io
 import logging
 import os
 import re
-import tempfile
 import uuid
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal
 
@@ -43,12 +42,12 @@ from medsendx import __version__
 from medsendx.config import Settings
 from medsendx.deid import codec
 from medsendx.deid import profile as P
-from medsendx.deid.audit import append_audit
+from medsendx.deid.audit import append_audit, append_audit_lines
 from medsendx.deid.codec import Element, Encoding, FormatError
-from medsendx.deid.pixelrisk import IDENTIFYING_KEYWORDS, RISK_KEYWORDS, PixelRisk, assess_header_risk, identifying_words
+from medsendx.deid.pixelrisk import IDENTIFYING_KEYWORDS, RISK_KEYWORDS, assess_header_risk, identifying_words
 from medsendx.deid.uids import KeyedMapper, load_or_create_secret, shift_date, shift_datetime
 from medsendx.dicomio import DicomReadError
-from medsendx.fsutil import TEMP_PREFIX, atomic_write, fsync_dir
+from medsendx.fsutil import DurableWriter, atomic_write
 from medsendx.quarantine import quarantine_file
 
 # Our implementation UID: 2.25 + the UUID5 of the project name (stable across versions).
@@ -66,6 +65,7 @@ DUMMY_TEXT: dict[str, str] = {
 }
 DUMMY_BINARY: dict[str, bytes] = {"US": b"\0\0", "SS": b"\0\0", "UL": b"\0" * 4, "SL": b"\0" * 4, "FL": b"\0" * 4, "FD": b"\0" * 8, "SV": b"\0" * 8, "UV": b"\0" * 8}
 CLEANABLE_TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "PN", "CS"})
+_first = itemgetter(0)  # sort (tag, chunk) pairs by tag
 _WORD_SPLIT = re.compile(r"([^\w]+)")
 _LONG_DIGITS = re.compile(r"\d{5,}")
 _SPACES = re.compile(r"\s{2,}")
@@ -73,6 +73,7 @@ _SPACES = re.compile(r"\s{2,}")
 TAG_SOP_CLASS, TAG_SOP_INSTANCE = 0x00080016, 0x00080018
 TAG_STUDY_UID, TAG_SERIES_UID = 0x0020000D, 0x0020000E
 TAG_CHARSET = 0x00080005
+_TOP_UID_TAGS = frozenset({TAG_SOP_INSTANCE, TAG_STUDY_UID, TAG_SERIES_UID})
 # Top-level attributes the engine reads before walking (decisions, patient key, words).
 _RISK_TAGS = {keyword: pydicom.datadict.tag_for_keyword(keyword) for keyword in RISK_KEYWORDS}
 _WORD_TAGS = frozenset(pydicom.datadict.tag_for_keyword(k) for k in IDENTIFYING_KEYWORDS)
@@ -184,11 +185,10 @@ class Deidentifier:
 
     ``pixel_cleaner(ds, identifying_words) -> PixelCleanResult`` (see ``medsendx.pixels``)
     is called for objects whose pixels may show identity; by default it is the cleaner of
-    ``settings.pixels``; with ``pixel_cleaner=None`` such objects are quarantined. A cleaner
-    with ``needs_check(ds)`` may widen the objects checked (a header that says
-    BurnedInAnnotation NO on an ultrasound screen, or ``pixels.ocr_every_object``); it is
-    given a dataset of the header attributes that decide pixel risk (``RISK_KEYWORDS`` and
-    ``ConversionType``, and PixelData without its value).
+    ``settings.pixels``; with ``pixel_cleaner=None`` such objects are quarantined. Which
+    objects are at risk is ``pixelrisk.assess_header_risk``, the rule the pixel cleaner's
+    ``needs_check`` applies too: with a cleaner present the check widens (a header that
+    says BurnedInAnnotation NO on an ultrasound screen, ``pixels.ocr_every_object``).
     """
 
     def __init__(self, settings: Settings, pixel_cleaner: Callable[[Dataset, set[str]], Any] | None = SETTINGS_CLEANER) -> None:
@@ -205,6 +205,8 @@ class Deidentifier:
         self._needs_words = "C" in self.actions.values()
         self.station_name = settings.station_id
         self._provenance_cache: dict[Encoding, bytes] = {}
+        self._check_every_object = pixel_cleaner is not None and settings.pixels.ocr_every_object
+        self._options = self.profile.option_dict()  # (shared by every report: never mutated)
 
     # ------------------------------------------------------------------ public API
     def deidentify(self, ds: Dataset) -> DeidReport:
@@ -242,49 +244,55 @@ class Deidentifier:
         return self._committed(prepared, output)
 
     def deidentify_files(self, sources: Iterable[Path], out_dir: Path, batch: int = 32) -> Iterator[FileOutcome]:
-        """:meth:`deidentify_file` for many files, with one disk flush per ``batch``.
+        """:meth:`deidentify_file` for many files, with the disk waits off the critical path.
 
-        Outputs are written to temp files, the file system is flushed once (``syncfs``),
-        then they are renamed into place: the same guarantee as one fsync per file (no
-        output is visible before its bytes are on disk), at a fraction of the cost.
-        Outcomes are yielded in input order once their batch is committed."""
+        The same guarantee as one fsync per file (an output appears under its final name
+        only once its bytes are on disk; a crash never leaves a partial output), through
+        ``fsutil.DurableWriter``: background threads fdatasync the temp files while this
+        thread de-identifies the next ones, then each batch of ``batch`` files is renamed
+        into place with one folder fsync. Outcomes are yielded in input order once
+        committed; the audit lines of each committed run are appended in one write."""
         out_dir = Path(out_dir)
-        pending: list[tuple[_Prepared | FileOutcome, Path | None]] = []
-        for src in sources:
-            prepared = self._prepare(Path(src))
-            if isinstance(prepared, _Prepared):
-                try:
-                    out_dir.mkdir(parents=True, exist_ok=True)
-                    pending.append((prepared, _write_temp(out_dir, prepared.chunks)))
-                except OSError as exc:
-                    pending.append((self._fail(prepared.source, prepared.digest, "error", _write_error(exc)), None))
-            else:
-                pending.append((prepared, None))
-            if len(pending) >= batch:
-                yield from self._commit(pending, out_dir)
-                pending = []
-        yield from self._commit(pending, out_dir)
+        with contextlib.suppress(OSError):  # if this fails, each write says why
+            out_dir.mkdir(parents=True, exist_ok=True)
+        writer = DurableWriter(batch=batch)
+        finished = False
+        try:
+            for src in sources:
+                prepared = self._prepare(Path(src))
+                if isinstance(prepared, _Prepared):
+                    try:
+                        writer.write(out_dir / f"{prepared.report.sop_instance_uid}.dcm", prepared.chunks, prepared)
+                        prepared.chunks = []  # the bytes are in the page cache: free the input now
+                    except OSError as exc:
+                        writer.passthrough(self._fail(prepared.source, prepared.digest, "error", _write_error(exc)))
+                else:
+                    writer.passthrough(prepared)
+                yield from self._settle(writer.ready(), out_dir)
+            yield from self._settle(writer.close(), out_dir)
+            finished = True
+        finally:
+            if not finished:  # the caller stopped early: still commit and audit what was written
+                for _ in self._settle(writer.close(), out_dir):
+                    pass
 
-    def _commit(self, pending: list[tuple[_Prepared | FileOutcome, Path | None]], out_dir: Path) -> Iterator[FileOutcome]:
-        temps = [temp for _, temp in pending if temp is not None]
-        if temps:
-            _flush_filesystem(out_dir)
-        for item, temp in pending:
-            if temp is None:
-                yield item  # type: ignore[misc]
-                continue
-            prepared: _Prepared = item  # type: ignore[assignment]
-            output = out_dir / f"{prepared.report.sop_instance_uid}.dcm"
-            try:
-                os.replace(temp, output)
-            except OSError as exc:
-                with contextlib.suppress(OSError):
-                    os.unlink(temp)
-                yield self._fail(prepared.source, prepared.digest, "error", _write_error(exc))
-                continue
-            yield self._committed(prepared, output)
-        if temps:
-            fsync_dir(out_dir)
+    def _settle(self, results: Iterable[tuple[Any, OSError | None]], out_dir: Path) -> Iterator[FileOutcome]:
+        """Outcomes for the writer's results; one audit append for the committed ones."""
+        outcomes: list[FileOutcome] = []
+        records: list[dict[str, Any]] = []
+        for token, error in results:
+            if isinstance(token, FileOutcome):
+                outcomes.append(token)  # failed before writing: already audited
+            elif error is not None:
+                outcomes.append(self._fail(token.source, token.digest, "error", _write_error(error)))
+            else:
+                report = token.report
+                records.append(self._audit_record(token.digest, "ok", report=report))
+                outcomes.append(_ok_outcome(token, out_dir / f"{report.sop_instance_uid}.dcm"))
+        if records:
+            with contextlib.suppress(OSError):
+                append_audit_lines(self.settings.audit_log, records)
+        return iter(outcomes)
 
     def _prepare(self, src: Path) -> _Prepared | FileOutcome:
         """Read, hash and de-identify ``src``; a failure is already a FileOutcome."""
@@ -310,17 +318,8 @@ class Deidentifier:
         return _Prepared(src, digest, chunks, report)
 
     def _committed(self, prepared: _Prepared, output: Path) -> FileOutcome:
-        report = prepared.report
-        self._audit(prepared.digest, "ok", report=report)
-        return FileOutcome(
-            status="ok",
-            source=prepared.source,
-            output=output,
-            sop_instance_uid=report.sop_instance_uid,
-            study_instance_uid=report.study_instance_uid,
-            series_instance_uid=report.series_instance_uid,
-            report=report,
-        )
+        self._audit(prepared.digest, "ok", report=prepared.report)
+        return _ok_outcome(prepared, output)
 
     def deidentify_bytes(self, data: bytes) -> tuple[bytes, DeidReport]:
         """De-identify a Part 10 file given as bytes; returns the output file's bytes.
@@ -358,16 +357,15 @@ class Deidentifier:
                 raise QuarantineRequired("media directory (DICOMDIR), not an object to send")
             raise QuarantineRequired("not a composite object (no SOP Class or SOP Instance UID)")
         risk = assess_header_risk(
-            {keyword: text(tag) for keyword, tag in _RISK_TAGS.items()},
+            {keyword: text(tag) for keyword, tag in _RISK_TAGS.items() if tag in index},
             has_pixels=any(tag in index for tag in (codec.PIXEL_DATA, 0x7FE00008, 0x7FE00009)),
             embedded_overlay=any(
                 (g << 16 | 0x0102) in index and (g << 16 | 0x3000) not in index and _us(buf, index[g << 16 | 0x0102], enc) != 0
                 for g in range(0x6000, 0x6020, 2)
             ),
+            checker=self.pixel_cleaner is not None,
+            every_object=self._check_every_object,
         )
-        if risk is None and hasattr(self.pixel_cleaner, "needs_check"):
-            reason = self.pixel_cleaner.needs_check(_risk_dataset(index, text))  # type: ignore[union-attr]
-            risk = PixelRisk(reason, cleanable=True) if reason else None
         if risk is not None and (not risk.cleanable or self.pixel_cleaner is None):
             raise QuarantineRequired(risk.reason)
         words = None
@@ -393,7 +391,7 @@ class Deidentifier:
         )
         out = self._walk(elements, enc, ctx, 0)
         out.extend(self._identity_and_provenance(key, enc))
-        out.sort(key=lambda pair: pair[0])
+        out.sort(key=_first)
         body: list[bytes | memoryview] = [chunk for _, chunk in out]
         if part.deflated:
             body = [codec.deflate(b"".join(body))]
@@ -408,7 +406,7 @@ class Deidentifier:
             series_instance_uid=ctx.top_uids.get(TAG_SERIES_UID, ""),
             counts=dict(sorted(ctx.counts.items())),
             profile=self.profile.description,
-            options=self.profile.option_dict(),
+            options=self._options,
         )
         if risk is not None:  # a cleaner is present and the risk is one it can fix
             chunks = [self._clean_pixels(b"".join(chunks), words or set(), risk.reason)]
@@ -425,21 +423,26 @@ class Deidentifier:
         return Dataset(raw)
 
     def _walk(self, elements: list[Element], enc: Encoding, ctx: _Context, depth: int) -> list[tuple[int, bytes | memoryview]]:
-        actions = self.actions
-        out: list[tuple[int, bytes]] = []
+        actions, unlisted, view = self.actions, self._unlisted, ctx.view
+        out: list[tuple[int, bytes | memoryview]] = []
+        append = out.append
         private: list[Element] = []
         for el in elements:
-            tag = el.tag
+            tag, vr = el[0], el[1]
             if (tag >> 16) & 1:
                 private.append(el)
                 continue
-            vr = _element_vr(el)
+            if not vr or vr == "UN":
+                vr = _element_vr(el)
             action = actions.get(tag)
             if action is None:
-                action = self._unlisted_action(tag, vr)
+                action = unlisted.get((tag, vr)) or self._unlisted_action(tag, vr)
+            if action == "K" and vr != "SQ" and (depth or tag not in _TOP_UID_TAGS):
+                append((tag, view[el[2] : el[4]]))  # the common case, inlined: kept as is
+                continue
             chunk = self._apply(el, vr, action, enc, ctx, depth)
             if chunk is not None:
-                out.append((tag, chunk))
+                append((tag, chunk))
         if private:
             out.extend(self._private(private, ctx))
         return out
@@ -564,7 +567,7 @@ class Deidentifier:
             else:
                 items, _ = codec.parse_dataset(ctx.buf, start, end, content, dict_vr)
             walked = self._walk(items, content, ctx, depth + 1)
-            walked.sort(key=lambda pair: pair[0])
+            walked.sort(key=_first)
             parts.append(codec.item_start(content))
             parts.extend(chunk for _, chunk in walked)
             parts.append(codec.item_end(content))
@@ -669,6 +672,10 @@ class Deidentifier:
         return FileOutcome(status=status, source=src, reason=reason)
 
     def _audit(self, digest: str, status: str, *, report: DeidReport | None = None, reason: str = "") -> None:
+        with contextlib.suppress(OSError):
+            append_audit(self.settings.audit_log, self._audit_record(digest, status, report=report, reason=reason))
+
+    def _audit_record(self, digest: str, status: str, *, report: DeidReport | None = None, reason: str = "") -> dict[str, Any]:
         record: dict[str, Any] = {"input_sha256": digest, "status": status}
         if report is not None:
             record.update(
@@ -681,8 +688,20 @@ class Deidentifier:
         else:
             record.update(reason=reason, profile=self.profile.description, options=self.profile.option_dict())
         record["station"] = self.settings.station_id
-        with contextlib.suppress(OSError):
-            append_audit(self.settings.audit_log, record)
+        return record
+
+
+def _ok_outcome(prepared: _Prepared, output: Path) -> FileOutcome:
+    report = prepared.report
+    return FileOutcome(
+        status="ok",
+        source=prepared.source,
+        output=output,
+        sop_instance_uid=report.sop_instance_uid,
+        study_instance_uid=report.study_instance_uid,
+        series_instance_uid=report.series_instance_uid,
+        report=report,
+    )
 
 
 _ENHANCED_WORDS = ("Enhanced", "Legacy Converted", "Segmentation", "Parametric Map", " SR", "RT ", "Presentation State")
@@ -713,64 +732,8 @@ def clean_text(text: str, words: set[str]) -> str:
     return _SPACES.sub(" ", cleaned).strip()
 
 
-_NEEDS_CHECK_KEYWORDS = (*RISK_KEYWORDS, "ConversionType", "Manufacturer", "ManufacturerModelName")
-_PIXEL_TAGS = {codec.PIXEL_DATA: "OW", 0x7FE00008: "OF", 0x7FE00009: "OD"}
-
-
-def _risk_dataset(index: dict[int, Element], text: Callable[[int], str]) -> Dataset:
-    """The header attributes that decide pixel risk, as a small pydicom Dataset (values
-    already decoded: no conversion cost), PixelData present but empty."""
-    ds = Dataset()
-    for keyword in _NEEDS_CHECK_KEYWORDS:
-        tag = pydicom.datadict.tag_for_keyword(keyword)
-        if tag in index:
-            values = text(tag).split("\\")
-            ds.add_new(tag, dict_vr(tag) or "LO", values if len(values) > 1 else values[0])
-    for tag, vr in _PIXEL_TAGS.items():
-        if tag in index:
-            ds.add_new(tag, vr, b"")
-    return ds
-
-
 def _write_error(exc: OSError) -> str:
     return f"cannot write the output ({exc.strerror or type(exc).__name__})"
-
-
-def _write_temp(out_dir: Path, chunks: list[bytes | memoryview]) -> Path:
-    """Write ``chunks`` to a new temp file in ``out_dir`` (no fsync: see _flush_filesystem)."""
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=out_dir)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.writelines(chunks)
-        os.chmod(tmp, 0o644)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return Path(tmp)
-
-
-_libc = None
-
-
-def _flush_filesystem(folder: Path) -> None:
-    """Make every file written so far on ``folder``'s file system durable: one
-    ``syncfs`` instead of an fsync per file (``os.sync`` where syncfs is missing)."""
-    global _libc
-    if _libc is None:
-        try:
-            _libc = ctypes.CDLL(None, use_errno=True)
-            _libc.syncfs  # noqa: B018 - raises AttributeError where it does not exist
-        except (OSError, AttributeError):
-            _libc = False
-    if _libc:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            if _libc.syncfs(fd) == 0:
-                return
-        finally:
-            os.close(fd)
-    os.sync()
 
 
 def _us(buf: bytes, el: Element, enc: Encoding) -> int | None:

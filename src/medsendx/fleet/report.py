@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import textwrap
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,12 +280,13 @@ def analyse(con: duckdb.DuckDBPyConnection, out_dir: Path, found: SourceSet | No
     spread = np.array([row[4:] for row in series], dtype=np.float64).reshape(-1, len(metrics))
     scale = detect.group_scale(spread, lengths, series_group)
 
-    # Samples (a deterministic hash of the UID) fit the 2-means and the outlier yardsticks and feed the scatter.
+    # Samples (a deterministic hash of the UID) fit the 2-means and the outlier yardsticks
+    # and feed the scatter; the fitted scikit-learn models then label and score every scan.
     sample = _sample(con, metrics, n_scans)
     centre, spread_dc = _density_contrast_scale(con)
     sample_dc = (np.column_stack([sample["mean"], sample["std"]]) - centre) / spread_dc
     finite_sample = np.isfinite(sample_dc).all(axis=1)
-    centres = detect.fit_two_means(sample_dc[finite_sample])
+    kmeans = detect.fit_two_means(sample_dc[finite_sample])
     sample_group = np.array([group_index.get(g, -1) for g in sample["group_key"]], dtype=np.int64)
     sample_metrics = np.column_stack([sample[m] for m in metrics]) if len(sample_group) else np.zeros((0, len(metrics)))
     models = _outlier_models(con, group_names, sample_metrics, sample_group, med, rsd, metrics)
@@ -354,7 +354,7 @@ def analyse(con: duckdb.DuckDBPyConnection, out_dir: Path, found: SourceSet | No
         # 2. the prototype's view: 2-means labels for every scan
         dc = (values[:, :2] - centre) / spread_dc
         finite = np.isfinite(dc).all(axis=1)
-        cluster_sizes += np.bincount(detect.nearest_centre(dc[finite], centres), minlength=2)[:2]
+        cluster_sizes += np.bincount(detect.two_means_labels(kmeans, dc[finite]), minlength=2)[:2]
 
         # 3. multivariate outliers, with the features that make them stand out
         row_series = np.repeat(np.arange(first, last + 1), b_lengths)
@@ -362,8 +362,10 @@ def analyse(con: duckdb.DuckDBPyConnection, out_dir: Path, found: SourceSet | No
         candidates = sorted(candidates, key=lambda c: -c[0])[:MAX_OUTLIERS]
 
     # Clusters are numbered by size, largest first.
+    centres = kmeans.cluster_centers_ if kmeans is not None else np.zeros((2, 2))
+    sample_labels = detect.two_means_labels(kmeans, sample_dc[finite_sample])
     if cluster_sizes[1] > cluster_sizes[0]:
-        cluster_sizes, centres = cluster_sizes[::-1].copy(), centres[::-1].copy()
+        cluster_sizes, centres, sample_labels = cluster_sizes[::-1].copy(), centres[::-1].copy(), 1 - sample_labels
 
     stations: dict[str, int] = {}
     for row in series:
@@ -401,7 +403,14 @@ def analyse(con: duckdb.DuckDBPyConnection, out_dir: Path, found: SourceSet | No
                 f"(scaled by the group's typical scan-to-scan spread); alert when out of control at the latest scan "
                 f"and the scans since the change average >= {detect.MIN_ALERT_SCORE} robust SD off the baseline"
             ),
-            "outliers": f"robust Mahalanobis (MCD by C-steps) on robust z per group, chi-square p < {OUTLIER_P}",
+            "clusters": (
+                "scikit-learn KMeans (k=2, 4 restarts) on standardised density and contrast, fitted on a "
+                f"hash-chosen sample of about {SAMPLE_ROWS} scans, every scan labelled by predict"
+            ),
+            "outliers": (
+                f"robust Mahalanobis distance from scikit-learn MinCovDet fitted per group on robust z of a seeded "
+                f"sample of at most {detect.MCD_MAX_ROWS} scans, every scan scored, chi-square p < {OUTLIER_P}"
+            ),
         },
     }
     from medsendx.fsutil import atomic_write_bytes
@@ -412,7 +421,7 @@ def analyse(con: duckdb.DuckDBPyConnection, out_dir: Path, found: SourceSet | No
     render_report(
         out_dir / REPORT_PNG,
         sample_dc[finite_sample],
-        detect.nearest_centre(sample_dc[finite_sample], centres),
+        sample_labels,
         centres,
         cluster_sizes.tolist(),
         np.asarray(sample["station"], dtype=object)[finite_sample],
@@ -426,7 +435,7 @@ def analyse(con: duckdb.DuckDBPyConnection, out_dir: Path, found: SourceSet | No
 
 BATCH_ROWS = 250_000
 SAMPLE_ROWS = 20_000
-MIN_GROUP_SAMPLE = 2_000  # below this many sampled rows, a group gets its own sample query
+MIN_GROUP_SAMPLE = detect.MCD_MAX_ROWS  # below this many sampled rows, a group gets its own sample query
 
 
 def _series_table(con: duckdb.DuckDBPyConnection, group_names: list[str], med: np.ndarray, rsd: np.ndarray, metrics: list[str]) -> list[tuple]:
@@ -495,7 +504,11 @@ def _sample_filter(rows: int) -> str:
 
 def _sample(con: duckdb.DuckDBPyConnection, metrics: list[str], n_scans: int) -> dict[str, np.ndarray]:
     cols = ", ".join(f'"{c}"::DOUBLE AS "{c}"' for c in ["mean", "std"] + metrics)
-    table = con.sql(f"SELECT station, group_key, {cols} FROM scans WHERE {_sample_filter(n_scans)}").to_arrow_table()
+    # In UID order: DuckDB's threads return rows in any order, and the seeded fits must see
+    # the same rows in the same order on every run.
+    table = con.sql(
+        f"SELECT station, group_key, {cols} FROM scans WHERE {_sample_filter(n_scans)} ORDER BY sop_instance_uid"
+    ).to_arrow_table()
     return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
 
 
@@ -521,7 +534,7 @@ def _outlier_models(con, group_names, sample_metrics, sample_group, med, rsd, me
             cols = ", ".join(f'"{m}"::DOUBLE' for m in metrics)
             group_rows = con.execute("SELECT count(*) FROM scans WHERE group_key = ?", [group]).fetchall()[0][0]
             rows = con.execute(
-                f"SELECT {cols} FROM scans WHERE group_key = ? AND {_sample_filter(group_rows)}", [group]
+                f"SELECT {cols} FROM scans WHERE group_key = ? AND {_sample_filter(group_rows)} ORDER BY sop_instance_uid", [group]
             ).fetchnumpy()
             rows = np.column_stack([np.asarray(rows[k], dtype=np.float64) for k in rows]) if len(rows) else np.zeros((0, len(metrics)))
         if len(rows) == 0:

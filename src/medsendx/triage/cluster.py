@@ -14,6 +14,11 @@ the Python overhead is O(log n) calls per layer, not O(n).
 
 The result is deterministic (ties go to the smallest split point) and its within-cluster
 sum of squares is never larger than that of any other k-partition, e.g. scikit-learn's.
+
+With the compiled code (``_native``), ``kmeans_dp`` in _ckmeans.c does the whole DP in one
+call, with the same floating-point operations in the same order as the numpy code here, so
+both give bit-identical results. For a frame of stored integer pixels the segmenter goes
+further and does histogram, DP and labels in one compiled call (``segmenter``).
 """
 
 from __future__ import annotations
@@ -111,23 +116,59 @@ def kmeans_1d(values: np.ndarray, weights: np.ndarray | None = None, k: int = 3)
     """
     if k < 1:
         raise ValueError("k must be at least 1")
-    x = np.asarray(values, dtype=np.float64).ravel()
-    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    x = np.ascontiguousarray(values, dtype=np.float64).ravel()
+    w = np.ones_like(x) if weights is None else np.ascontiguousarray(weights, dtype=np.float64).ravel()
     if x.size == 0 or w.sum() <= 0:
         raise ValueError("no values to cluster")
     if x.size != w.size:
         raise ValueError("values and weights differ in length")
-    keep = w > 0
-    x, w = x[keep], w[keep]
+    if not np.all(w > 0):
+        keep = w > 0
+        x, w = x[keep], w[keep]
     if x.size > 1 and np.any(np.diff(x) <= 0):
         x, inverse = np.unique(x, return_inverse=True)
         w = np.bincount(inverse.ravel(), weights=w)
-    n = x.size
-    k = min(k, n)
+    return optimal_partition(x, w, min(k, x.size))
 
+
+def optimal_partition(x: np.ndarray, w: np.ndarray, k: int) -> Clustering:
+    """:func:`kmeans_1d` without its input checks, for callers whose input is already
+    valid: ``x`` strictly ascending float64, ``w`` positive float64 of the same length,
+    both contiguous, and ``1 <= k <= x.size``."""
+    n = x.size
+    lib = _native.load()
+    if lib is not None:  # the same arithmetic, compiled (see _ckmeans.c)
+        starts = np.empty(k, dtype=np.int64)
+        stats = np.empty(2 * k + 1)
+        if lib.kmeans_dp(x.ctypes.data, w.ctypes.data, n, k, starts.ctypes.data, stats.ctypes.data):
+            raise MemoryError("no memory for the clustering tables")
+    else:
+        starts, stats = _kmeans_dp_numpy(x, w, k)
+    return clustering_from(x, starts, stats)
+
+
+def clustering_from(x: np.ndarray, starts: np.ndarray, stats: np.ndarray) -> Clustering:
+    """A :class:`Clustering` from the DP's output: the first index of each cluster in
+    ``x`` and ``stats`` = centres (k), weights (k), SSE."""
+    k = starts.size
+    ends = np.append(starts[1:] - 1, x.size - 1)
+    return Clustering(
+        centres=stats[:k].copy(),
+        lows=x[starts],
+        highs=x[ends],
+        weights=stats[k : 2 * k].copy(),
+        sse=max(float(stats[2 * k]), 0.0),
+    )
+
+
+def _kmeans_dp_numpy(x: np.ndarray, w: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster starts and stats (centres, weights, SSE) in numpy: the twin of
+    ``kmeans_dp`` in _ckmeans.c, the same operations in the same order (sums sequential,
+    hence cumsum rather than sum, whose pairwise order C would not reproduce)."""
+    n = x.size
     # Prefix sums of weight, weighted value and weighted square, on values centred at the
     # weighted mean so that the squares stay small and the SSE differences stay accurate.
-    mean = float(np.dot(w, x) / w.sum())
+    mean = float(np.cumsum(w * x)[-1] / np.cumsum(w)[-1])
     xc = x - mean
     W = np.concatenate(([0.0], np.cumsum(w)))
     S = np.concatenate(([0.0], np.cumsum(w * xc)))
@@ -152,17 +193,11 @@ def kmeans_1d(values: np.ndarray, weights: np.ndarray | None = None, k: int = 3)
         start = int(arg[end]) if arg.size == n else int(arg[0])
         starts[q - 1] = start
         end = start - 1
-    ends = np.append(starts[1:] - 1, n - 1)
-    cw = W[ends + 1] - W[starts]
-    cs = S[ends + 1] - S[starts]
-    sse = float(np.sum(Q[ends + 1] - Q[starts] - cs * cs / cw))
-    return Clustering(
-        centres=cs / cw + mean,
-        lows=x[starts],
-        highs=x[ends],
-        weights=cw,
-        sse=max(sse, 0.0),
-    )
+    stops = np.append(starts[1:], n)  # one past the last index of each cluster
+    cw = W[stops] - W[starts]
+    cs = S[stops] - S[starts]
+    parts = Q[stops] - Q[starts] - cs * cs / cw
+    return starts, np.concatenate((cs / cw + mean, cw, np.cumsum(parts)[-1:]))
 
 
 def _dp_last(prev: np.ndarray, W: np.ndarray, S: np.ndarray, Q: np.ndarray, q: int) -> tuple[np.ndarray, np.ndarray]:
@@ -183,10 +218,6 @@ def _dp_layer(prev: np.ndarray, W: np.ndarray, S: np.ndarray, Q: np.ndarray, q: 
     # A[j] = prev[j-1] - Q[j]; the row constant Q[i+1] is added at the end.
     A = np.full(n, np.inf)
     A[q - 1 :] = prev[q - 2 : n - 1] - Q[q - 1 : n]
-    lib = _native.load()
-    if lib is not None:  # the same arithmetic, compiled (see _ckmeans.c)
-        lib.dp_layer(A.ctypes.data, W.ctypes.data, S.ctypes.data, Q.ctypes.data, q - 1, n, cur.ctypes.data, arg.ctypes.data)
-        return cur, arg
     ilo = np.array([q - 1])
     ihi = np.array([n - 1])
     jlo = np.array([q - 1])

@@ -1,0 +1,179 @@
+"""Durable batch writes of ``medsendx anonymize``: an output appears under its final name
+only after its bytes are on disk, a failed write leaves nothing behind, order is kept, and
+a run killed at any moment leaves only complete outputs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from deid_helpers import planted_ct, settings_for, write
+from medsendx.deid import Deidentifier
+from medsendx.deid.audit import read_audit
+from medsendx.fsutil import TEMP_PREFIX, DurableWriter, write_chunks
+from medsendx.quarantine import list_quarantine
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def temps(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.name.startswith(TEMP_PREFIX)]
+
+
+def test_an_output_is_renamed_into_place_only_after_its_data_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    entered, release = threading.Event(), threading.Event()
+    real = os.fdatasync
+
+    def held_sync(fd: int) -> None:
+        entered.set()
+        assert release.wait(30)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", held_sync)
+    writer = DurableWriter(batch=1)
+    final = tmp_path / "out.dcm"
+    writer.write(final, [b"head", memoryview(b"--pixels--")[2:8], b"tail"], "token")
+    assert entered.wait(30)
+    time.sleep(0.1)  # give a wrong implementation time to rename early
+    assert not final.exists() and list(writer.ready()) == []
+    (temp,) = temps(tmp_path)
+    assert temp.read_bytes() == b"headpixelstail"
+    release.set()
+    assert list(writer.close()) == [("token", None)]
+    assert final.read_bytes() == b"headpixelstail" and temps(tmp_path) == []
+    assert oct(final.stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_a_failed_sync_leaves_no_output_and_reports_the_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_sync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing_sync)
+    writer = DurableWriter(batch=4)
+    writer.write(tmp_path / "a.dcm", [b"x" * 10], "a")
+    writer.passthrough("failed-before")
+    (a, before) = list(writer.close())
+    assert a[0] == "a" and isinstance(a[1], OSError) and before == ("failed-before", None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_results_come_back_in_submission_order_across_batches(tmp_path: Path) -> None:
+    writer = DurableWriter(batch=3, batches_in_flight=1)
+    got = []
+    for i in range(20):
+        if i % 4 == 1:
+            writer.passthrough(i)
+        else:
+            writer.write(tmp_path / f"{i}.dcm", [str(i).encode()], i)
+        got.extend(token for token, error in writer.ready() if error is None)
+    got.extend(token for token, error in writer.close() if error is None)
+    assert got == list(range(20))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{i}.dcm" for i in range(20) if i % 4 != 1)
+
+
+def test_write_chunks_writes_more_buffers_than_one_system_call_takes(tmp_path: Path) -> None:
+    chunks = [bytes([i % 251]) * (i % 7 + 1) for i in range(3000)]
+    fd = os.open(tmp_path / "many", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        write_chunks(fd, chunks)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "many").read_bytes() == b"".join(chunks)
+
+
+def test_an_unwritable_output_fails_each_file_and_the_run_goes_on(tmp_path: Path) -> None:
+    """OUTPUT is an existing file: every object gets our one-line reason, a quarantine
+    entry and an audit line; none is half written (works as root too)."""
+    deid = Deidentifier(settings_for(tmp_path / "state"), pixel_cleaner=None)
+    sources = [write(planted_ct(), tmp_path / "in" / f"{i}.dcm") for i in range(3)]
+    blocker = tmp_path / "out"
+    blocker.write_bytes(b"a file, not a folder")
+    outcomes = list(deid.deidentify_files(sources, blocker, batch=2))
+    assert [o.status for o in outcomes] == ["error"] * 3
+    assert all(o.reason.startswith("cannot write the output") for o in outcomes)
+    assert [r["status"] for r in read_audit(deid.settings.audit_log)] == ["error"] * 3
+    assert len(list_quarantine(deid.settings.quarantine_dir)) == 3
+    assert blocker.read_bytes() == b"a file, not a folder"
+
+
+def test_the_audit_log_has_one_line_per_object_in_input_order(tmp_path: Path) -> None:
+    deid = Deidentifier(settings_for(tmp_path / "state"), pixel_cleaner=None)
+    sources = [write(planted_ct(), tmp_path / "in" / f"{i}.dcm") for i in range(7)]
+    outcomes = list(deid.deidentify_files(sources, tmp_path / "out", batch=3))
+    audit = read_audit(deid.settings.audit_log)
+    assert [r["output_sop_instance_uid"] for r in audit] == [o.sop_instance_uid for o in outcomes]
+    assert all(r["status"] == "ok" and len(r["input_sha256"]) == 64 for r in audit)
+
+
+def test_a_caller_that_stops_early_still_gets_every_written_output_audited(tmp_path: Path) -> None:
+    """The command interrupted (Ctrl-C) while outputs are in flight: what was written is
+    committed and has its audit line; no temp file is left."""
+    deid = Deidentifier(settings_for(tmp_path / "state"), pixel_cleaner=None)
+    sources = [write(planted_ct(), tmp_path / "in" / f"{i}.dcm") for i in range(10)]
+    outcomes = deid.deidentify_files(sources, tmp_path / "out", batch=3)
+    first = [next(outcomes) for _ in range(3)]
+    outcomes.close()
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert temps(tmp_path / "out") == [] and len(written) >= len(first)
+    audited = read_audit(deid.settings.audit_log)
+    assert sorted(f"{r['output_sop_instance_uid']}.dcm" for r in audited) == written
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_way_leaves_only_complete_outputs(ct_head: list[Path], tmp_path: Path) -> None:
+    """kill -9 while ``medsendx anonymize`` writes: every file under its final name is
+    the complete output (identical to an uninterrupted run's); a re-run completes it."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for copy in range(8):  # 224 distinct objects
+        for i, path in enumerate(ct_head):
+            ds = pydicom.dcmread(path)
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[ds.SOPInstanceUID, str(copy)])
+            ds.save_as(inputs / f"{copy:02d}-{i:02d}.dcm")
+    env = {**os.environ, "MEDSENDX_STATE_DIR": str(tmp_path / "state"), "PYTHONPATH": str(ROOT / "src")}
+    command = [sys.executable, "-m", "medsendx", "anonymize", str(inputs)]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*command, str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if killed.is_dir() and any(p.suffix == ".dcm" and not p.name.startswith(".") for p in killed.iterdir()):
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finals = [p for p in killed.iterdir() if not p.name.startswith(TEMP_PREFIX)]
+    assert 0 < len(finals) < 224, "the kill must land mid-run for this test to mean anything"
+
+    complete = tmp_path / "complete"
+    assert subprocess.run([*command, str(complete)], env=env, capture_output=True).returncode == 0
+    for path in finals:
+        assert path.read_bytes() == (complete / path.name).read_bytes(), path.name
+    assert subprocess.run([*command, str(killed)], env=env, capture_output=True).returncode == 0
+    assert sorted(p.name for p in killed.iterdir() if not p.name.startswith(TEMP_PREFIX)) == sorted(p.name for p in complete.iterdir())
+
+
+def test_worker_processes_give_the_same_outputs_and_order_as_one_process(tmp_path: Path) -> None:
+    """``anonymize -j 2`` on a folder large enough to be split between processes."""
+    from medsendx.commands.anonymize import _outcomes
+
+    settings = settings_for(tmp_path / "state")
+    sources = [write(planted_ct(), tmp_path / "in" / f"{i:03d}.dcm") for i in range(300)]
+    (tmp_path / "in" / "junk.dcm").write_bytes(b"not dicom")
+    sources.insert(150, tmp_path / "in" / "junk.dcm")
+    many = list(_outcomes(settings, sources, tmp_path / "many", 2))
+    one = list(_outcomes(settings, sources, tmp_path / "one", 1))
+    assert [o.source for o in many] == sources
+    assert [o.status for o in many] == [o.status for o in one] and many[150].status == "error"
+    assert [o.sop_instance_uid for o in many] == [o.sop_instance_uid for o in one]
+    for outcome in one:
+        if outcome.output is not None:
+            assert outcome.output.read_bytes() == (tmp_path / "many" / outcome.output.name).read_bytes()
+    assert temps(tmp_path / "many") == [] and len(list((tmp_path / "many").iterdir())) == 300
