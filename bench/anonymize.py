@@ -6,8 +6,11 @@ copy its own SOP Instance UID, so every output is a distinct file), then de-iden
 * plain file copy (shutil.copyfile, no flush): the floor any tool pays for reading and writing;
 * the prototype's loop: pydicom dcmread, overwrite PatientName/PatientID, save_as (no flush);
 * ours, engine only, in memory (no file I/O, no hashing, no audit);
+* ours, the command's per-file path in this process, pinned to ONE core: what
+  ``medsendx anonymize`` does for each file (read, input hash, quarantine checks,
+  de-identification, atomic and durable write, audit line, outcome), without start-up;
 * ours, the real command ``medsendx anonymize IN OUT`` in a subprocess pinned to ONE core
-  (input hashing, audit log, quarantine checks, atomic and durable writes, progress bar);
+  (the same plus Python start-up and imports, about 1 s, and the progress bar);
 * the same command with ``-j 2`` worker processes (not pinned).
 
 For each: wall-clock files/s and CPU time per file (user + system, all threads and child
@@ -39,6 +42,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import pydicom  # noqa: E402
 
+from medsendx.commands.anonymize import _outcomes  # noqa: E402
 from medsendx.config import load_settings  # noqa: E402
 from medsendx.deid import Deidentifier  # noqa: E402
 from medsendx.dicomio import project_data_dir  # noqa: E402
@@ -142,12 +146,25 @@ def main() -> None:
 
         results.timed("prototype loop (dcmread, 2 tags, save_as)", prototype)
         results.timed("ours, engine only (in memory)", lambda: [deid.deidentify_bytes(d) for d in datas] and None)
+        path_dir = tmp_path / "path-1"
+        path_label = "ours, command path in process, 1 core"
+
+        def command_path() -> None:
+            everywhere = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, {cpus[-1]})  # this process and the writer's threads: one core
+            try:
+                statuses = [o.status for o in _outcomes(settings, inputs, path_dir, 1)]
+            finally:
+                os.sched_setaffinity(0, everywhere)
+            assert statuses == ["ok"] * count
+
+        results.timed(path_label, command_path)
         one_dir, many_dir = tmp_path / "cmd-1", tmp_path / "cmd-j"
         one = f"ours, medsendx anonymize, 1 core (cpu {cpus[-1]})"
         results.timed(one, lambda: run_command([str(tmp_path / "in"), str(one_dir)], env, cpus[-1]))
         many = f"ours, medsendx anonymize -j {args.workers}"
         results.timed(many, lambda: run_command(["-j", str(args.workers), str(tmp_path / "in"), str(many_dir)], env, None))
-        for folder in (one_dir, many_dir):
+        for folder in (path_dir, one_dir, many_dir):
             assert len(list(folder.iterdir())) == count, "every input must give one output"
 
         copy, proto = results.rates["plain file copy (shutil.copyfile)"], results.rates["prototype loop (dcmread, 2 tags, save_as)"]
@@ -156,12 +173,16 @@ def main() -> None:
             if label.startswith("ours"):
                 print(f"  {label:<40} {rate / proto:5.2f}x prototype   {rate / copy:5.2f}x plain copy")
         print(f"  -j {args.workers} over 1 core: {results.rates[many] / results.rates[one]:.2f}x wall")
-        per_cpu = 1000 / results.cpu_ms[one]
-        print(f"\ntarget >= {TARGET} files/s on one core (medsendx anonymize, durable writes):")
-        print(f"  wall {results.rates[one]:.0f} files/s (incl. start-up, load {os.getloadavg()[0]:.1f}): "
-              f"{'MET' if results.rates[one] >= TARGET else 'NOT MET'}")
-        print(f"  CPU  {per_cpu:.0f} files per CPU-second (what an unshared core sustains, incl. start-up): "
-              f"{'MET' if per_cpu >= TARGET else 'NOT MET'}")
+        print(f"\ntarget >= {TARGET} files/s on one core, with durable writes (load now {os.getloadavg()[0]:.1f}):")
+        verdicts = [
+            (f"{path_label}, wall", results.rates[path_label]),
+            (f"{path_label}, per CPU-second", 1000 / results.cpu_ms[path_label]),
+            (f"{one}, wall incl. start-up", results.rates[one]),
+            (f"{one}, per CPU-second incl. start-up", 1000 / results.cpu_ms[one]),
+        ]
+        for label, rate in verdicts:
+            print(f"  {label:<62} {rate:6.0f} files/s  {'MET' if rate >= TARGET else 'NOT MET'}")
+        print("  (per CPU-second = what one unshared core sustains; wall figures fall with the machine's load)")
 
 
 if __name__ == "__main__":

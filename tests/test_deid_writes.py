@@ -113,6 +113,20 @@ def test_the_audit_log_has_one_line_per_object_in_input_order(tmp_path: Path) ->
     assert all(r["status"] == "ok" and len(r["input_sha256"]) == 64 for r in audit)
 
 
+def test_a_caller_that_stops_early_still_gets_every_written_output_audited(tmp_path: Path) -> None:
+    """The command interrupted (Ctrl-C) while outputs are in flight: what was written is
+    committed and has its audit line; no temp file is left."""
+    deid = Deidentifier(settings_for(tmp_path / "state"), pixel_cleaner=None)
+    sources = [write(planted_ct(), tmp_path / "in" / f"{i}.dcm") for i in range(10)]
+    outcomes = deid.deidentify_files(sources, tmp_path / "out", batch=3)
+    first = [next(outcomes) for _ in range(3)]
+    outcomes.close()
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert temps(tmp_path / "out") == [] and len(written) >= len(first)
+    audited = read_audit(deid.settings.audit_log)
+    assert sorted(f"{r['output_sop_instance_uid']}.dcm" for r in audited) == written
+
+
 @pytest.mark.slow
 def test_a_run_killed_mid_way_leaves_only_complete_outputs(ct_head: list[Path], tmp_path: Path) -> None:
     """kill -9 while ``medsendx anonymize`` writes: every file under its final name is
@@ -144,3 +158,22 @@ def test_a_run_killed_mid_way_leaves_only_complete_outputs(ct_head: list[Path], 
         assert path.read_bytes() == (complete / path.name).read_bytes(), path.name
     assert subprocess.run([*command, str(killed)], env=env, capture_output=True).returncode == 0
     assert sorted(p.name for p in killed.iterdir() if not p.name.startswith(TEMP_PREFIX)) == sorted(p.name for p in complete.iterdir())
+
+
+def test_worker_processes_give_the_same_outputs_and_order_as_one_process(tmp_path: Path) -> None:
+    """``anonymize -j 2`` on a folder large enough to be split between processes."""
+    from medsendx.commands.anonymize import _outcomes
+
+    settings = settings_for(tmp_path / "state")
+    sources = [write(planted_ct(), tmp_path / "in" / f"{i:03d}.dcm") for i in range(300)]
+    (tmp_path / "in" / "junk.dcm").write_bytes(b"not dicom")
+    sources.insert(150, tmp_path / "in" / "junk.dcm")
+    many = list(_outcomes(settings, sources, tmp_path / "many", 2))
+    one = list(_outcomes(settings, sources, tmp_path / "one", 1))
+    assert [o.source for o in many] == sources
+    assert [o.status for o in many] == [o.status for o in one] and many[150].status == "error"
+    assert [o.sop_instance_uid for o in many] == [o.sop_instance_uid for o in one]
+    for outcome in one:
+        if outcome.output is not None:
+            assert outcome.output.read_bytes() == (tmp_path / "many" / outcome.output.name).read_bytes()
+    assert temps(tmp_path / "many") == [] and len(list((tmp_path / "many").iterdir())) == 300

@@ -55,11 +55,15 @@ class Encoding:
         object.__setattr__(self, "_h", struct.Struct(order + "H"))
         object.__setattr__(self, "_i", struct.Struct(order + "I"))
         object.__setattr__(self, "_hhi", struct.Struct(order + "HHI"))
+        object.__setattr__(self, "_head", struct.Struct(order + "HH4s"))
 
 
 IMPLICIT_LE = Encoding(implicit=True, little=True)
 EXPLICIT_LE = Encoding(implicit=False, little=True)
 EXPLICIT_BE = Encoding(implicit=False, little=False)
+
+
+_new_element = tuple.__new__  # builds an Element without the Python-level NamedTuple.__new__
 
 
 class Element(NamedTuple):
@@ -127,13 +131,18 @@ def parse_dataset(buf: bytes, pos: int, end: int, enc: Encoding, dict_vr, *, unt
     delimiter when ``until_item_end``. Returns the elements and the position after them
     (after the delimiter). ``dict_vr(tag)`` gives the dictionary VR of a tag or None."""
     elements: list[Element] = []
-    unpack_hh, unpack_h, unpack_i = enc._hh.unpack_from, enc._h.unpack_from, enc._i.unpack_from
+    unpack_i = enc._i.unpack_from
+    # One unpack per header: (group, element, 4 bytes) = VR + short length when explicit,
+    # or the 32-bit length when implicit.
+    unpack_head = enc._head.unpack_from
     implicit = enc.implicit
     append = elements.append
+    vr_of = _VR_BYTES.get
+    short_length = enc._h.unpack_from
     while pos < end:
         if pos + 8 > end:
             raise FormatError("file ends inside an element header (truncated)")
-        group, elem = unpack_hh(buf, pos)
+        group, elem, rest = unpack_head(buf, pos)
         tag = (group << 16) | elem
         if group == 0xFFFE:
             if tag == ITEM_END and until_item_end:
@@ -144,7 +153,7 @@ def parse_dataset(buf: bytes, pos: int, end: int, enc: Encoding, dict_vr, *, unt
             length = unpack_i(buf, pos + 4)[0]
             value = pos + 8
         else:
-            vr = _VR_BYTES.get(buf[pos + 4 : pos + 6])
+            vr = vr_of(rest[:2])
             if vr is None:
                 raise FormatError("invalid value representation (damaged file)")
             if vr in LONG_VRS:
@@ -153,7 +162,7 @@ def parse_dataset(buf: bytes, pos: int, end: int, enc: Encoding, dict_vr, *, unt
                 length = unpack_i(buf, pos + 8)[0]
                 value = pos + 12
             else:
-                length = unpack_h(buf, pos + 6)[0]
+                length = short_length(rest, 2)[0]
                 value = pos + 8
         if length == UNDEFINED:
             if tag == PIXEL_DATA:
@@ -169,7 +178,7 @@ def parse_dataset(buf: bytes, pos: int, end: int, enc: Encoding, dict_vr, *, unt
             stop = value + length
             if stop > end:
                 raise FormatError("an element runs past the end of the file (truncated or damaged)")
-        append(Element(tag, vr, pos, value, stop, length))
+        append(_new_element(Element, (tag, vr, pos, value, stop, length)))
         pos = stop
     if until_item_end:
         raise FormatError("file ends inside a sequence item (truncated)")

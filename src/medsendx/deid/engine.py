@@ -25,6 +25,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal
 
@@ -64,6 +65,7 @@ DUMMY_TEXT: dict[str, str] = {
 }
 DUMMY_BINARY: dict[str, bytes] = {"US": b"\0\0", "SS": b"\0\0", "UL": b"\0" * 4, "SL": b"\0" * 4, "FL": b"\0" * 4, "FD": b"\0" * 8, "SV": b"\0" * 8, "UV": b"\0" * 8}
 CLEANABLE_TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "PN", "CS"})
+_first = itemgetter(0)  # sort (tag, chunk) pairs by tag
 _WORD_SPLIT = re.compile(r"([^\w]+)")
 _LONG_DIGITS = re.compile(r"\d{5,}")
 _SPACES = re.compile(r"\s{2,}")
@@ -71,6 +73,7 @@ _SPACES = re.compile(r"\s{2,}")
 TAG_SOP_CLASS, TAG_SOP_INSTANCE = 0x00080016, 0x00080018
 TAG_STUDY_UID, TAG_SERIES_UID = 0x0020000D, 0x0020000E
 TAG_CHARSET = 0x00080005
+_TOP_UID_TAGS = frozenset({TAG_SOP_INSTANCE, TAG_STUDY_UID, TAG_SERIES_UID})
 # Top-level attributes the engine reads before walking (decisions, patient key, words).
 _RISK_TAGS = {keyword: pydicom.datadict.tag_for_keyword(keyword) for keyword in RISK_KEYWORDS}
 _WORD_TAGS = frozenset(pydicom.datadict.tag_for_keyword(k) for k in IDENTIFYING_KEYWORDS)
@@ -203,6 +206,7 @@ class Deidentifier:
         self.station_name = settings.station_id
         self._provenance_cache: dict[Encoding, bytes] = {}
         self._check_every_object = pixel_cleaner is not None and settings.pixels.ocr_every_object
+        self._options = self.profile.option_dict()  # (shared by every report: never mutated)
 
     # ------------------------------------------------------------------ public API
     def deidentify(self, ds: Dataset) -> DeidReport:
@@ -252,18 +256,25 @@ class Deidentifier:
         with contextlib.suppress(OSError):  # if this fails, each write says why
             out_dir.mkdir(parents=True, exist_ok=True)
         writer = DurableWriter(batch=batch)
-        for src in sources:
-            prepared = self._prepare(Path(src))
-            if isinstance(prepared, _Prepared):
-                try:
-                    writer.write(out_dir / f"{prepared.report.sop_instance_uid}.dcm", prepared.chunks, prepared)
-                    prepared.chunks = []  # the bytes are in the page cache: free the input now
-                except OSError as exc:
-                    writer.passthrough(self._fail(prepared.source, prepared.digest, "error", _write_error(exc)))
-            else:
-                writer.passthrough(prepared)
-            yield from self._settle(writer.ready(), out_dir)
-        yield from self._settle(writer.close(), out_dir)
+        finished = False
+        try:
+            for src in sources:
+                prepared = self._prepare(Path(src))
+                if isinstance(prepared, _Prepared):
+                    try:
+                        writer.write(out_dir / f"{prepared.report.sop_instance_uid}.dcm", prepared.chunks, prepared)
+                        prepared.chunks = []  # the bytes are in the page cache: free the input now
+                    except OSError as exc:
+                        writer.passthrough(self._fail(prepared.source, prepared.digest, "error", _write_error(exc)))
+                else:
+                    writer.passthrough(prepared)
+                yield from self._settle(writer.ready(), out_dir)
+            yield from self._settle(writer.close(), out_dir)
+            finished = True
+        finally:
+            if not finished:  # the caller stopped early: still commit and audit what was written
+                for _ in self._settle(writer.close(), out_dir):
+                    pass
 
     def _settle(self, results: Iterable[tuple[Any, OSError | None]], out_dir: Path) -> Iterator[FileOutcome]:
         """Outcomes for the writer's results; one audit append for the committed ones."""
@@ -380,7 +391,7 @@ class Deidentifier:
         )
         out = self._walk(elements, enc, ctx, 0)
         out.extend(self._identity_and_provenance(key, enc))
-        out.sort(key=lambda pair: pair[0])
+        out.sort(key=_first)
         body: list[bytes | memoryview] = [chunk for _, chunk in out]
         if part.deflated:
             body = [codec.deflate(b"".join(body))]
@@ -395,7 +406,7 @@ class Deidentifier:
             series_instance_uid=ctx.top_uids.get(TAG_SERIES_UID, ""),
             counts=dict(sorted(ctx.counts.items())),
             profile=self.profile.description,
-            options=self.profile.option_dict(),
+            options=self._options,
         )
         if risk is not None:  # a cleaner is present and the risk is one it can fix
             chunks = [self._clean_pixels(b"".join(chunks), words or set(), risk.reason)]
@@ -412,21 +423,26 @@ class Deidentifier:
         return Dataset(raw)
 
     def _walk(self, elements: list[Element], enc: Encoding, ctx: _Context, depth: int) -> list[tuple[int, bytes | memoryview]]:
-        actions = self.actions
-        out: list[tuple[int, bytes]] = []
+        actions, unlisted, view = self.actions, self._unlisted, ctx.view
+        out: list[tuple[int, bytes | memoryview]] = []
+        append = out.append
         private: list[Element] = []
         for el in elements:
-            tag = el.tag
+            tag, vr = el[0], el[1]
             if (tag >> 16) & 1:
                 private.append(el)
                 continue
-            vr = _element_vr(el)
+            if not vr or vr == "UN":
+                vr = _element_vr(el)
             action = actions.get(tag)
             if action is None:
-                action = self._unlisted_action(tag, vr)
+                action = unlisted.get((tag, vr)) or self._unlisted_action(tag, vr)
+            if action == "K" and vr != "SQ" and (depth or tag not in _TOP_UID_TAGS):
+                append((tag, view[el[2] : el[4]]))  # the common case, inlined: kept as is
+                continue
             chunk = self._apply(el, vr, action, enc, ctx, depth)
             if chunk is not None:
-                out.append((tag, chunk))
+                append((tag, chunk))
         if private:
             out.extend(self._private(private, ctx))
         return out
@@ -551,7 +567,7 @@ class Deidentifier:
             else:
                 items, _ = codec.parse_dataset(ctx.buf, start, end, content, dict_vr)
             walked = self._walk(items, content, ctx, depth + 1)
-            walked.sort(key=lambda pair: pair[0])
+            walked.sort(key=_first)
             parts.append(codec.item_start(content))
             parts.extend(chunk for _, chunk in walked)
             parts.append(codec.item_end(content))
