@@ -97,7 +97,7 @@ def main() -> int:
     console.print(
         "ours timed from decoded stored pixels + attributes to the label image; sklearn timed for fit() "
         "alone on the prepared HU column of the same valid pixels. "
-        + ("Path: compiled stored-value histogram (_ckmeans.c)." if fast else "Path: per-pixel numpy (no C compiler).")
+        + ("Path: compiled stored-value histogram (_ckmeans.c)." if fast else "Path: per-pixel numpy (no C compiler, or MEDSENDX_TRIAGE_NATIVE=0).")
     )
 
     table = Table(title=f"clustering k=3, {len(files)} slices of ct-head-ge (best of {args.repeat})")

@@ -30,7 +30,7 @@ from medsendx.outbox import Outbox
 # Enqueue whatever is still in the input folder, then deliver until nothing is left.
 WORKER = textwrap.dedent(
     """
-    import sys, time
+    import sys
     from pathlib import Path
     import pydicom
     from medsendx.config import load_settings
@@ -45,13 +45,7 @@ WORKER = textwrap.dedent(
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         outbox.enqueue(path, sop_instance_uid=ds.SOPInstanceUID, study_instance_uid=ds.StudyInstanceUID,
                        destination=destination)
-    deliverer = Deliverer(outbox, settings)
-    while True:
-        deliverer.run_once()
-        counts = outbox.counts()
-        if counts["queued"] == 0 and counts["sending"] == 0:
-            break
-        time.sleep(0.05)
+    assert Deliverer(outbox, settings).drain().finished
     print("done", flush=True)
     """
 )

@@ -46,7 +46,8 @@ def test_cstore_to_orthanc_negotiates_jpeg_ls_and_is_bit_exact(orthanc, tmp_path
     # The same objects again: Orthanc still holds one copy of each.
     outbox2 = Outbox(tmp_path / "state2" / "outbox.sqlite3")
     enqueue_all(outbox2, real_samples(ct_head[:8], tmp_path / "again"), destination)
-    assert Deliverer(outbox2, settings).run_once() == 8
+    stats = Deliverer(outbox2, settings).drain(timeout=60)
+    assert (stats.finished, stats.sent, stats.failed) == (True, 8, 0)
     assert len(orthanc.instance_ids()) == 8
 
 
@@ -54,12 +55,13 @@ class RefusingSCP:
     """A real pynetdicom Storage SCP that refuses chosen SOP Instance UIDs with a status and
     accepts only uncompressed transfer syntaxes."""
 
-    def __init__(self, refuse: dict[str, int]) -> None:
+    def __init__(self, refuse: dict[str, int], max_associations: int = 10) -> None:
         self.refuse = refuse
         self.stored: dict[str, pydicom.Dataset] = {}
         self.syntaxes: list[str] = []
         self.port = free_port()
         ae = AE(ae_title="REFUSER")
+        ae.maximum_associations = max_associations
         ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self.server = ae.start_server(("127.0.0.1", self.port), block=False,
                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
@@ -82,8 +84,8 @@ class RefusingSCP:
 def refusing_scp():
     scps: list[RefusingSCP] = []
 
-    def make(refuse: dict[str, int]) -> RefusingSCP:
-        scps.append(RefusingSCP(refuse))
+    def make(refuse: dict[str, int], max_associations: int = 10) -> RefusingSCP:
+        scps.append(RefusingSCP(refuse, max_associations))
         return scps[-1]
 
     yield make
@@ -131,3 +133,44 @@ def test_unreachable_peer_is_transient(tmp_path: Path, ct_head) -> None:
     Deliverer(outbox, settings).run_once()
     assert [r.state for r in outbox.items()] == ["queued", "queued"]
     assert all(r.transient_faults == 1 for r in outbox.items())
+
+
+def test_drain_gives_up_at_its_timeout_while_the_peer_stays_down(tmp_path: Path, ct_head) -> None:
+    settings = _settings(tmp_path / "state", connect_timeout_seconds=1.0, backoff_base_seconds=0.05,
+                         backoff_cap_seconds=0.2)
+    outbox = Outbox(settings.outbox_db)
+    enqueue_all(outbox, real_samples(ct_head[:2], tmp_path / "in"), f"dimse://NOBODY@127.0.0.1:{free_port()}")
+    stats = Deliverer(outbox, settings).drain(timeout=1.5)
+    assert not stats.finished
+    assert stats.sent == 0 and stats.retried >= 2 and stats.passes >= 1
+    assert outbox.counts()["queued"] == 2, "nothing is dropped when the drain stops"
+
+
+def test_file_whose_meta_lacks_the_sop_uids_is_still_delivered(orthanc, tmp_path: Path, ct_head) -> None:
+    """Streaming a file unchanged reads the instance's UIDs from its meta group; a file
+    written without them is sent decoded instead, never stuck in retries."""
+    (sample,) = synthetic_samples(ct_head[2], tmp_path / "in", 1)
+    ds = pydicom.dcmread(sample.path)
+    del ds.file_meta.MediaStorageSOPClassUID
+    del ds.file_meta.MediaStorageSOPInstanceUID
+    ds.save_as(sample.path, enforce_file_format=False)
+    assert "MediaStorageSOPInstanceUID" not in pydicom.dcmread(sample.path).file_meta
+    settings = _settings(tmp_path / "state", compress=False)
+    outbox = Outbox(settings.outbox_db)
+    enqueue_all(outbox, [sample], f"dimse://{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}")
+    stats = Deliverer(outbox, settings).drain(timeout=30)
+    assert stats.finished and stats.sent == 1, outbox.items()
+    assert orthanc.sop_instance_uids() == [sample.sop_instance_uid]
+
+
+def test_peer_that_takes_one_association_at_a_time_gets_everything(refusing_scp, tmp_path: Path, ct_head) -> None:
+    """The second association of a batch is rejected (a limit of one): the first carries
+    the whole batch, and nothing is refused or lost."""
+    samples = synthetic_samples(ct_head[3], tmp_path / "in", 6)
+    scp = refusing_scp({}, max_associations=1)
+    settings = _settings(tmp_path / "state", dimse_associations=2, backoff_base_seconds=60.0)
+    outbox = Outbox(settings.outbox_db)
+    enqueue_all(outbox, samples, f"dimse://REFUSER@127.0.0.1:{scp.port}")
+    stats = Deliverer(outbox, settings).drain(timeout=30)
+    assert (stats.finished, stats.sent, stats.retried, stats.failed) == (True, 6, 0, 0)
+    assert set(scp.stored) == {s.sop_instance_uid for s in samples}

@@ -24,15 +24,8 @@ def _settings(state: Path, **outbox):
 
 
 def _deliver_until_done(outbox: Outbox, settings, seconds: float = 90.0) -> None:
-    deliverer = Deliverer(outbox, settings)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        deliverer.run_once()
-        counts = outbox.counts()
-        if counts["queued"] == 0 and counts["sending"] == 0:
-            return
-        time.sleep(0.05)
-    pytest.fail(f"delivery did not finish: {outbox.counts()}")
+    if not Deliverer(outbox, settings).drain(timeout=seconds).finished:
+        pytest.fail(f"delivery did not finish: {outbox.counts()}")
 
 
 @pytest.mark.parametrize("kind", ["dicomweb", "dimse"])
@@ -79,4 +72,23 @@ def test_a_refusal_period_delays_but_loses_nothing(orthanc, tmp_path: Path, ct_h
         _deliver_until_done(outbox, settings)
     finally:
         proxy.stop()
+    assert sorted(orthanc.sop_instance_uids()) == sorted(s.sop_instance_uid for s in samples)
+
+
+def test_a_reset_mid_cstore_is_retried_at_once_not_after_the_read_timeout(orthanc, tmp_path: Path, ct_head) -> None:
+    """pynetdicom would wait the whole DIMSE timeout for the response to a C-STORE whose
+    connection was reset. With a read timeout of 10 minutes, a stall like that could not
+    finish inside the 2-minute drain below; the resets must be noticed when they happen."""
+    proxy = FaultProxy(("127.0.0.1", orthanc.dicom_port), reset_every=700_000, seed=11).start()
+    try:
+        settings = _settings(tmp_path / "state", read_timeout_seconds=600.0, compress=False, batch_max_objects=2)
+        outbox = Outbox(settings.outbox_db)
+        samples = real_samples(ct_head[:6], tmp_path / "in")
+        enqueue_all(outbox, samples, f"dimse://{orthanc.aet}@127.0.0.1:{proxy.port}")
+        stats = Deliverer(outbox, settings).drain(timeout=120)
+    finally:
+        proxy.stop()
+    assert proxy.resets >= 2, "the proxy must really have broken C-STOREs"
+    assert stats.finished and stats.sent == 6, outbox.counts()
+    assert stats.retried >= 1
     assert sorted(orthanc.sop_instance_uids()) == sorted(s.sop_instance_uid for s in samples)

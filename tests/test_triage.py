@@ -281,7 +281,7 @@ def test_stored_histogram_path_handles_inverted_unsigned_and_multiframe(ct_head:
     from triage_synthetic import mammography_phantom
 
     if segment_stored_histogram(frame_input(read_dataset(ct_head[0])), 3, "m") is None:
-        pytest.skip("no C compiler: only the per-pixel path exists here")
+        pytest.skip("compiled code unavailable (no C compiler or MEDSENDX_TRIAGE_NATIVE=0): only the per-pixel path exists")
     mg, _ = mammography_phantom(0.3, photometric="MONOCHROME1")
     ct = read_dataset(ct_head[3])
     unsigned = (stored_pixels(ct).astype(np.int32) + 1500).astype(np.uint16)  # padding -> 0

@@ -83,6 +83,9 @@ class OutboxSettings:
     # Bytes per STOW-RS request: a reset loses at most one request, so keep it small on 4G.
     batch_max_bytes: int = 1024 * 1024
     ca_file: str = ""  # extra CA bundle for TLS peers (empty: system store)
+    # C-STORE associations open at once per batch: a PACS stores one object per association
+    # at a time, so a second one keeps it busy while the first waits for its response.
+    dimse_associations: int = 2
 
 
 @dataclass

@@ -6,8 +6,9 @@ transport, record each outcome as one transaction.
 * Anything else (link down, reset, timeout, server error, a bug in a codec) -> back to
   ``queued`` with full-jitter exponential backoff, capped, forever.
 
-``run_once`` is one pass over everything due now; ``run_forever`` keeps passing until its
-stop event is set, sleeping until the next row is due or :meth:`Deliverer.wake` is called.
+``run_once`` is one pass over everything due now; ``drain`` passes until the outbox is
+empty (batch jobs, benchmarks); ``run_forever`` keeps passing until its stop event is set,
+sleeping until the next row is due or :meth:`Deliverer.wake` is called.
 """
 
 from __future__ import annotations
@@ -43,6 +44,22 @@ class PassStats:
     @property
     def handled(self) -> int:
         return self.sent + self.failed + self.retried
+
+    def add(self, other: "PassStats") -> None:
+        self.sent += other.sent
+        self.failed += other.failed
+        self.retried += other.retried
+        self.wire_bytes += other.wire_bytes
+        self.raw_bytes += other.raw_bytes
+        self.errors += other.errors
+
+
+@dataclass
+class DrainStats(PassStats):
+    """What :meth:`Deliverer.drain` did over all its passes."""
+
+    passes: int = 0
+    finished: bool = False  # True: nothing was left queued or sending
 
 
 class Deliverer:
@@ -161,7 +178,35 @@ class Deliverer:
         if self.on_outcome is not None:
             self.on_outcome(item, result)
 
-    # --- the service loop -------------------------------------------------------------------------
+    # --- loops over passes ------------------------------------------------------------------------
+    def _seconds_to_next_due(self, longest: float) -> float:
+        """How long until a queued row is due and its destination is not on hold."""
+        wakes = [max(due, self._held.get(dest, 0.0)) for dest, due in self.outbox.due_by_destination(None).items()]
+        return longest if not wakes else min(longest, max(0.01, min(wakes) - time.time()))
+
+    def drain(self, *, timeout: float | None = None, stop: threading.Event | None = None) -> DrainStats:
+        """Deliver until no row is left queued or sending (retries included, however long
+        their backoff), ``timeout`` seconds have passed, or ``stop`` is set. For batch
+        jobs; ``.finished`` says whether the outbox really emptied."""
+        total = DrainStats()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.run_once(stop=stop)
+            total.add(self.last_pass)
+            total.passes += 1
+            counts = self.outbox.counts()
+            if counts["queued"] == 0 and counts["sending"] == 0:
+                total.finished = True
+                return total
+            left = None if deadline is None else deadline - time.monotonic()
+            if (stop is not None and stop.is_set()) or (left is not None and left <= 0):
+                return total
+            wait = self._seconds_to_next_due(1.0 if left is None else min(1.0, left))
+            if stop is not None:
+                stop.wait(wait)
+            else:
+                time.sleep(wait)
+
     def run_forever(self, stop: threading.Event) -> None:
         """Deliver until ``stop`` is set; idle waits end early on :meth:`wake`."""
         try:
@@ -172,9 +217,7 @@ class Deliverer:
                     break
                 if handled:
                     continue
-                wakes = [max(due, self._held.get(dest, 0.0)) for dest, due in self.outbox.due_by_destination(None).items()]
-                wait = 5.0 if not wakes else min(5.0, max(0.05, min(wakes) - time.time()))
-                self._wake.wait(wait)
+                self._wake.wait(max(0.05, self._seconds_to_next_due(5.0)))
                 if stop.is_set():
                     break
         finally:

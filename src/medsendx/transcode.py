@@ -49,7 +49,7 @@ class WirePayload:
     data: bytes
     transfer_syntax: UID
     raw_size: int  # size of the de-identified file before transcoding
-    transcoded: bool
+    transcoded: bool  # False: ``data`` is the file's own bytes, unchanged
 
 
 def _encode(ds: Dataset) -> bytes:
@@ -140,14 +140,16 @@ def prepare_for_wire(
         return accepted_set is None or syntax in accepted_set
 
     ds = pydicom.dcmread(io.BytesIO(raw))
+    converted = False  # True once ``raw`` no longer holds the file's own bytes
     if not ds.file_meta.TransferSyntaxUID.is_little_endian:
         # Retired Explicit VR Big Endian: re-encode as little endian first (few peers take it).
         raw = _little_endian(ds)
         ds = pydicom.dcmread(io.BytesIO(raw))
+        converted = True
     current = UID(ds.file_meta.TransferSyntaxUID)
     if _has_pixels(ds) and compress:
         if current in LOSSLESS_WIRE_SYNTAXES and ok(current):
-            return WirePayload(raw, current, raw_size, raw_size != len(raw))
+            return WirePayload(raw, current, raw_size, converted)
         for syntax in LOSSLESS_WIRE_SYNTAXES:
             if not ok(syntax):
                 continue
@@ -158,7 +160,7 @@ def prepare_for_wire(
             if data is not None:
                 break  # incompressible noise: the original, which the peer takes, is smaller
     if ok(current):
-        return WirePayload(raw, current, raw_size, raw_size != len(raw))
+        return WirePayload(raw, current, raw_size, converted)
     return _as_uncompressed(ds, raw_size, accepted_set)
 
 
