@@ -190,11 +190,12 @@ def stage_profile(files: list[Path], work_root: Path) -> dict[str, tuple[float, 
     from medsendx.config import Settings
     from medsendx.fleet import extract_features
     from medsendx.gateway.staging import Staging
-    from medsendx.pipeline import FeatureJournal, Pipeline, _prefer_fast_jpegls_decoder
+    from medsendx.pipeline import FeatureJournal, Pipeline, _prefer_fast_jpegls_decoder, skip_value_validation
     from medsendx.transcode import compress_lossless
     from medsendx.triage import triage_dataset
 
     _prefer_fast_jpegls_decoder()
+    skip_value_validation()  # as the gateway's processes do
     totals = {name: [0.0, 0.0] for name in STAGES}
     try:
         settings = Settings(state_dir=work_root / "state")

@@ -259,11 +259,15 @@ def run(files: list[Path], work: Path, orthanc: Orthanc, s3: S3Server) -> None:
         s3_figures[compress] = t
         print(r.line(label, t, s3_base, "boto3", peer=False))
     best_s3 = s3_figures[True]
-    print(f"   target: MedSendX S3 at least as fast as boto3 -> {'MET' if best_s3.wall <= s3_base.wall else 'NOT MET'} "
+    # The target compares every transport with storescu; boto3 is the stricter
+    # baseline a user would otherwise script for S3, reported beside it.
+    print(f"   target: MedSendX S3 (JPEG-LS) at least as fast as storescu -> "
+          f"{'MET' if best_s3.wall <= base.wall else 'NOT MET'} (x{base.wall / best_s3.wall:.2f})")
+    print(f"   against boto3 (stricter): {'as fast' if best_s3.wall <= s3_base.wall else 'slower'} "
           f"(JPEG-LS x{s3_base.wall / best_s3.wall:.2f}, uncompressed x{s3_base.wall / s3_figures[False].wall:.2f}; "
           f"uncompressed against the same requests x{s3_same.wall / s3_figures[False].wall:.2f}; "
           f"JPEG-LS encode + verifying decode: ~{(best_s3.cpu - s3_figures[False].cpu) / len(files) * 1000:.0f} ms "
-          "CPU per object)")
+          "CPU per object, which a loopback link never pays back)")
     print(f"   {load()}")
 
     # --- 2. a capped, resetting link ----------------------------------------------------------

@@ -157,7 +157,20 @@ def test_a_run_killed_mid_way_leaves_only_complete_outputs(ct_head: list[Path], 
     for path in finals:
         assert path.read_bytes() == (complete / path.name).read_bytes(), path.name
     assert subprocess.run([*command, str(killed)], env=env, capture_output=True).returncode == 0
-    assert sorted(p.name for p in killed.iterdir() if not p.name.startswith(TEMP_PREFIX)) == sorted(p.name for p in complete.iterdir())
+    # ... and the re-run removed the killed run's half-written temps: the folders are equal.
+    assert sorted(p.name for p in killed.iterdir()) == sorted(p.name for p in complete.iterdir())
+
+
+def test_a_rerun_removes_temps_of_dead_writers_only(ct_head: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = out / f"{TEMP_PREFIX}999999999-w7"  # pid-named, no such process
+    foreign = out / f"{TEMP_PREFIX}k3j4h5g6"  # an mkstemp name: may be someone's write in progress
+    for path in (dead, foreign):
+        path.write_bytes(b"half")
+    outcomes = list(Deidentifier(settings_for(tmp_path / "state")).deidentify_files(ct_head[:2], out))
+    assert [o.status for o in outcomes] == ["ok", "ok"]
+    assert not dead.exists() and foreign.exists()
 
 
 def test_worker_processes_give_the_same_outputs_and_order_as_one_process(tmp_path: Path) -> None:

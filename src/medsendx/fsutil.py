@@ -9,15 +9,18 @@ cost (the disk waits run in background threads while the caller computes the nex
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import shutil
 import tempfile
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 TEMP_PREFIX = ".tmp-"
+_temp_serial = itertools.count()  # DurableWriter temp names: pid + serial, no random bytes
 
 
 def fsync_dir(path: Path) -> None:
@@ -66,6 +69,43 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1024 * 1024), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def pid_alive(pid: int) -> bool:
+    """Is process ``pid`` (on this host) still running?"""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(folder: Path, foreign_max_age: float | None = None) -> int:
+    """Remove half-written temp files of killed writers from ``folder``.
+
+    Temp names that carry their writer's pid (``.tmp-<pid>-...``, as DurableWriter and the
+    Outbox name theirs) go once that process is gone. Temps without a pid (``mkstemp``
+    names of :func:`atomic_write`) may be a write in progress right now: they go only when
+    ``foreign_max_age`` is given and they are older than that (seconds)."""
+    removed = 0
+    now = time.time()
+    for tmp in Path(folder).glob(f"{TEMP_PREFIX}*"):
+        pid = tmp.name[len(TEMP_PREFIX):].split("-")[0]
+        try:
+            if pid.isdigit():
+                stale = not pid_alive(int(pid))
+            else:
+                stale = foreign_max_age is not None and now - tmp.stat().st_mtime > foreign_max_age
+        except FileNotFoundError:  # its writer just renamed it into place
+            continue
+        if stale:
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def private_dir(path: Path) -> Path:
@@ -132,7 +172,8 @@ class DurableWriter:
         Raises ``OSError`` if the bytes cannot even be written (then nothing is queued)."""
         folder = os.fspath(path.parent)
         while True:
-            temp = os.path.join(folder, f"{TEMP_PREFIX}w{os.urandom(8).hex()}")
+            # "<pid>-" lets a later process tell a dead writer's leftovers (see Outbox).
+            temp = os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-w{next(_temp_serial)}")
             try:
                 fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
                 break

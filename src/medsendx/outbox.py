@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from medsendx.fsutil import fsync_dir, private_dir, sha256_file
+from medsendx.fsutil import fsync_dir, pid_alive, private_dir, remove_stale_temps, sha256_file
 
 STATES = ("queued", "sending", "sent", "failed")
 PENDING_STATES = ("queued", "sending")
@@ -145,15 +145,7 @@ def _owner_alive(owner: str | None) -> bool:
         pid = int(pid_text)
     except ValueError:
         return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 class Outbox:
@@ -168,30 +160,10 @@ class Outbox:
         self._local = threading.local()
         self._all_connections: list[sqlite3.Connection] = []
         self._connect().executescript(_SCHEMA)
-        self._clean_spool_temps()
-
-    def _clean_spool_temps(self) -> None:
-        """Remove half-made spool copies left by processes that were killed.
-
-        Our own temp names carry the writer's pid (``.tmp-<pid>-<name>``), removed once
-        that process is gone. Other writers' temp files in the spool (the de-identifier
-        writes its output here through ``fsutil.atomic_write``, named by ``mkstemp``)
-        carry no pid: an Outbox is opened by every metrics scrape while they are being
-        written, so they are removed only when far too old to belong to a live write.
-        """
-        host = socket.gethostname()
-        now = time.time()
-        for tmp in self.spool_dir.glob(".tmp-*"):
-            pid = tmp.name.split("-")[1]
-            try:
-                if pid.isdigit():
-                    stale = not _owner_alive(f"{host}:{pid}")
-                else:
-                    stale = now - tmp.stat().st_mtime > STALE_FOREIGN_TEMP_SECONDS
-            except FileNotFoundError:  # its writer just renamed it into place
-                continue
-            if stale:
-                tmp.unlink(missing_ok=True)
+        # Half-made spool copies of killed processes; foreign (pid-less) temps may be the
+        # de-identifier writing right now (every metrics scrape opens an Outbox), so only
+        # when far too old to be a live write.
+        remove_stale_temps(self.spool_dir, foreign_max_age=STALE_FOREIGN_TEMP_SECONDS)
 
     # --- plumbing -------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:

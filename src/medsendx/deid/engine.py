@@ -47,7 +47,7 @@ from medsendx.deid.codec import Element, Encoding, FormatError
 from medsendx.deid.pixelrisk import IDENTIFYING_KEYWORDS, RISK_KEYWORDS, assess_header_risk, identifying_words
 from medsendx.deid.uids import KeyedMapper, load_or_create_secret, shift_date, shift_datetime
 from medsendx.dicomio import DicomReadError
-from medsendx.fsutil import DurableWriter, atomic_write
+from medsendx.fsutil import DurableWriter, atomic_write, remove_stale_temps
 from medsendx.quarantine import quarantine_file
 
 # Our implementation UID: 2.25 + the UUID5 of the project name (stable across versions).
@@ -260,6 +260,7 @@ class Deidentifier:
         out_dir = Path(out_dir)
         with contextlib.suppress(OSError):  # if this fails, each write says why
             out_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(out_dir)  # half-written outputs of a run that was killed
         writer = DurableWriter(batch=batch)
         finished = False
         try:
