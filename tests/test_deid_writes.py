@@ -65,6 +65,33 @@ def test_a_failed_sync_leaves_no_output_and_reports_the_error(tmp_path: Path, mo
     assert list(tmp_path.iterdir()) == []
 
 
+def test_bytes_waiting_to_be_written_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes run in background threads; a caller handing over objects faster than the disk
+    takes them waits once ``max_queued_bytes`` are queued (huge objects cannot pile up in
+    memory), and one object larger than the bound alone still goes through."""
+    import medsendx.fsutil as fsutil
+
+    release = threading.Event()
+    real = fsutil.write_chunks
+
+    def slow_disk(fd: int, chunks) -> None:
+        assert release.wait(30)
+        real(fd, chunks)
+
+    monkeypatch.setattr(fsutil, "write_chunks", slow_disk)
+    writer = DurableWriter(batch=8, max_queued_bytes=100)
+    writer.write(tmp_path / "big.dcm", [b"b" * 150], "big")  # alone and over the bound: accepted
+    second = threading.Thread(target=writer.write, args=(tmp_path / "next.dcm", [b"n" * 10], "next"))
+    second.start()
+    second.join(0.3)
+    assert second.is_alive(), "the second object must wait until the first is written"
+    release.set()
+    second.join(30)
+    assert not second.is_alive()
+    assert list(writer.close()) == [("big", None), ("next", None)]
+    assert (tmp_path / "big.dcm").read_bytes() == b"b" * 150 and (tmp_path / "next.dcm").read_bytes() == b"n" * 10
+
+
 def test_results_come_back_in_submission_order_across_batches(tmp_path: Path) -> None:
     writer = DurableWriter(batch=3, batches_in_flight=1)
     got = []

@@ -13,6 +13,7 @@ import itertools
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -148,55 +149,75 @@ class DurableWriter:
     name only after its bytes are on disk (``fdatasync`` of the temp file, then rename,
     then one fsync of the folder per batch), and a crash at any instant leaves either the
     complete file or nothing under that name (at worst a ``.tmp-`` file). What differs is
-    who waits: :meth:`write` only copies the bytes into the page cache and returns; the
-    fdatasyncs run in ``sync_threads`` background threads (they release the GIL, and
-    several in flight share one journal commit), and a committer thread renames each
-    batch in order once all its files are synced.
+    who waits: :meth:`write` only queues the bytes and returns; creating, writing and
+    fdatasyncing the temp files run in ``sync_threads`` background threads (they release
+    the GIL while they wait for the journal, and several syncs in flight share one journal
+    commit), and a committer thread renames each batch in order once all its files are
+    synced. Chunks not yet written stay in memory, at most ``max_queued_bytes`` of them
+    (one object more when that object alone is larger).
 
     Every :meth:`write` and :meth:`passthrough` takes a ``token`` (anything); :meth:`ready`
     and :meth:`close` give back ``(token, error)`` in submission order once the file is
     committed (``error`` is None) or failed (an ``OSError``; nothing is left behind).
     """
 
-    def __init__(self, batch: int = 32, sync_threads: int = 4, batches_in_flight: int = 4) -> None:
+    def __init__(
+        self, batch: int = 32, sync_threads: int = 4, batches_in_flight: int = 4, max_queued_bytes: int = 128 << 20
+    ) -> None:
         self.batch = max(1, batch)
         self.batches_in_flight = max(1, batches_in_flight)
+        # Bytes handed to write() but not yet in the page cache: bounded, so a folder of
+        # huge objects (tomosynthesis, long cine) cannot pile up in memory.
+        self.max_queued_bytes = max_queued_bytes
+        self._queued_bytes = 0
+        self._queue_room = threading.Condition()
         self._syncer = ThreadPoolExecutor(max(1, sync_threads), thread_name_prefix="medsendx-fdatasync")
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="medsendx-commit")
-        # Entries: (token, temp path, final path, fdatasync future) or (token, None, None, None).
-        self._current: list[tuple[Any, str | None, Path | None, Future | None]] = []
+        # Entries: (token, final path, future of the written + synced temp's path) or
+        # (token, None, None) for a passthrough.
+        self._current: list[tuple[Any, Path | None, Future | None]] = []
         self._in_flight: deque[Future] = deque()
 
     def write(self, path: Path, chunks: Sequence[bytes | memoryview], token: Any, mode: int = 0o644) -> None:
-        """Write ``chunks`` to a temp file next to ``path`` and queue it for commit.
-        Raises ``OSError`` if the bytes cannot even be written (then nothing is queued)."""
-        folder = os.fspath(path.parent)
-        while True:
-            # "<pid>-" lets a later process tell a dead writer's leftovers (see Outbox).
-            temp = os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-w{next(_temp_serial)}")
-            try:
-                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-                break
-            except FileExistsError:
-                continue
+        """Queue ``chunks`` for writing to a temp file next to ``path`` and for commit.
+        Creating and writing the temp file runs in the background threads too (on ext4 both
+        wait for the journal while other fdatasyncs are in flight); the chunks are kept
+        until then (waiting here while more than ``max_queued_bytes`` are queued). A failure
+        is reported as the token's error; nothing is left behind."""
+        size = sum(map(len, chunks))
+        with self._queue_room:
+            self._queue_room.wait_for(lambda: self._queued_bytes == 0 or self._queued_bytes + size <= self.max_queued_bytes)
+            self._queued_bytes += size
+        future = self._syncer.submit(self._write_temp_and_sync, os.fspath(path.parent), chunks, size, mode)
+        self._current.append((token, path, future))
+        self._maybe_submit_batch()
+
+    def _write_temp_and_sync(self, folder: str, chunks: Sequence[bytes | memoryview], size: int, mode: int) -> str:
+        """(In a background thread.) The temp file's path once its bytes are durable."""
         try:
-            os.fchmod(fd, mode)  # whatever the umask: outputs are read by other services
-            write_chunks(fd, chunks)
+            temp, fd = _write_temp(folder, chunks, mode)
+        finally:
+            with self._queue_room:  # in the page cache (or failed): room for the next
+                self._queued_bytes -= size
+                self._queue_room.notify_all()
+        try:
+            try:
+                os.fdatasync(fd)  # data and the size/allocation needed to read it back
+            finally:
+                os.close(fd)
         except BaseException:
-            os.close(fd)
             _unlink_quietly(temp)
             raise
-        self._current.append((token, temp, path, self._syncer.submit(_datasync_and_close, fd)))
-        self._maybe_submit_batch()
+        return temp
 
     def passthrough(self, token: Any) -> None:
         """Keep ``token``'s place in the order without writing anything (e.g. a failure)."""
-        self._current.append((token, None, None, None))
+        self._current.append((token, None, None))
         self._maybe_submit_batch()
 
     def ready(self) -> Iterator[tuple[Any, OSError | None]]:
         """The results of the batches committed so far (never waits, except to keep at
-        most ``batches_in_flight`` batches of dirty data in memory)."""
+        most ``batches_in_flight`` batches waiting to commit)."""
         while self._in_flight and (self._in_flight[0].done() or len(self._in_flight) > self.batches_in_flight):
             yield from self._in_flight.popleft().result()
 
@@ -218,29 +239,49 @@ class DurableWriter:
             self._current = []
 
 
-def _datasync_and_close(fd: int) -> None:
+def _write_temp(folder: str, chunks: Sequence[bytes | memoryview], mode: int) -> tuple[str, int]:
+    """Write ``chunks`` to a new temp file in ``folder``: its path and open fd, or OSError
+    (then nothing is left behind)."""
+    while True:
+        # "<pid>-" lets a later process tell a dead writer's leftovers (remove_stale_temps).
+        temp = os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-w{next(_temp_serial)}")
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+            break
+        except FileExistsError:
+            continue
     try:
-        os.fdatasync(fd)  # data and the size/allocation needed to read it back
-    finally:
+        os.fchmod(fd, mode)  # whatever the umask: outputs are read by other services
+        write_chunks(fd, chunks)
+    except BaseException:
         os.close(fd)
+        _unlink_quietly(temp)
+        raise
+    return temp, fd
 
 
-def _commit_batch(entries: list[tuple[Any, str | None, Path | None, Future | None]]) -> list[tuple[Any, OSError | None]]:
-    """Rename each synced temp file to its final name, then make the renames durable."""
+def _commit_batch(entries: list[tuple[Any, Path | None, Future | None]]) -> list[tuple[Any, OSError | None]]:
+    """Rename each written and synced temp file to its final name, then make the renames
+    durable (one fsync per folder)."""
     results: list[tuple[Any, OSError | None]] = []
+    renamed: list[Path | None] = []
     folders: set[str] = set()
-    for token, temp, final, synced in entries:
-        if temp is None or final is None or synced is None:
+    for token, final, written in entries:
+        renamed.append(None)
+        if final is None or written is None:
             results.append((token, None))
             continue
+        temp = None
         try:
-            synced.result()
+            temp = written.result()
             os.replace(temp, final)
         except OSError as exc:
-            _unlink_quietly(temp)
+            if temp is not None:
+                _unlink_quietly(temp)
             results.append((token, exc))
             continue
         folders.add(os.path.dirname(temp))
+        renamed[-1] = final
         results.append((token, None))
     failed: OSError | None = None
     for folder in folders:
@@ -250,8 +291,8 @@ def _commit_batch(entries: list[tuple[Any, str | None, Path | None, Future | Non
             failed = exc
     if failed is not None:  # the renames may not survive a crash: undo them, report failure
         undone: list[tuple[Any, OSError | None]] = []
-        for (token, error), (_, temp, final, _) in zip(results, entries):
-            if temp is not None and final is not None and error is None:
+        for (token, error), final in zip(results, renamed):
+            if final is not None:
                 _unlink_quietly(os.fspath(final))
                 error = failed
             undone.append((token, error))

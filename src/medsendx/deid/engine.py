@@ -253,9 +253,9 @@ class Deidentifier:
 
         The same guarantee as one fsync per file (an output appears under its final name
         only once its bytes are on disk; a crash never leaves a partial output), through
-        ``fsutil.DurableWriter``: background threads fdatasync the temp files while this
-        thread de-identifies the next ones, then each batch of ``batch`` files is renamed
-        into place with one folder fsync. Outcomes are yielded in input order once
+        ``fsutil.DurableWriter``: background threads write and fdatasync the temp files
+        while this thread de-identifies the next ones, then each batch of ``batch`` files
+        is renamed into place with one folder fsync. Outcomes are yielded in input order once
         committed; the audit lines of each committed run are appended in one write."""
         out_dir = Path(out_dir)
         with contextlib.suppress(OSError):  # if this fails, each write says why
@@ -267,11 +267,8 @@ class Deidentifier:
             for src in sources:
                 prepared = self._prepare(Path(src))
                 if isinstance(prepared, _Prepared):
-                    try:
-                        writer.write(out_dir / f"{prepared.report.sop_instance_uid}.dcm", prepared.chunks, prepared)
-                        prepared.chunks = []  # the bytes are in the page cache: free the input now
-                    except OSError as exc:
-                        writer.passthrough(self._fail(prepared.source, prepared.digest, "error", _write_error(exc)))
+                    writer.write(out_dir / f"{prepared.report.sop_instance_uid}.dcm", prepared.chunks, prepared)
+                    prepared.chunks = []  # the writer holds them until they are in the page cache
                 else:
                     writer.passthrough(prepared)
                 yield from self._settle(writer.ready(), out_dir)
