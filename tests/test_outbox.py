@@ -168,8 +168,9 @@ def _env() -> dict[str, str]:
 
 def test_opening_an_outbox_never_removes_a_write_in_progress(outbox: Outbox) -> None:
     """Every metrics scrape opens an Outbox; a de-identified file being written into the
-    spool at that moment (an fsutil temp without a pid) must survive, else the object is
-    lost to quarantine. Temps of dead writers, and ancient foreign temps, are removed."""
+    spool at that moment (an fsutil temp named with its live writer's pid) must survive,
+    else the object is lost to quarantine. Temps of dead writers, and ancient foreign
+    temps, are removed."""
     import os
 
     from medsendx.fsutil import atomic_write
@@ -194,6 +195,29 @@ def test_opening_an_outbox_never_removes_a_write_in_progress(outbox: Outbox) -> 
     Outbox(outbox.db_path)
     assert not dead.exists() and not ancient.exists()
     assert recent.exists()
+
+
+def test_a_write_killed_mid_way_leaves_a_temp_the_next_outbox_removes(outbox: Outbox) -> None:
+    """A de-identifier killed inside ``atomic_write`` leaves its half-written temp in the
+    spool; it is named with the dead writer's pid, so the next Outbox removes it at once."""
+    child = textwrap.dedent(
+        """
+        import os, sys
+        from pathlib import Path
+        from medsendx.fsutil import atomic_write
+        def die_mid_write(fh):
+            fh.write(b"half an object")
+            fh.flush()
+            os._exit(9)  # as a kill -9 would
+        atomic_write(Path(sys.argv[1]) / "2.25.3.dcm", die_mid_write)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", child, str(outbox.spool_dir)], env=_env(), capture_output=True)
+    assert done.returncode == 9
+    (left,) = outbox.spool_dir.glob(".tmp-*")
+    assert left.read_bytes() == b"half an object"
+    Outbox(outbox.db_path)
+    assert list(outbox.spool_dir.iterdir()) == []
 
 
 def test_a_file_left_by_a_kill_after_the_sent_commit_is_removed_on_restart(

@@ -12,7 +12,6 @@ import hashlib
 import itertools
 import os
 import shutil
-import tempfile
 import threading
 import time
 from collections import deque
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 TEMP_PREFIX = ".tmp-"
-_temp_serial = itertools.count()  # DurableWriter temp names: pid + serial, no random bytes
+_temp_serial = itertools.count()  # temp names: pid + serial (see _create_temp)
 
 
 def fsync_dir(path: Path) -> None:
@@ -33,11 +32,23 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _create_temp(folder: str) -> tuple[str, int]:
+    """A new, empty temp file in ``folder`` (0600): its path and an fd open for writing.
+    The name carries our pid (``.tmp-<pid>-<serial>``) so that a later process can tell a
+    killed writer's leftovers from a write in progress (:func:`remove_stale_temps`)."""
+    while True:
+        temp = os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{next(_temp_serial)}")
+        try:
+            return temp, os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:  # a leftover of an earlier process with our pid
+            continue
+
+
 def atomic_write(path: Path, writer: Callable[[BinaryIO], None], mode: int = 0o644) -> Path:
     """Write ``path`` atomically: ``writer`` fills an open temp file which then replaces it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
+    tmp, fd = _create_temp(os.fspath(path.parent))
     try:
         with os.fdopen(fd, "wb") as fh:
             writer(fh)
@@ -88,9 +99,9 @@ def pid_alive(pid: int) -> bool:
 def remove_stale_temps(folder: Path, foreign_max_age: float | None = None) -> int:
     """Remove half-written temp files of killed writers from ``folder``.
 
-    Temp names that carry their writer's pid (``.tmp-<pid>-...``, as DurableWriter and the
-    Outbox name theirs) go once that process is gone. Temps without a pid (``mkstemp``
-    names of :func:`atomic_write`) may be a write in progress right now: they go only when
+    Temp names that carry their writer's pid (``.tmp-<pid>-...``: every temp this project
+    writes) go once that process is gone. Temps without a pid (another program's, or an
+    older version's) may be a write in progress right now: they go only when
     ``foreign_max_age`` is given and they are older than that (seconds)."""
     removed = 0
     now = time.time()
@@ -242,14 +253,7 @@ class DurableWriter:
 def _write_temp(folder: str, chunks: Sequence[bytes | memoryview], mode: int) -> tuple[str, int]:
     """Write ``chunks`` to a new temp file in ``folder``: its path and open fd, or OSError
     (then nothing is left behind)."""
-    while True:
-        # "<pid>-" lets a later process tell a dead writer's leftovers (remove_stale_temps).
-        temp = os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-w{next(_temp_serial)}")
-        try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-            break
-        except FileExistsError:
-            continue
+    temp, fd = _create_temp(folder)
     try:
         os.fchmod(fd, mode)  # whatever the umask: outputs are read by other services
         write_chunks(fd, chunks)

@@ -160,9 +160,9 @@ class Outbox:
         self._local = threading.local()
         self._all_connections: list[sqlite3.Connection] = []
         self._connect().executescript(_SCHEMA)
-        # Half-made spool copies of killed processes; foreign (pid-less) temps may be the
-        # de-identifier writing right now (every metrics scrape opens an Outbox), so only
-        # when far too old to be a live write.
+        # Half-made spool copies of killed processes. Every metrics scrape opens an Outbox
+        # while the de-identifier may be writing into the spool: its temps carry its (live)
+        # pid; temps without a pid go only when far too old to be a live write.
         remove_stale_temps(self.spool_dir, foreign_max_age=STALE_FOREIGN_TEMP_SECONDS)
 
     # --- plumbing -------------------------------------------------------------------------
