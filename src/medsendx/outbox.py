@@ -286,6 +286,11 @@ class Outbox:
         elif source.is_file() and sha256_file(source) == queued_sha256:
             source.unlink(missing_ok=True)
 
+    @staticmethod
+    def _still_needed(conn: sqlite3.Connection, path: str) -> bool:
+        """Does a row that is not ``sent`` (queued, sending, failed) name this spool file?"""
+        return conn.execute("SELECT 1 FROM outbox WHERE path = ? AND state != 'sent'", (path,)).fetchone() is not None
+
     def _drop_if_orphan(self, path: Path) -> None:
         """Remove a spool file that no pending or failed row refers to."""
         try:
@@ -294,9 +299,7 @@ class Outbox:
         except OSError:
             return
         with self._transaction() as conn:
-            used = conn.execute(
-                "SELECT 1 FROM outbox WHERE path = ? AND state != 'sent'", (str(path),)
-            ).fetchone()
+            used = self._still_needed(conn, str(path))
         if not used:
             path.unlink(missing_ok=True)
 
@@ -309,10 +312,9 @@ class Outbox:
             if path.name.startswith(".tmp-") or not path.is_file():
                 continue
             with self._transaction() as conn:
-                rows, pending = conn.execute(
-                    "SELECT COUNT(*), COALESCE(SUM(state != 'sent'), 0) FROM outbox WHERE path = ?", (str(path),)
-                ).fetchone()
-            if rows and not pending:
+                named = conn.execute("SELECT 1 FROM outbox WHERE path = ?", (str(path),)).fetchone()
+                leftover = named is not None and not self._still_needed(conn, str(path))
+            if leftover:
                 path.unlink(missing_ok=True)
                 removed += 1
         return removed
@@ -383,9 +385,7 @@ class Outbox:
                    WHERE id = ?""",
                 (now, now, wire_bytes, item_id),
             )
-            still_used = row is not None and conn.execute(
-                "SELECT 1 FROM outbox WHERE path = ? AND state != 'sent'", (row["path"],)
-            ).fetchone()
+            still_used = row is not None and self._still_needed(conn, row["path"])
         if row is not None and not still_used:
             Path(row["path"]).unlink(missing_ok=True)
 
