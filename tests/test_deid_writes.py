@@ -18,7 +18,7 @@ import pytest
 from deid_helpers import planted_ct, settings_for, write
 from medsendx.deid import Deidentifier
 from medsendx.deid.audit import read_audit
-from medsendx.fsutil import TEMP_PREFIX, DurableWriter, write_chunks
+from medsendx.fsutil import TEMP_PREFIX, DurableWriter, start_writeback, write_chunks
 from medsendx.quarantine import list_quarantine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +50,19 @@ def test_an_output_is_renamed_into_place_only_after_its_data_sync(tmp_path: Path
     assert list(writer.close()) == [("token", None)]
     assert final.read_bytes() == b"headpixelstail" and temps(tmp_path) == []
     assert oct(final.stat().st_mode & 0o777) == oct(0o644)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux's")
+def test_the_writeback_hint_reaches_the_kernel(tmp_path: Path) -> None:
+    """The batch's fdatasyncs are cheap only if write-back of each file was started when
+    it was written: the libc binding must work (a wrong signature fails with EINVAL)."""
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"x" * 200_000)
+        assert start_writeback(fd)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == b"x" * 200_000
 
 
 def test_a_failed_sync_leaves_no_output_and_reports_the_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
