@@ -10,7 +10,7 @@ copy its own SOP Instance UID, so every output is a distinct file), then de-iden
   ``medsendx anonymize`` does for each file (read, input hash, quarantine checks,
   de-identification, atomic and durable write, audit line, outcome), without start-up;
 * ours, the real command ``medsendx anonymize IN OUT`` in a subprocess pinned to ONE core
-  (the same plus Python start-up and imports, about 0.5 s, and the progress bar), on the
+  (the same plus Python start-up and imports, 0.5-0.9 s here, and the progress bar), on the
   whole folder and on one series of 28 files: the difference between the two gives the
   command's rate per file after start-up, measured from outside the command;
 * the same command with ``-j 2`` worker processes (not pinned).
@@ -93,8 +93,11 @@ class Results:
         self.rows.append((label, count, run))
         self.runs[label] = []
 
-    def measure(self) -> None:
+    def measure(self, between_rounds: Callable[[int], None]) -> None:
+        """Run every row ``repeat`` times; ``between_rounds(repetition)`` runs before each
+        round, untimed (it deletes the previous round's outputs)."""
         for repetition in range(self.repeat):
+            between_rounds(repetition)
             for label, _, run in self.rows:
                 started, cpu_started = time.perf_counter(), _cpu()
                 note = run(repetition)
@@ -169,10 +172,13 @@ def main() -> None:
         results = Results(args.repeat)
 
         def fresh(name: str, repetition: int) -> Path:
-            """An empty output folder for this run; the previous run's is deleted (disk space)."""
-            if repetition:
-                shutil.rmtree(tmp_path / f"{name}-{repetition - 1}", ignore_errors=True)
+            """This run's output folder (not there yet)."""
             return tmp_path / f"{name}-{repetition}"
+
+        def delete_previous_round(repetition: int) -> None:
+            """Outputs of the round before (disk space); the last round's are checked below."""
+            for folder in tmp_path.glob(f"*-{repetition - 1}"):
+                shutil.rmtree(folder)
 
         def copy(repetition: int) -> None:
             folder = fresh("copy", repetition)
@@ -214,7 +220,7 @@ def main() -> None:
         results.add(probe_label, SERIES, command("probe", probe, [], cpus[-1]))
         results.add(one, count, command("cmd-1", tmp_path / "in", [], cpus[-1]))
         results.add(many, count, command("cmd-j", tmp_path / "in", ["-j", str(args.workers)], None))
-        results.measure()
+        results.measure(delete_previous_round)
         results.print_rows()
         last = args.repeat - 1
         for name in ("path", "cmd-1", "cmd-j"):

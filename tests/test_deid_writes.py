@@ -78,6 +78,28 @@ def test_a_failed_sync_leaves_no_output_and_reports_the_error(tmp_path: Path, mo
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_unexpected_error_while_committing_leaves_no_temp_file_or_open_fd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a disk error (here MemoryError in the second file's sync): it reaches the caller,
+    and the files of the batch not yet committed are closed and deleted."""
+    real, calls = os.fdatasync, []
+
+    def second_sync_fails(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 2:
+            raise MemoryError
+        real(fd)
+
+    open_fds = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(os, "fdatasync", second_sync_fails)
+    writer = DurableWriter(batch=4)
+    for name in "abcd":
+        writer.write(tmp_path / f"{name}.dcm", [name.encode() * 10], name)
+    with pytest.raises(MemoryError):
+        list(writer.close())
+    assert temps(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["a.dcm"]
+    assert len(os.listdir("/proc/self/fd")) == open_fds
+
+
 def test_bytes_waiting_to_be_written_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Writes run in background threads; a caller handing over objects faster than the disk
     takes them waits once ``max_queued_bytes`` are queued (huge objects cannot pile up in

@@ -297,7 +297,7 @@ def _commit_batch(entries: list[tuple[Any, Path | None, Future | None]]) -> list
     results: list[tuple[Any, OSError | None]] = []
     renamed: list[Path | None] = []
     folders: set[str] = set()
-    for token, final, written in entries:
+    for position, (token, final, written) in enumerate(entries):
         renamed.append(None)
         if final is None or written is None:
             results.append((token, None))
@@ -315,6 +315,11 @@ def _commit_batch(entries: list[tuple[Any, Path | None, Future | None]]) -> list
                 _unlink_quietly(temp)
             results.append((token, exc))
             continue
+        except BaseException:  # not a disk error (e.g. out of memory): leave no temp or fd behind
+            if temp is not None:
+                _unlink_quietly(temp)
+            _discard_written(entries[position + 1 :])
+            raise
         folders.add(os.path.dirname(temp))
         renamed[-1] = final
         results.append((token, None))
@@ -333,6 +338,19 @@ def _commit_batch(entries: list[tuple[Any, Path | None, Future | None]]) -> list
             undone.append((token, error))
         results = undone
     return results
+
+
+def _discard_written(entries: list[tuple[Any, Path | None, Future | None]]) -> None:
+    """Close and delete the temp files of entries that will not be committed."""
+    for _, _, written in entries:
+        if written is None:
+            continue
+        try:
+            temp, fd = written.result()
+        except BaseException:
+            continue  # its thread left nothing behind
+        os.close(fd)
+        _unlink_quietly(temp)
 
 
 def _unlink_quietly(path: str) -> None:
