@@ -285,7 +285,7 @@ def start_writeback(fd: int) -> bool:
 
     Not durability (only ``fdatasync`` is): a hint that lets the fdatasyncs of a batch,
     made later, mostly wait instead of each allocating blocks and committing the journal
-    on its own (in the anonymize benchmark, pinned to one core, about 16% more files/s)."""
+    on its own)."""
     function = _sync_file_range()
     # (ctypes releases the GIL for the call)
     return function is not None and function(fd, 0, 0, _SYNC_FILE_RANGE_WRITE) == 0
