@@ -8,17 +8,14 @@ cost (the disk waits run in background threads while the caller computes the nex
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import itertools
 import os
 import shutil
-import sys
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
@@ -163,14 +160,12 @@ class DurableWriter:
     name only after its bytes are on disk (``fdatasync`` of the temp file, then rename,
     then one fsync of the folder per batch), and a crash at any instant leaves either the
     complete file or nothing under that name (at worst a ``.tmp-`` file). What differs is
-    who waits, and how often the journal commits: :meth:`write` only queues the bytes and
-    returns; ``write_threads`` background threads create and write the temp files and ask
-    the kernel to start writing them back at once (on ext4 both the create and the write
-    wait for the journal). A committer thread then takes each batch in order: it
-    fdatasyncs every file (the batch's data is already on its way to disk, so the first
-    sync's journal commit covers the others' metadata and the rest mostly wait), renames
-    it into place and fsyncs the folder once. Chunks not yet written stay in memory, at
-    most ``max_queued_bytes`` of them (one object more when that object alone is larger).
+    who waits: :meth:`write` only queues the bytes and returns; creating, writing and
+    fdatasyncing the temp files run in ``sync_threads`` background threads (they release
+    the GIL while they wait for the journal, and several syncs in flight share one journal
+    commit), and a committer thread renames each batch in order once all its files are
+    synced. Chunks not yet written stay in memory, at most ``max_queued_bytes`` of them
+    (one object more when that object alone is larger).
 
     Every :meth:`write` and :meth:`passthrough` takes a ``token`` (anything); :meth:`ready`
     and :meth:`close` give back ``(token, error)`` in submission order once the file is
@@ -178,7 +173,7 @@ class DurableWriter:
     """
 
     def __init__(
-        self, batch: int = 32, write_threads: int = 2, batches_in_flight: int = 4, max_queued_bytes: int = 128 << 20
+        self, batch: int = 32, sync_threads: int = 4, batches_in_flight: int = 4, max_queued_bytes: int = 128 << 20
     ) -> None:
         self.batch = max(1, batch)
         self.batches_in_flight = max(1, batches_in_flight)
@@ -187,37 +182,44 @@ class DurableWriter:
         self.max_queued_bytes = max_queued_bytes
         self._queued_bytes = 0
         self._queue_room = threading.Condition()
-        self._writers = ThreadPoolExecutor(max(1, write_threads), thread_name_prefix="medsendx-write")
+        self._syncer = ThreadPoolExecutor(max(1, sync_threads), thread_name_prefix="medsendx-fdatasync")
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="medsendx-commit")
-        # Entries: (token, final path, future of the written temp's (path, open fd)) or
+        # Entries: (token, final path, future of the written + synced temp's path) or
         # (token, None, None) for a passthrough.
         self._current: list[tuple[Any, Path | None, Future | None]] = []
         self._in_flight: deque[Future] = deque()
 
     def write(self, path: Path, chunks: Sequence[bytes | memoryview], token: Any, mode: int = 0o644) -> None:
         """Queue ``chunks`` for writing to a temp file next to ``path`` and for commit.
-        Creating and writing the temp file runs in the background threads; the chunks are
-        kept until then (waiting here while more than ``max_queued_bytes`` are queued). A
-        failure is reported as the token's error; nothing is left behind."""
+        Creating and writing the temp file runs in the background threads too (on ext4 both
+        wait for the journal while other fdatasyncs are in flight); the chunks are kept
+        until then (waiting here while more than ``max_queued_bytes`` are queued). A failure
+        is reported as the token's error; nothing is left behind."""
         size = sum(map(len, chunks))
         with self._queue_room:
             self._queue_room.wait_for(lambda: self._queued_bytes == 0 or self._queued_bytes + size <= self.max_queued_bytes)
             self._queued_bytes += size
-        future = self._writers.submit(self._write_temp, os.fspath(path.parent), chunks, size, mode)
+        future = self._syncer.submit(self._write_temp_and_sync, os.fspath(path.parent), chunks, size, mode)
         self._current.append((token, path, future))
         self._maybe_submit_batch()
 
-    def _write_temp(self, folder: str, chunks: Sequence[bytes | memoryview], size: int, mode: int) -> tuple[str, int]:
-        """(In a background thread.) The temp file's path and open fd, its bytes written
-        and their write-back started."""
+    def _write_temp_and_sync(self, folder: str, chunks: Sequence[bytes | memoryview], size: int, mode: int) -> str:
+        """(In a background thread.) The temp file's path once its bytes are durable."""
         try:
             temp, fd = _write_temp(folder, chunks, mode)
         finally:
             with self._queue_room:  # in the page cache (or failed): room for the next
                 self._queued_bytes -= size
                 self._queue_room.notify_all()
-        start_writeback(fd)
-        return temp, fd
+        try:
+            try:
+                os.fdatasync(fd)  # data and the size/allocation needed to read it back
+            finally:
+                os.close(fd)
+        except BaseException:
+            _unlink_quietly(temp)
+            raise
+        return temp
 
     def passthrough(self, token: Any) -> None:
         """Keep ``token``'s place in the order without writing anything (e.g. a failure)."""
@@ -239,7 +241,7 @@ class DurableWriter:
             while self._in_flight:
                 yield from self._in_flight.popleft().result()
         finally:
-            self._writers.shutdown(wait=True)
+            self._syncer.shutdown(wait=True)
             self._committer.shutdown(wait=True)
 
     def _maybe_submit_batch(self) -> None:
@@ -262,38 +264,9 @@ def _write_temp(folder: str, chunks: Sequence[bytes | memoryview], mode: int) ->
     return temp, fd
 
 
-@lru_cache(maxsize=1)
-def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """libc's ``sync_file_range`` (Linux; Python's os module does not offer it), or None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
-
-
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def start_writeback(fd: int) -> bool:
-    """Ask the kernel to start writing ``fd``'s dirty pages to disk now, without waiting;
-    False where that cannot be asked (not Linux) or the kernel refused.
-
-    Not durability (only ``fdatasync`` is): a hint that lets the fdatasyncs of a batch,
-    made later, mostly wait instead of each allocating blocks and committing the journal
-    on its own)."""
-    function = _sync_file_range()
-    # (ctypes releases the GIL for the call)
-    return function is not None and function(fd, 0, 0, _SYNC_FILE_RANGE_WRITE) == 0
-
-
 def _commit_batch(entries: list[tuple[Any, Path | None, Future | None]]) -> list[tuple[Any, OSError | None]]:
-    """Make each written temp file durable and rename it to its final name, in order,
-    then make the renames durable (one fsync per folder)."""
+    """Rename each written and synced temp file to its final name, then make the renames
+    durable (one fsync per folder)."""
     results: list[tuple[Any, OSError | None]] = []
     renamed: list[Path | None] = []
     folders: set[str] = set()
@@ -304,20 +277,14 @@ def _commit_batch(entries: list[tuple[Any, Path | None, Future | None]]) -> list
             continue
         temp = None
         try:
-            temp, fd = written.result()
-            try:
-                os.fdatasync(fd)  # data and the size/allocation needed to read it back
-            finally:
-                os.close(fd)
+            temp = written.result()
             os.replace(temp, final)
         except OSError as exc:
             if temp is not None:
                 _unlink_quietly(temp)
             results.append((token, exc))
             continue
-        except BaseException:  # not a disk error (e.g. out of memory): leave no temp or fd behind
-            if temp is not None:
-                _unlink_quietly(temp)
+        except BaseException:  # not a disk error (e.g. out of memory): leave no temp file behind
             _discard_written(entries[position + 1 :])
             raise
         folders.add(os.path.dirname(temp))
@@ -341,15 +308,14 @@ def _commit_batch(entries: list[tuple[Any, Path | None, Future | None]]) -> list
 
 
 def _discard_written(entries: list[tuple[Any, Path | None, Future | None]]) -> None:
-    """Close and delete the temp files of entries that will not be committed."""
+    """Delete the temp files of entries that will not be committed (once written)."""
     for _, _, written in entries:
         if written is None:
             continue
         try:
-            temp, fd = written.result()
+            temp = written.result()
         except BaseException:
             continue  # its thread left nothing behind
-        os.close(fd)
         _unlink_quietly(temp)
 
 

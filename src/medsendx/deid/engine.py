@@ -253,10 +253,9 @@ class Deidentifier:
 
         The same guarantee as one fsync per file (an output appears under its final name
         only once its bytes are on disk; a crash never leaves a partial output), through
-        ``fsutil.DurableWriter``: background threads write the temp files and start their
-        write-back while this thread de-identifies the next ones, then each batch of
-        ``batch`` files is fdatasynced file by file, renamed into place and made durable
-        with one folder fsync. Outcomes are yielded in input order once
+        ``fsutil.DurableWriter``: background threads write and fdatasync the temp files
+        while this thread de-identifies the next ones, then each batch of ``batch`` files
+        is renamed into place with one folder fsync. Outcomes are yielded in input order once
         committed; the audit lines of each committed run are appended in one write."""
         out_dir = Path(out_dir)
         with contextlib.suppress(OSError):  # if this fails, each write says why
