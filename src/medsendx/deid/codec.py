@@ -36,6 +36,7 @@ VALID_VRS = LONG_VRS | frozenset(
     {"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "PN", "SH", "SL", "SS", "ST", "TM", "UI", "UL", "US"}
 )
 _VR_BYTES = {vr.encode(): vr for vr in VALID_VRS}
+VR_CODES = tuple(sorted(VALID_VRS))  # numbered 1.. by the compiled walk (_codec.c lists them in this order)
 # Padding to an even length: UIDs and binary values with NUL, text with a space.
 _NUL_PADDED = frozenset({"UI", "OB", "OD", "OF", "OL", "OV", "OW", "UN", "SV", "UV", "SL", "SS", "UL", "US", "FL", "FD", "AT"})
 
@@ -103,6 +104,8 @@ def read_part10(data: bytes) -> Part10:
             break
         vr = data[pos + 4 : pos + 6]
         if vr.decode("latin-1") in LONG_VRS:
+            if pos + 12 > size:
+                raise FormatError("damaged file meta information (truncated)")
             length, value = unpack_i(data, pos + 8)[0], pos + 12
         elif vr in _VR_BYTES:
             length, value = unpack_h(data, pos + 6)[0], pos + 8
@@ -129,7 +132,17 @@ def read_part10(data: bytes) -> Part10:
 def parse_dataset(buf: bytes, pos: int, end: int, enc: Encoding, dict_vr, *, until_item_end: bool = False) -> tuple[list[Element], int]:
     """The elements of one dataset between ``pos`` and ``end``, or up to the item
     delimiter when ``until_item_end``. Returns the elements and the position after them
-    (after the delimiter). ``dict_vr(tag)`` gives the dictionary VR of a tag or None."""
+    (after the delimiter). ``dict_vr(tag)`` gives the dictionary VR of a tag or None.
+
+    The compiled walk (``_native``) does this when it is available; the Python walk
+    below is the reference it is tested against, and the fallback."""
+    if type(buf) is bytes and _native.available():
+        return _native.parse_dataset(buf, pos, end, enc, dict_vr, until_item_end)
+    return parse_dataset_python(buf, pos, end, enc, dict_vr, until_item_end=until_item_end)
+
+
+def parse_dataset_python(buf: bytes, pos: int, end: int, enc: Encoding, dict_vr, *, until_item_end: bool = False) -> tuple[list[Element], int]:
+    """:func:`parse_dataset` in Python (the reference)."""
     elements: list[Element] = []
     unpack_i = enc._i.unpack_from
     # One unpack per header: (group, element, 4 bytes) = VR + short length when explicit,
@@ -294,3 +307,6 @@ def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str, impl_uid:
 def deflate(body: bytes) -> bytes:
     compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
     return compressor.compress(body) + compressor.flush()
+
+
+from medsendx.deid import _native  # noqa: E402  (it imports this module's names)

@@ -1,0 +1,160 @@
+/* The element walk of codec.parse_dataset, compiled (see deid/_native.py).
+ *
+ * Same rules, same order, same errors as the Python code in codec.py, which stays the
+ * reference (used without a compiler; a test compares both on real files and on damaged
+ * copies of them). Only the structure is read: tag, VR, where the value is, where the
+ * element ends. Values are never interpreted here.
+ *
+ * parse_dataset() fills `out` with 6 int64 per element (tag, vr code, start, value, end,
+ * length) and returns how many, or a negative error code (the messages are in
+ * _native.py). The dictionary check that Python makes on an implicit-VR element of
+ * undefined length ("is this tag a sequence?") needs the data dictionary: such tags are
+ * listed in `checks`, in walk order at any depth, and Python checks them.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#define UNDEFINED 0xFFFFFFFFu
+#define ITEM 0xFFFEE000u
+#define ITEM_END 0xFFFEE00Du
+#define SEQUENCE_END 0xFFFEE0DDu
+#define PIXEL_DATA 0x7FE00010u
+
+enum {
+    E_HEADER_TRUNCATED = -1, E_MISPLACED_DELIMITER = -2, E_BAD_VR = -3, E_UNDEFINED_NOT_SEQUENCE = -4,
+    E_PAST_END = -5, E_ITEM_TRUNCATED = -6, E_BAD_FRAGMENTS = -7, E_EXPECTED_ITEM = -8,
+    E_ITEM_PAST_END = -9, E_SEQUENCE_TRUNCATED = -10, E_PIXELS_TRUNCATED = -11, E_FULL = -100
+};
+
+/* codec.VR_CODES, in this order: code = index + 1 (0 = implicit, no VR). */
+static const char VRS[][3] = {"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD",
+                              "OF", "OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI",
+                              "UL", "UN", "UR", "US", "UT", "UV"};
+#define N_VRS ((int)(sizeof VRS / sizeof VRS[0]))
+static int vr_code(const uint8_t *p) {
+    for (int i = 0; i < N_VRS; i++)
+        if (p[0] == (uint8_t)VRS[i][0] && p[1] == (uint8_t)VRS[i][1]) return i + 1;
+    return 0;
+}
+static int is_long(int code) {
+    static const char *long_vrs[] = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"};
+    for (unsigned i = 0; i < sizeof long_vrs / sizeof long_vrs[0]; i++)
+        if (!strcmp(VRS[code - 1], long_vrs[i])) return 1;
+    return 0;
+}
+static int LONG[N_VRS + 1];
+static int CODE_SQ, CODE_UN, ready;
+static void init(void) {
+    for (int i = 1; i <= N_VRS; i++) LONG[i] = is_long(i);
+    CODE_SQ = vr_code((const uint8_t *)"SQ");
+    CODE_UN = vr_code((const uint8_t *)"UN");
+    ready = 1;
+}
+
+typedef struct {
+    const uint8_t *buf;
+    uint32_t *checks;
+    int64_t checks_cap, n_checks;
+} Walk;
+
+static uint16_t u16(const uint8_t *p, int little) { return little ? (uint16_t)(p[0] | p[1] << 8) : (uint16_t)(p[1] | p[0] << 8); }
+static uint32_t u32(const uint8_t *p, int little) {
+    return little ? (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24
+                  : (uint32_t)p[3] | (uint32_t)p[2] << 8 | (uint32_t)p[1] << 16 | (uint32_t)p[0] << 24;
+}
+
+static int64_t walk(Walk *w, int64_t pos, int64_t end, int implicit, int little, int until_item_end, int64_t *out,
+                    int64_t cap, int64_t *stop_out);
+
+/* codec._items: the position after the sequence (or fragments) delimiter, or an error. */
+static int64_t items(Walk *w, int64_t pos, int64_t end, int implicit, int little, int fragments) {
+    while (pos + 8 <= end) {
+        uint32_t tag = (uint32_t)u16(w->buf + pos, little) << 16 | u16(w->buf + pos + 2, little);
+        uint32_t length = u32(w->buf + pos + 4, little);
+        if (tag == SEQUENCE_END) return pos + 8;
+        if (tag != ITEM || (fragments && length == UNDEFINED)) return fragments ? E_BAD_FRAGMENTS : E_EXPECTED_ITEM;
+        if (length == UNDEFINED) {
+            int64_t stop, got = walk(w, pos + 8, end, implicit, little, 1, NULL, 0, &stop);
+            if (got < 0) return got;
+            pos = stop;
+        } else {
+            if (pos + 8 + (int64_t)length > end) return E_ITEM_PAST_END;
+            pos += 8 + (int64_t)length;
+        }
+    }
+    return fragments ? E_PIXELS_TRUNCATED : E_SEQUENCE_TRUNCATED;
+}
+
+/* codec.parse_dataset. With out == NULL the elements are only counted (a nested item). */
+static int64_t walk(Walk *w, int64_t pos, int64_t end, int implicit, int little, int until_item_end, int64_t *out,
+                    int64_t cap, int64_t *stop_out) {
+    const uint8_t *buf = w->buf;
+    int64_t n = 0;
+    while (pos < end) {
+        if (pos + 8 > end) return E_HEADER_TRUNCATED;
+        uint32_t group = u16(buf + pos, little), tag = group << 16 | u16(buf + pos + 2, little);
+        if (group == 0xFFFE) {
+            if (tag == ITEM_END && until_item_end) {
+                *stop_out = pos + 8;
+                return n;
+            }
+            return E_MISPLACED_DELIMITER;
+        }
+        int code = 0;
+        uint32_t length;
+        int64_t value;
+        if (implicit) {
+            length = u32(buf + pos + 4, little);
+            value = pos + 8;
+        } else {
+            code = vr_code(buf + pos + 4);
+            if (!code) return E_BAD_VR;
+            if (LONG[code]) {
+                if (pos + 12 > end) return E_HEADER_TRUNCATED;
+                length = u32(buf + pos + 8, little);
+                value = pos + 12;
+            } else {
+                length = u16(buf + pos + 6, little);
+                value = pos + 8;
+            }
+        }
+        int64_t stop;
+        if (length == UNDEFINED) {
+            if (tag == PIXEL_DATA) {
+                stop = items(w, value, end, implicit, little, 1);
+            } else if (code == 0 || code == CODE_SQ || code == CODE_UN) {
+                if (code == 0) {
+                    if (w->n_checks >= w->checks_cap) return E_FULL;
+                    w->checks[w->n_checks++] = tag;
+                }
+                stop = code == CODE_UN ? items(w, value, end, 1, 1, 0) : items(w, value, end, implicit, little, 0);
+            } else {
+                return E_UNDEFINED_NOT_SEQUENCE;
+            }
+            if (stop < 0) return stop;
+        } else {
+            stop = value + (int64_t)length;
+            if (stop > end) return E_PAST_END;
+        }
+        if (out) {
+            if (n >= cap) return E_FULL;
+            int64_t *row = out + 6 * n;
+            row[0] = tag, row[1] = code, row[2] = pos, row[3] = value, row[4] = stop, row[5] = length;
+        }
+        n++;
+        pos = stop;
+    }
+    if (until_item_end) return E_ITEM_TRUNCATED;
+    *stop_out = pos;
+    return n;
+}
+
+int64_t parse_dataset(const uint8_t *buf, int64_t pos, int64_t end, int implicit, int little, int until_item_end,
+                      int64_t *out, int64_t cap, uint32_t *checks, int64_t checks_cap, int64_t *n_checks,
+                      int64_t *stop_out) {
+    if (!ready) init();
+    Walk w = {buf, checks, checks_cap, 0};
+    int64_t got = walk(&w, pos, end, implicit, little, until_item_end, out, cap, stop_out);
+    *n_checks = w.n_checks;
+    return got;
+}
