@@ -11,8 +11,8 @@
  * undefined length ("is this tag a sequence?") needs the data dictionary: such tags are
  * listed in `checks`, in walk order at any depth, and Python checks them.
  */
+#include <stddef.h>
 #include <stdint.h>
-#include <string.h>
 
 #define UNDEFINED 0xFFFFFFFFu
 #define ITEM 0xFFFEE000u
@@ -26,29 +26,24 @@ enum {
     E_ITEM_PAST_END = -9, E_SEQUENCE_TRUNCATED = -10, E_PIXELS_TRUNCATED = -11, E_FULL = -100
 };
 
-/* codec.VR_CODES, in this order: code = index + 1 (0 = implicit, no VR). */
-static const char VRS[][3] = {"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD",
-                              "OF", "OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI",
-                              "UL", "UN", "UR", "US", "UT", "UV"};
+/* codec.VR_CODES in this order (code = index + 1; 0 = implicit, no VR), and whether the
+ * VR has the long (4-byte) length form: codec.LONG_VRS. A test checks both. */
+static const struct {
+    char name[3];
+    char is_long;
+} VRS[] = {
+    {"AE", 0}, {"AS", 0}, {"AT", 0}, {"CS", 0}, {"DA", 0}, {"DS", 0}, {"DT", 0}, {"FD", 0}, {"FL", 0},
+    {"IS", 0}, {"LO", 0}, {"LT", 0}, {"OB", 1}, {"OD", 1}, {"OF", 1}, {"OL", 1}, {"OV", 1}, {"OW", 1},
+    {"PN", 0}, {"SH", 0}, {"SL", 0}, {"SQ", 1}, {"SS", 0}, {"ST", 0}, {"SV", 1}, {"TM", 0}, {"UC", 1},
+    {"UI", 0}, {"UL", 0}, {"UN", 1}, {"UR", 1}, {"US", 0}, {"UT", 1}, {"UV", 1}
+};
 #define N_VRS ((int)(sizeof VRS / sizeof VRS[0]))
+#define CODE_SQ 22
+#define CODE_UN 30
 static int vr_code(const uint8_t *p) {
     for (int i = 0; i < N_VRS; i++)
-        if (p[0] == (uint8_t)VRS[i][0] && p[1] == (uint8_t)VRS[i][1]) return i + 1;
+        if (p[0] == (uint8_t)VRS[i].name[0] && p[1] == (uint8_t)VRS[i].name[1]) return i + 1;
     return 0;
-}
-static int is_long(int code) {
-    static const char *long_vrs[] = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"};
-    for (unsigned i = 0; i < sizeof long_vrs / sizeof long_vrs[0]; i++)
-        if (!strcmp(VRS[code - 1], long_vrs[i])) return 1;
-    return 0;
-}
-static int LONG[N_VRS + 1];
-static int CODE_SQ, CODE_UN, ready;
-static void init(void) {
-    for (int i = 1; i <= N_VRS; i++) LONG[i] = is_long(i);
-    CODE_SQ = vr_code((const uint8_t *)"SQ");
-    CODE_UN = vr_code((const uint8_t *)"UN");
-    ready = 1;
 }
 
 typedef struct {
@@ -109,7 +104,7 @@ static int64_t walk(Walk *w, int64_t pos, int64_t end, int implicit, int little,
         } else {
             code = vr_code(buf + pos + 4);
             if (!code) return E_BAD_VR;
-            if (LONG[code]) {
+            if (VRS[code - 1].is_long) {
                 if (pos + 12 > end) return E_HEADER_TRUNCATED;
                 length = u32(buf + pos + 8, little);
                 value = pos + 12;
@@ -152,7 +147,6 @@ static int64_t walk(Walk *w, int64_t pos, int64_t end, int implicit, int little,
 int64_t parse_dataset(const uint8_t *buf, int64_t pos, int64_t end, int implicit, int little, int until_item_end,
                       int64_t *out, int64_t cap, uint32_t *checks, int64_t checks_cap, int64_t *n_checks,
                       int64_t *stop_out) {
-    if (!ready) init();
     Walk w = {buf, checks, checks_cap, 0};
     int64_t got = walk(&w, pos, end, implicit, little, until_item_end, out, cap, stop_out);
     *n_checks = w.n_checks;
