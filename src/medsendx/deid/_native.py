@@ -4,7 +4,7 @@ by ``medsendx.native``).
 The Python walk in codec.py is the reference: same elements, same errors, and it is used
 when there is no compiler, with ``MEDSENDX_DEID_NATIVE=0``, or for a buffer that is not
 ``bytes``. A test compares both on every real file and on damaged copies of them. The
-compiled walk saves about 1 µs per element (a 91-element CT header: ~0.12 ms per file).
+compiled walk takes about half the time (a 91-element CT header: 0.08 instead of 0.17 ms).
 """
 
 from __future__ import annotations
