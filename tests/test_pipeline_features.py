@@ -3,7 +3,6 @@ recovered after a SIGKILL at the worst instant, never lost and never written twi
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

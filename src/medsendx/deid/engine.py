@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import io
 import logging
-import os
 import re
 import uuid
 import warnings
@@ -689,7 +688,7 @@ class Deidentifier:
                 pixel_cleaned=report.pixel_cleaned,
             )
         else:
-            record.update(reason=reason, profile=self.profile.description, options=self.profile.option_dict())
+            record.update(reason=reason, profile=self.profile.description, options=self._options)
         record["station"] = self.settings.station_id
         return record
 
