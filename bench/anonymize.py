@@ -4,30 +4,40 @@ The 28 real head-CT slices of ../shared/data/ct-head-ge are copied to >= 500 fil
 copy its own SOP Instance UID, so every output is a distinct file), then de-identified:
 
 * plain file copy (shutil.copyfile, no flush): the floor any tool pays for reading and writing;
+* durable plain copy (copy to a temp file, fdatasync, rename, one folder fsync at the end):
+  the same with the guarantee ours gives (an output is on disk before it has its name);
 * the prototype's loop: pydicom dcmread, overwrite PatientName/PatientID, save_as (no flush);
-* ours, engine only, in memory (no file I/O, no hashing, no audit);
-* ours, the command's per-file path in this process, pinned to ONE core: what
+* ours, engine only, in memory (no file I/O, no hashing, no audit): each output is joined
+  into one ``bytes`` and dropped (keeping all 504 would time 265 MB of fresh page faults);
+* ours, the command's per-file path called in a Python process, pinned to ONE core: what
   ``medsendx anonymize`` does for each file (read, input hash, quarantine checks,
   de-identification, atomic and durable write, audit line, outcome), without start-up;
+* the same with the outputs on a RAM disk (``/dev/shm``, where fdatasync returns at once):
+  what our software costs without the disk's waits (the disk's share is the difference);
 * ours, the real command ``medsendx anonymize IN OUT`` in a subprocess pinned to ONE core
-  (the same plus Python start-up and imports, 0.5-0.9 s here, and the progress bar), on the
+  (the same plus Python start-up and imports, 0.25-0.9 s, and the progress bar), on the
   whole folder and on one series of 28 files: the difference between the two gives the
   command's rate per file after start-up, measured from outside the command;
 * the same command with ``-j 2`` worker processes (not pinned).
 
-Every row runs ``--repeat`` times (default 3), the rows taking turns, and the figures are
-medians, with the range of the runs' wall rates. For each: wall-clock files/s and CPU time
-per file (user + system, all threads and child processes). On a shared machine the wall
-figures drop with the load; the CPU figures less so, and ``1000 / CPU ms per file`` is
-what one core sustains when it is not shared. The command rows also give the rate the
-command itself reports (from its first file to its last).
+Every row runs ``--repeat`` times (default 5), the rows taking turns, and the figures are
+medians, with the range of the runs' wall rates. The rows other than the command's run in
+a fresh process each (``--row``), which times itself after its imports and set-up, so no
+row inherits another's heap. Before each run the page cache is written back (``sync``,
+untimed), so no row pays for the disk writes another row left behind (the copy and the
+prototype leave 265 MB each to be written back). For each: wall-clock
+files/s and CPU time per file (user + system, all threads and child processes). On a
+shared machine the wall figures drop with the load; the CPU figures less so, and
+``1000 / CPU ms per file`` is what one core sustains when it is not shared. The command
+rows also give the rate the command itself reports (from its first file to its last).
 
-Run: ``python bench/anonymize.py [--files 504] [--repeat 3]`` from the project root (or ``bench/run anonymize``).
+Run: ``python bench/anonymize.py [--files 504] [--repeat 5]`` from the project root (or ``bench/run anonymize``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import resource
@@ -39,7 +49,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
@@ -88,8 +98,9 @@ class Results:
         self.rows: list[tuple[str, int, Callable[[int], str | None]]] = []
         self.runs: dict[str, list[tuple[float, float, str]]] = {}  # label -> (wall s, CPU s, note)
 
-    def add(self, label: str, count: int, run: Callable[[int], str | None]) -> None:
-        """``run(repetition)`` processes ``count`` files; what it returns is printed after the figures."""
+    def add(self, label: str, count: int, run: Callable[[int], Any]) -> None:
+        """``run(repetition)`` processes ``count`` files. It returns its own (wall, CPU) seconds
+        (a row timed in its child process), or a note printed after the figures, or None."""
         self.rows.append((label, count, run))
         self.runs[label] = []
 
@@ -99,9 +110,13 @@ class Results:
         for repetition in range(self.repeat):
             between_rounds(repetition)
             for label, _, run in self.rows:
+                os.sync()  # (untimed) the rows before left dirty pages: not this row's work
                 started, cpu_started = time.perf_counter(), _cpu()
-                note = run(repetition)
-                self.runs[label].append((time.perf_counter() - started, _cpu() - cpu_started, note or ""))
+                result = run(repetition)
+                wall, cpu = time.perf_counter() - started, _cpu() - cpu_started
+                if isinstance(result, tuple):
+                    (wall, cpu), result = result, None
+                self.runs[label].append((wall, cpu, result or ""))
             print(f"  (round {repetition + 1} of {self.repeat} done)", file=sys.stderr, flush=True)
 
     def seconds(self, label: str) -> float:
@@ -143,13 +158,115 @@ def run_command(args: list[str], env: dict[str, str], cpu: int | None) -> str:
     return f"  [command reports {reported.group(1)} files/s after start-up]" if reported else ""
 
 
+# ---------------------------------------------------------------- rows run in a fresh process
+# Each of these runs in a child process of its own (``--row NAME``): its imports and set-up
+# are untimed, and no row inherits another's heap (the bench holding 265 MB of inputs made
+# the command path 20-30% slower in system time than in a fresh process).
+
+
+def _copy(inputs: list[Path], out: Path, state: Path) -> Callable[[], None]:
+    def run() -> None:
+        for path in inputs:
+            shutil.copyfile(path, out / path.name)
+
+    return run
+
+
+def _durable_copy(inputs: list[Path], out: Path, state: Path) -> Callable[[], None]:
+    def run() -> None:
+        for path in inputs:
+            temp = out / f".tmp-{path.name}"
+            with open(path, "rb") as source, open(temp, "wb") as target:
+                shutil.copyfileobj(source, target)
+                target.flush()
+                os.fdatasync(target.fileno())
+            os.replace(temp, out / path.name)
+        fd = os.open(out, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+
+    return run
+
+
+def _prototype(inputs: list[Path], out: Path, state: Path) -> Callable[[], None]:
+    def run() -> None:
+        for path in inputs:
+            ds = pydicom.dcmread(path)
+            ds.PatientName = "ANONYMOUS"
+            ds.PatientID = "00000"
+            ds.save_as(out / path.name)
+
+    return run
+
+
+def _settings(state: Path):
+    return load_settings(overrides={"state_dir": str(state)}, environ={})
+
+
+def _engine_only(inputs: list[Path], out: Path, state: Path) -> Callable[[], None]:
+    deid = Deidentifier(_settings(state), pixel_cleaner=None)
+    datas = [path.read_bytes() for path in inputs]
+
+    def run() -> None:
+        for data in datas:
+            deid.deidentify_bytes(data)
+
+    return run
+
+
+def _command_path(inputs: list[Path], out: Path, state: Path) -> Callable[[], None]:
+    settings = _settings(state)
+    Deidentifier(settings)  # the secret exists, as the command makes sure before its loop
+    os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})  # this process and the writer's threads: one core
+
+    def run() -> None:
+        statuses = [outcome.status for outcome in _outcomes(settings, inputs, out, 1)]
+        assert statuses == ["ok"] * len(inputs)
+
+    return run
+
+
+ROWS: dict[str, Callable[[list[Path], Path, Path], Callable[[], None]]] = {
+    "copy": _copy, "durable": _durable_copy, "prototype": _prototype, "engine": _engine_only, "path": _command_path,
+}
+
+
+def run_row(name: str, source: Path, out: Path, state: Path) -> None:
+    """(In the child.) Set up row ``name``, time it, print its wall and CPU seconds as JSON."""
+    inputs = sorted(source.iterdir())
+    out.mkdir()
+    run = ROWS[name](inputs, out, state)
+    os.sync()  # (untimed) the rows before left dirty pages: not this row's work
+    started, cpu_started = time.perf_counter(), _cpu()
+    run()
+    print(json.dumps({"wall": time.perf_counter() - started, "cpu": _cpu() - cpu_started}))
+
+
+def in_fresh_process(name: str, source: Path, out: Path, state: Path) -> tuple[float, float]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--row", name, "--source", str(source), "--out", str(out), "--state", str(state)],
+        capture_output=True, text=True, check=False,
+    )
+    if done.returncode != 0:
+        sys.exit(f"bench row {name} failed ({done.returncode}): {done.stderr.strip()[-1000:]}")
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures["wall"], figures["cpu"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=504, help="number of input files (default 504 = 18 x 28)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes for the -j run (default 2)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of every row; figures are medians (default 3)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs of every row; figures are medians (default 5)")
+    parser.add_argument("--row", choices=sorted(ROWS), help=argparse.SUPPRESS)  # (the child of one row)
+    parser.add_argument("--source", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
+    if args.row:
+        run_row(args.row, args.source, args.out, args.state)
+        return
 
     with tempfile.TemporaryDirectory(prefix="medsendx-bench-") as tmp:
         tmp_path = Path(tmp)
@@ -159,68 +276,55 @@ def main() -> None:
         probe.mkdir()
         for path in inputs[:SERIES]:
             os.link(path, probe / path.name)
+        state = tmp_path / "state"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])),
-               "MEDSENDX_STATE_DIR": str(tmp_path / "state"), "COLUMNS": "100"}
-        settings = load_settings(overrides={"state_dir": str(tmp_path / "state")}, environ={})
-        deid = Deidentifier(settings, pixel_cleaner=None)
-        datas = [p.read_bytes() for p in inputs]
+               "MEDSENDX_STATE_DIR": str(state), "COLUMNS": "100"}
         count = len(inputs)
         cpus = sorted(os.sched_getaffinity(0))
-        print(f"{count} files ({sum(map(len, datas)) / 1e6:.0f} MB) from ../shared/data/ct-head-ge, {len(cpus)} cores, "
-              f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}; every row run {args.repeat} times, "
-              "medians (range of the runs' wall rates in brackets)")
+        print(f"{count} files ({sum(p.stat().st_size for p in inputs) / 1e6:.0f} MB) from ../shared/data/ct-head-ge, "
+              f"{len(cpus)} cores, load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}; every row run "
+              f"{args.repeat} times, each run in a fresh process, medians (range of the runs' wall rates in brackets)")
         results = Results(args.repeat)
 
         def fresh(name: str, repetition: int) -> Path:
             """This run's output folder (not there yet)."""
             return tmp_path / f"{name}-{repetition}"
 
+        ram = Path("/dev/shm")  # a RAM disk on Linux: the outputs of the no-disk-wait row
+        ram_out = Path(tempfile.mkdtemp(prefix="medsendx-bench-", dir=ram)) if ram.is_dir() else tmp_path / "unused"
+
         def delete_previous_round(repetition: int) -> None:
             """Outputs of the round before (disk space); the last round's are checked below."""
-            for folder in tmp_path.glob(f"*-{repetition - 1}"):
+            for folder in [*tmp_path.glob(f"*-{repetition - 1}"), *ram_out.glob(f"*-{repetition - 1}")]:
                 shutil.rmtree(folder)
 
-        def copy(repetition: int) -> None:
-            folder = fresh("copy", repetition)
-            folder.mkdir()
-            for path in inputs:
-                shutil.copyfile(path, folder / path.name)
-
-        def prototype(repetition: int) -> None:
-            folder = fresh("prototype", repetition)
-            folder.mkdir()
-            for path in inputs:
-                ds = pydicom.dcmread(path)
-                ds.PatientName = "ANONYMOUS"
-                ds.PatientID = "00000"
-                ds.save_as(folder / path.name)
-
-        def command_path(repetition: int) -> None:
-            folder = fresh("path", repetition)
-            everywhere = os.sched_getaffinity(0)
-            os.sched_setaffinity(0, {cpus[-1]})  # this process and the writer's threads: one core
-            try:
-                statuses = [o.status for o in _outcomes(settings, inputs, folder, 1)]
-            finally:
-                os.sched_setaffinity(0, everywhere)
-            assert statuses == ["ok"] * count
+        def row(name: str) -> Callable[[int], tuple[float, float]]:
+            return lambda repetition: in_fresh_process(name, tmp_path / "in", fresh(name, repetition), state)
 
         def command(name: str, source: Path, options: list[str], cpu: int | None) -> Callable[[int], str]:
             return lambda repetition: run_command([*options, str(source), str(fresh(name, repetition))], env, cpu)
 
         copy_label, proto_label = "plain file copy (shutil.copyfile)", "prototype loop (dcmread, 2 tags, save_as)"
+        durable_label = "durable plain copy (fdatasync + rename each)"
         path_label = "ours, command path in process, 1 core"
+        ram_label = "ours, the same, outputs on a RAM disk"
         probe_label = f"ours, medsendx anonymize, 1 core, {SERIES} files"
         one = f"ours, medsendx anonymize, 1 core (cpu {cpus[-1]})"
         many = f"ours, medsendx anonymize -j {args.workers}"
-        results.add(copy_label, count, copy)
-        results.add(proto_label, count, prototype)
-        results.add("ours, engine only (in memory)", count, lambda _: [deid.deidentify_bytes(d) for d in datas] and None)
-        results.add(path_label, count, command_path)
+        results.add(copy_label, count, row("copy"))
+        results.add(durable_label, count, row("durable"))
+        results.add(proto_label, count, row("prototype"))
+        results.add("ours, engine only (in memory)", count, row("engine"))
+        results.add(path_label, count, row("path"))
+        if ram.is_dir():
+            results.add(ram_label, count, lambda repetition: in_fresh_process("path", tmp_path / "in", ram_out / f"path-{repetition}", state))
         results.add(probe_label, SERIES, command("probe", probe, [], cpus[-1]))
         results.add(one, count, command("cmd-1", tmp_path / "in", [], cpus[-1]))
         results.add(many, count, command("cmd-j", tmp_path / "in", ["-j", str(args.workers)], None))
-        results.measure(delete_previous_round)
+        try:
+            results.measure(delete_previous_round)
+        finally:
+            shutil.rmtree(ram_out, ignore_errors=True)
         results.print_rows()
         last = args.repeat - 1
         for name in ("path", "cmd-1", "cmd-j"):
@@ -230,12 +334,13 @@ def main() -> None:
         # extra time that count - SERIES more files take, on the same core.
         marginal = (count - SERIES) / max(results.seconds(one) - results.seconds(probe_label), 1e-9)
         startup = results.seconds(probe_label) - SERIES / marginal
-        copy_rate, proto = results.rate(copy_label), results.rate(proto_label)
+        copy_rate, proto, durable = results.rate(copy_label), results.rate(proto_label), results.rate(durable_label)
         print("\nratios, wall (higher is faster)")
         for label, _, _ in results.rows:
             if label.startswith("ours") and label != probe_label:
                 rate = results.rate(label)
-                print(f"  {label:<44} {rate / proto:5.2f}x prototype   {rate / copy_rate:5.2f}x plain copy")
+                print(f"  {label:<44} {rate / proto:5.2f}x prototype   {rate / copy_rate:5.2f}x plain copy   "
+                      f"{rate / durable:5.2f}x durable copy")
         print(f"  -j {args.workers} over 1 core: {results.rate(many) / results.rate(one):.2f}x wall, start-up included")
         print(f"\nmedsendx anonymize on one core: {marginal:.0f} files/s after a start-up of {startup:.2f} s "
               f"(Python, pydicom and numpy imports; paid once per run)")
