@@ -128,3 +128,18 @@ def test_view_cli_reports_deid_state(cli, data_dir: Path, tmp_path: Path) -> Non
     raw.save_as(tmp_path / "raw.dcm")
     result = cli("view", tmp_path / "raw.dcm")
     assert "NOT marked de-identified" in result.stdout
+
+
+def test_view_cli_counts_vr_warnings_without_quoting_values(cli, ct_head: list[Path], tmp_path: Path) -> None:
+    # The default StationName (23 characters) is longer than SH allows: pydicom warns with
+    # its own line when the value is read; view says so in one line of ours instead.
+    out = tmp_path / "out"
+    env = {"MEDSENDX_STATE_DIR": str(tmp_path / "state")}
+    assert cli("anonymize", ct_head[0], out, env=env).returncode == 0
+    result = cli("view", next(out.iterdir()), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "REMOTE_MOBILE_CLINIC_01" in result.stdout
+    assert "UserWarning" not in result.stderr and "exceeds the maximum length" not in result.stderr
+    assert "1 value(s) do not conform to their value representation" in result.stderr
+    clean = cli("view", ct_head[0], env=env)  # the original's values all conform
+    assert "do not conform" not in clean.stderr

@@ -3,7 +3,10 @@ inspector and viewer)."""
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
+from typing import Iterator
 
 import click
 import numpy as np
@@ -43,6 +46,21 @@ def _value(ds, keyword: str) -> str:
     value = ds.data_element(keyword).value
     text = str(value) if value not in (None, "") else "[dim]empty[/dim]"
     return text if len(text) < 80 else text[:77] + "..."
+
+
+@contextlib.contextmanager
+def _vr_warnings_counted() -> Iterator[None]:
+    """pydicom checks each value against its VR as it is read and warns with the value in
+    the message (a file's identity, or a raw library line on a de-identified one): count
+    those warnings and say once how many there were, without values."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    if caught:
+        err_console.print(
+            f"[yellow]note:[/yellow] {len(caught)} value(s) do not conform to their value representation "
+            "(length or characters; `dciodvfy FILE` names them)"
+        )
 
 
 def _load(path: str):
@@ -99,6 +117,11 @@ def inspect_cmd(file: str, show_all: bool, png: str | None) -> None:
     The image is rendered as a radiologist would see it: rescale slope/intercept, the
     object's window or VOI LUT, MONOCHROME1 inverted, colour kept, first frame.
     """
+    with _vr_warnings_counted():
+        _inspect(file, show_all, png)
+
+
+def _inspect(file: str, show_all: bool, png: str | None) -> None:
     ds = _load(file)
     if show_all:
         console.print(str(ds), markup=False)
@@ -122,6 +145,11 @@ def inspect_cmd(file: str, show_all: bool, png: str | None) -> None:
 def view_cmd(file: str, png: str | None) -> None:
     """Confirm at a glance that FILE is de-identified: identity fields, provenance and the
     de-identification options recorded in it; optionally render the image."""
+    with _vr_warnings_counted():
+        _view(file, png)
+
+
+def _view(file: str, png: str | None) -> None:
     ds = _load(file)
     table = Table(title=f"de-identification of {Path(file).name}")
     table.add_column("attribute", style="bold")
