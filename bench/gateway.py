@@ -188,9 +188,10 @@ def stage_profile(files: list[Path], work_root: Path) -> dict[str, tuple[float, 
     from pydicom.uid import JPEGLSLossless
 
     from medsendx.config import Settings
+    from medsendx.dicomio import skip_value_validation
     from medsendx.fleet import extract_features
     from medsendx.gateway.staging import Staging
-    from medsendx.pipeline import FeatureJournal, Pipeline, _prefer_fast_jpegls_decoder, skip_value_validation
+    from medsendx.pipeline import FeatureJournal, Pipeline, _prefer_fast_jpegls_decoder
     from medsendx.transcode import compress_lossless
     from medsendx.triage import triage_dataset
 

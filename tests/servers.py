@@ -8,7 +8,6 @@ same programs a hospital or a fleet operator runs.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import stat
 import subprocess
 import threading
@@ -20,7 +19,7 @@ from medsendx.gateway.scanday import PATIENTS, plant_identity
 from medsendx.gateway.staging import Staging
 from medsendx.gateway.state import GatewayState
 from medsendx.gateway.watcher import DONE_DIR, DropFolderWatcher
-from servers import dcmtk, free_port
+from servers import dcmtk
 
 
 def _gateway(**kw) -> GatewaySettings:

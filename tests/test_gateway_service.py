@@ -5,7 +5,6 @@ from its destination."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess

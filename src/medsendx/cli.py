@@ -28,6 +28,11 @@ COMMANDS: dict[str, str] = {
     "demo": "medsendx.commands.demo:demo_cmd",
 }
 
+# Subcommands that keep pydicom's value checks: they read no DICOM file (and so need not
+# import pydicom), or they report the checks' warnings themselves, counted, never quoted.
+# Every other subcommand turns the checks off: their warnings quote values (identity).
+VALUE_CHECKS_KEPT = frozenset({"inspect", "view", "status", "queue"})
+
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -60,6 +65,10 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["config_path"] = config_path
+    if ctx.invoked_subcommand is not None and ctx.invoked_subcommand not in VALUE_CHECKS_KEPT:
+        from medsendx.dicomio import skip_value_validation
+
+        skip_value_validation()
 
 
 def main() -> None:

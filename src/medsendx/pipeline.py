@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from medsendx.config import Settings
+from medsendx.dicomio import skip_value_validation
 from medsendx.fsutil import TEMP_PREFIX, private_dir
 
 log = logging.getLogger("medsendx.pipeline")
@@ -374,18 +375,6 @@ def _init_worker(settings: Settings, parent_pid: int) -> None:
     skip_value_validation()
     global _worker_pipeline
     _worker_pipeline = Pipeline(settings, with_features=True)
-
-
-def skip_value_validation() -> None:
-    """Tell pydicom not to check every value it reads or writes against its VR (regular
-    expressions, lengths). In the default mode those checks only ever warn, so they change
-    nothing but cost ~10% of the CPU per object in the gateway (receiving, the C-STORE
-    response, re-reading the de-identified object). Process-wide: for the gateway's own
-    processes only."""
-    from pydicom import config
-
-    config.settings.reading_validation_mode = config.IGNORE
-    config.settings.writing_validation_mode = config.IGNORE
 
 
 def _exit_with_parent(parent_pid: int) -> None:

@@ -69,7 +69,7 @@ def render_report(
         lines = ["No station is out of control.", "", f"{len(stations)} stations checked."]
     max_lines = 30
     if len(lines) > max_lines:
-        lines = lines[: max_lines - 1] + [f"... and more: see fleet_report.json"]
+        lines = lines[: max_lines - 1] + ["... and more: see fleet_report.json"]
     ax_text.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", fontsize=9, family="monospace", transform=ax_text.transAxes)
 
     # 3. control charts

@@ -28,7 +28,7 @@ import pyarrow as pa
 from medsendx.config import Settings
 from medsendx.fleet import detect
 from medsendx.fleet.features import BACKGROUND_METRICS, CT_METRICS, METRIC_LABELS, extract_features
-from medsendx.fleet.store import rows_to_table, split_s3_uri
+from medsendx.fleet.store import rows_to_table
 
 REPORT_JSON = "fleet_report.json"
 REPORT_PNG = "mining_report.png"

@@ -84,7 +84,8 @@ class GatewayService:
         )
 
     def _make_pipeline(self):
-        from medsendx.pipeline import Pipeline, PreparePool, skip_value_validation
+        from medsendx.dicomio import skip_value_validation
+        from medsendx.pipeline import Pipeline, PreparePool
 
         skip_value_validation()
 
