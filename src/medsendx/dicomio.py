@@ -35,8 +35,9 @@ def skip_value_validation() -> None:
     expressions, lengths). In the default mode those checks only warn, so they change
     nothing, yet their warnings quote the offending value (an identifier of an original
     file on stderr) and they cost ~10% of the CPU per object in the gateway. Process-wide:
-    the CLI sets it for every command but ``inspect`` and ``view`` (which count the
-    warnings without quoting them), and the gateway's worker processes set it too."""
+    the CLI sets it for every command that reads DICOM but ``inspect`` and ``view`` (which
+    count the warnings without quoting them; see ``cli.VALUE_CHECKS_KEPT``), and the
+    gateway's worker processes set it too."""
     from pydicom import config
 
     config.settings.reading_validation_mode = config.IGNORE

@@ -52,13 +52,15 @@ def _value(ds, keyword: str) -> str:
 def _vr_warnings_counted() -> Iterator[None]:
     """pydicom checks each value against its VR as it is read and warns with the value in
     the message (a file's identity, or a raw library line on a de-identified one): count
-    those warnings and say once how many there were, without values."""
+    pydicom's warnings and say once how many there were, without values (other libraries'
+    warnings, e.g. numpy's while rendering, are dropped)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
-    if caught:
+    count = sum(1 for warning in caught if "pydicom" in warning.filename)
+    if count:
         err_console.print(
-            f"[yellow]note:[/yellow] {len(caught)} value(s) do not conform to their value representation "
+            f"[yellow]note:[/yellow] {count} value(s) do not conform to their value representation "
             "(length or characters; `dciodvfy FILE` names them)"
         )
 
