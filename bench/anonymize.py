@@ -112,8 +112,8 @@ class Results:
         round, untimed (it deletes the previous round's outputs)."""
         for repetition in range(self.repeat):
             between_rounds(repetition)
-            # Each round starts one row later: on a virtual disk the rows that come after
-            # a gigabyte of writes run slower (up to 2x), and no row should always be last.
+            # Each round starts one row later: a virtual disk's speed drifts within a round
+            # (a round writes about 2 GB), so no row should always have the same place.
             shift = repetition % len(self.rows)
             for label, _, run in self.rows[shift:] + self.rows[:shift]:
                 os.sync()  # (untimed) the rows before left dirty pages: not this row's work
@@ -166,8 +166,8 @@ def run_command(args: list[str], env: dict[str, str], cpu: int | None) -> str:
 
 # ---------------------------------------------------------------- rows run in a fresh process
 # Each of these runs in a child process of its own (``--row NAME``): its imports and set-up
-# are untimed, and no row inherits another's heap (the bench holding 265 MB of inputs made
-# the command path 20-30% slower in system time than in a fresh process).
+# are untimed, and no row inherits another's heap (seen here: with the bench's 265 MB of
+# inputs held in the same process, the command path spent 20-40% more system time).
 
 
 def _copy(inputs: list[Path], out: Path, state: Path) -> Callable[[], None]:
