@@ -241,8 +241,7 @@ def run_row(name: str, source: Path, out: Path, state: Path) -> None:
     """(In the child.) Set up row ``name``, time it, print its wall and CPU seconds as JSON."""
     inputs = sorted(source.iterdir())
     out.mkdir()
-    run = ROWS[name](inputs, out, state)
-    os.sync()  # (untimed) the rows before left dirty pages: not this row's work
+    run = ROWS[name](inputs, out, state)  # (the parent wrote the page cache back before starting us)
     started, cpu_started = time.perf_counter(), _cpu()
     run()
     print(json.dumps({"wall": time.perf_counter() - started, "cpu": _cpu() - cpu_started}))
@@ -304,8 +303,8 @@ def main() -> None:
             for folder in [*tmp_path.glob(f"*-{repetition - 1}"), *ram_out.glob(f"*-{repetition - 1}")]:
                 shutil.rmtree(folder)
 
-        def row(name: str) -> Callable[[int], tuple[float, float]]:
-            return lambda repetition: in_fresh_process(name, tmp_path / "in", fresh(name, repetition), state)
+        def row(name: str, outputs: Path = tmp_path) -> Callable[[int], tuple[float, float]]:
+            return lambda repetition: in_fresh_process(name, tmp_path / "in", outputs / f"{name}-{repetition}", state)
 
         def command(name: str, source: Path, options: list[str], cpu: int | None) -> Callable[[int], str]:
             return lambda repetition: run_command([*options, str(source), str(fresh(name, repetition))], env, cpu)
@@ -323,7 +322,7 @@ def main() -> None:
         results.add("ours, engine only (in memory)", count, row("engine"))
         results.add(path_label, count, row("path"))
         if ram.is_dir():
-            results.add(ram_label, count, lambda repetition: in_fresh_process("path", tmp_path / "in", ram_out / f"path-{repetition}", state))
+            results.add(ram_label, count, row("path", ram_out))
         results.add(probe_label, SERIES, command("probe", probe, [], cpus[-1]))
         results.add(one, count, command("cmd-1", tmp_path / "in", [], cpus[-1]))
         results.add(many, count, command("cmd-j", tmp_path / "in", ["-j", str(args.workers)], None))

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from medsendx.config import Settings
-from medsendx.dicomio import skip_value_validation
 from medsendx.fsutil import TEMP_PREFIX, private_dir
 
 log = logging.getLogger("medsendx.pipeline")
@@ -368,6 +367,8 @@ _worker_pipeline: Pipeline | None = None
 
 def _init_worker(settings: Settings, parent_pid: int) -> None:
     import signal
+
+    from medsendx.dicomio import skip_value_validation
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _exit_with_parent(parent_pid)
