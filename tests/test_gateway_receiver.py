@@ -23,7 +23,8 @@ from servers import dcmtk
 
 
 def _gateway(**kw) -> GatewaySettings:
-    return GatewaySettings(**{"bind_address": "127.0.0.1", "dicom_port": 0, "min_free_bytes": 0, **kw})
+    return GatewaySettings(**{"bind_address": "127.0.0.1", "dicom_port": 0, "min_free_bytes": 0,
+                              "allowed_calling_aets": ["SCANNER"], **kw})
 
 
 class Recorder:
@@ -125,7 +126,7 @@ def test_calling_ae_title_not_allowed_is_rejected(receiver_factory, ct_head):
 
 def test_c_echo_is_answered(receiver_factory):
     receiver, _ = receiver_factory()
-    echo = subprocess.run([dcmtk("echoscu"), "-aec", "MEDSENDX", "127.0.0.1", str(receiver.port)],
+    echo = subprocess.run([dcmtk("echoscu"), "-aet", "SCANNER", "-aec", "MEDSENDX", "127.0.0.1", str(receiver.port)],
                           capture_output=True, text=True, timeout=30)
     assert echo.returncode == 0, echo.stderr
 

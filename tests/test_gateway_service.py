@@ -38,6 +38,8 @@ class GatewayProcess:
         self.env = {
             "MEDSENDX_STATE_DIR": str(state),
             "MEDSENDX_GATEWAY__BIND_ADDRESS": "127.0.0.1",
+            # the scanners the tests play (storescu's default calling AE title is STORESCU)
+            "MEDSENDX_GATEWAY__ALLOWED_CALLING_AETS": "CT_VAN,STORESCU,CT_VAN0,CT_VAN1,CT_VAN2",
             "MEDSENDX_GATEWAY__MIN_FREE_BYTES": "0",
             "MEDSENDX_OUTBOX__BACKOFF_BASE_SECONDS": "0.2",
             "MEDSENDX_OUTBOX__BACKOFF_CAP_SECONDS": "1.5",

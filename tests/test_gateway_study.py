@@ -30,6 +30,7 @@ def test_study_is_held_until_quiet_then_sent(tmp_path, ct_head):
     settings.outbox.destination = str(tmp_path / "hq")
     gw = settings.gateway
     gw.bind_address, gw.dicom_port, gw.http_port, gw.min_free_bytes = "127.0.0.1", 0, 0, 0
+    gw.allowed_calling_aets = ["CT_VAN_SCANNER"]  # scanner_send's calling AE title
     gw.study_quiet_seconds, gw.processes, gw.workers = 3.0, 0, 2
     files = [plant_identity(src, tmp_path / f"{i}.dcm", PATIENTS[i // 3], new_uids_seed=PATIENTS[i // 3].patient_id)
              for i, src in enumerate(ct_head[:6])]  # two patients, one study each

@@ -71,7 +71,10 @@ class PixelSettings:
 class OutboxSettings:
     """Delivery queue and retry policy."""
 
-    destination: str = ""  # empty: <state_dir>/hq (a local folder standing in for HQ)
+    destination: str = ""  # empty: destination_file, else <state_dir>/hq (a folder standing in for HQ)
+    # A file (mode 0600, owned by this user) holding the destination URL: a URL with a
+    # user and password (or a token) is kept there rather than in a shared settings file.
+    destination_file: str = ""
     backoff_base_seconds: float = 1.0
     backoff_cap_seconds: float = 300.0
     connect_timeout_seconds: float = 10.0
@@ -106,9 +109,19 @@ class S3Settings:
 class GatewaySettings:
     """The long-running service: DICOM receiver, drop folders, health/metrics port."""
 
-    ae_title: str = "MEDSENDX"
+    ae_title: str = "MEDSENDX"  # the called AE title a scanner must use (checked)
     dicom_port: int = 11112
-    allowed_calling_aets: list[str] = field(default_factory=list)  # empty: accept any
+    # Scanners allowed to push (their calling AE titles). Empty: every association is
+    # refused unless accept_any_calling_aet is set (which logs a warning at start).
+    allowed_calling_aets: list[str] = field(default_factory=list)
+    accept_any_calling_aet: bool = False
+    # TLS on the receiving side (DICOM over TLS, PS3.15 Annex B): a certificate and key make
+    # the receiver speak TLS only; tls_ca_file + tls_require_client_cert make it accept
+    # only scanners with a certificate signed by that CA.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
+    tls_require_client_cert: bool = False
     http_port: int = 9042  # not 8042: that is Orthanc's default, often on the same host
     watch_dirs: list[str] = field(default_factory=list)
     originals: Literal["move", "delete"] = "move"
@@ -119,9 +132,10 @@ class GatewaySettings:
     # (de-identification, triage, features) beside them; 0 processes: all in the threads.
     workers: int = 4
     processes: int = 2
-    # Address the DICOM receiver listens on (the scanner is on the truck's LAN); the
-    # health/metrics port always listens on loopback only.
-    bind_address: str = "0.0.0.0"
+    # Address the DICOM receiver listens on: loopback by default; set the truck's LAN
+    # address (the scanner's network) to receive from the scanner. The health/metrics
+    # port always listens on loopback only.
+    bind_address: str = "127.0.0.1"
     # A dropped file counts as completely written once its size and mtime have not changed
     # for this long (a USB copy or a slow network share writes in pieces).
     settle_seconds: float = 2.0
@@ -163,7 +177,77 @@ class Settings:
 
     @property
     def destination(self) -> str:
-        return self.outbox.destination or str(self.state_dir / "hq")
+        """The destination URL, credentials included (only redacted forms are stored or shown)."""
+        if self.outbox.destination:
+            return self.outbox.destination
+        if self.outbox.destination_file:
+            return read_private_file(Path(self.outbox.destination_file)).strip()
+        return str(self.state_dir / "hq")
+
+
+def read_private_file(path: Path) -> str:
+    """The text of a file holding a secret; refused (ConfigError) unless it is a regular
+    file of this user (or root) that nobody else may read or write."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    try:
+        info = os.fstat(fd)
+        if info.st_uid not in (os.getuid(), 0):
+            raise ConfigError(f"{path}: belongs to another user (it holds a secret)")
+        if info.st_mode & 0o077:
+            raise ConfigError(f"{path}: others may read it (mode {info.st_mode & 0o777:04o}; it holds a secret: chmod 600)")
+        with os.fdopen(fd, "r", closefd=False) as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
+
+
+# Variables read where the compiled helpers are loaded (medsendx.native), before and apart
+# from any Settings object: the loader checks their values but keeps them out of Settings.
+PROCESS_VARIABLES = {
+    ENV_PREFIX + "DEID_NATIVE": bool,  # 0: the de-identifier's Python element walk
+    ENV_PREFIX + "TRIAGE_NATIVE": bool,  # 0: triage's numpy clustering
+    ENV_PREFIX + "NATIVE_CACHE": Path,  # where compiled helpers are cached
+}
+
+# Ranges checked after loading: key path -> (lowest, highest); None = unbounded.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "deid.max_date_shift_days": (1, 36500),
+    "outbox.backoff_base_seconds": (0.001, None),
+    "outbox.backoff_cap_seconds": (0.001, None),
+    "outbox.connect_timeout_seconds": (0.001, None),
+    "outbox.read_timeout_seconds": (0.001, None),
+    "outbox.total_timeout_seconds": (0.001, None),
+    "outbox.batch_max_objects": (1, None),
+    "outbox.batch_max_bytes": (1, None),
+    "outbox.dimse_associations": (1, 64),
+    "s3.multipart_threshold_bytes": (1, None),
+    "s3.multipart_part_bytes": (5 * 1024 * 1024, 5 * 1024 ** 3),
+    "s3.part_attempts": (1, 100),
+    "gateway.dicom_port": (0, 65535),
+    "gateway.http_port": (0, 65535),
+    "gateway.min_free_bytes": (0, None),
+    "gateway.study_quiet_seconds": (0, None),
+    "gateway.workers": (1, 256),
+    "gateway.processes": (0, 256),
+    "gateway.settle_seconds": (0, None),
+    "gateway.queue_size": (1, None),
+}
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One wrong setting: its key path (``outbox.batch_max_objects``, or the environment
+    variable's name), where it came from and what is wrong, in our words."""
+
+    key: str
+    source: str  # the TOML file, "environment" or "command line"
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.key}: {self.message}"
 
 
 def _coerce(value: Any, annotation: Any, name: str) -> Any:
@@ -177,7 +261,7 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
         return _coerce(value, non_none[0], name)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(repr, args))}")
+            raise ConfigError(f"{value!r} is not one of {', '.join(map(repr, args))}")
         return value
     if annotation is bool:
         if isinstance(value, bool):
@@ -187,12 +271,17 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
             return True
         if text in ("0", "false", "no", "off"):
             return False
-        raise ConfigError(f"{name}: {value!r} is not a boolean (use true or false)")
+        raise ConfigError(f"{value!r} is not a boolean (use true or false)")
     if annotation in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{value!r} is not a number")
         try:
-            return annotation(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name}: {value!r} is not a number") from None
+            number = annotation(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{value!r} is not a number") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ConfigError(f"{value!r} is not a finite number")
+        return number
     if annotation is Path:
         return Path(os.path.expanduser(str(value)))
     if annotation is str:
@@ -200,41 +289,115 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
     if origin is list:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError("expected a list")
         return list(value)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{name}: expected a table")
+            raise ConfigError("expected a table")
         return dict(value)
     return value
 
 
-def _apply(target: Any, values: dict[str, Any], where: str) -> None:
+def _apply(target: Any, values: dict[str, Any], where: str, issues: list[ConfigIssue], prefix: str = "") -> None:
+    """Set ``values`` on ``target``; every wrong key is added to ``issues`` (all of them,
+    not just the first, so that ``config check`` can list each)."""
     hints = typing.get_type_hints(type(target))
     known = {f.name for f in dataclasses.fields(target)}
     for key, value in values.items():
+        path = f"{prefix}{key}"
         if key not in known:
-            raise ConfigError(f"{where}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
+            issues.append(ConfigIssue(path, where, f"unknown setting {key!r} (known: {', '.join(sorted(known))})"))
+            continue
         current = getattr(target, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ConfigError(f"{where}.{key}: expected a table of settings")
-            _apply(current, value, f"{where}.{key}")
-        else:
-            setattr(target, key, _coerce(value, hints[key], f"{where}.{key}".lstrip(".")))
+                issues.append(ConfigIssue(path, where, "expected a table of settings"))
+                continue
+            _apply(current, value, where, issues, prefix=f"{path}.")
+            continue
+        try:
+            setattr(target, key, _coerce(value, hints[key], path))
+        except ConfigError as exc:
+            issues.append(ConfigIssue(path, where, str(exc)))
 
 
-def _env_values(environ: dict[str, str]) -> dict[str, Any]:
-    """Turn MEDSENDX_A__B=v into {"a": {"b": "v"}}."""
+def _env_values(environ: dict[str, str], issues: list[ConfigIssue]) -> dict[str, Any]:
+    """Turn MEDSENDX_A__B=v into {"a": {"b": "v"}} (process-level variables checked apart)."""
     out: dict[str, Any] = {}
     for key, value in environ.items():
         if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+            continue
+        if key in PROCESS_VARIABLES:
+            try:
+                _coerce(value, PROCESS_VARIABLES[key], key)
+            except ConfigError as exc:
+                issues.append(ConfigIssue(key, "environment", str(exc)))
             continue
         parts = key[len(ENV_PREFIX):].lower().split("__")
         node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = value
+            if not isinstance(node, dict):
+                break
+        else:
+            node[parts[-1]] = value
     return out
+
+
+def _check_ranges(settings: Settings, issues: list[ConfigIssue]) -> None:
+    for key, (low, high) in RANGES.items():
+        section, _, name = key.rpartition(".")
+        value = getattr(getattr(settings, section) if section else settings, name)
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+            issues.append(ConfigIssue(key, "settings", f"{value!r} is out of range (must be {bounds})"))
+    if settings.outbox.destination_file and not settings.outbox.destination:
+        try:
+            read_private_file(Path(settings.outbox.destination_file))
+        except ConfigError as exc:
+            issues.append(ConfigIssue("outbox.destination_file", "settings", str(exc)))
+    gw = settings.gateway
+    if bool(gw.tls_cert_file) != bool(gw.tls_key_file):
+        issues.append(ConfigIssue("gateway.tls_key_file", "settings",
+                                  "tls_cert_file and tls_key_file must be given together"))
+    if gw.tls_require_client_cert and not (gw.tls_ca_file and gw.tls_cert_file):
+        issues.append(ConfigIssue("gateway.tls_require_client_cert", "settings",
+                                  "needs tls_ca_file (the scanners' CA) and a certificate and key"))
+
+
+def validate(
+    config_path: str | os.PathLike[str] | None = None,
+    environ: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[Settings | None, list[ConfigIssue]]:
+    """Load the settings as :func:`load_settings` does and report every wrong key:
+    ``(settings, [])`` when all is well, else ``(None, issues)`` with each key path,
+    where it came from and why it is wrong."""
+    environ = dict(os.environ if environ is None else environ)
+    issues: list[ConfigIssue] = []
+    settings = Settings()
+    path = config_path or environ.get(ENV_PREFIX + "CONFIG")
+    if path is None and Path(DEFAULT_CONFIG_NAME).is_file():
+        path = DEFAULT_CONFIG_NAME
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            return None, [ConfigIssue("", str(path), "config file not found")]
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            return None, [ConfigIssue("", str(path), f"not valid TOML ({exc})")]
+        except OSError as exc:
+            return None, [ConfigIssue("", str(path), f"cannot be read ({exc.strerror or type(exc).__name__})")]
+        _apply(settings, data, str(path), issues)
+    _apply(settings, _env_values(environ, issues), "environment", issues)
+    if overrides:
+        _apply(settings, overrides, "command line", issues)
+    if not issues:
+        _check_ranges(settings, issues)
+    return (None, issues) if issues else (settings, [])
 
 
 def load_settings(
@@ -246,23 +409,9 @@ def load_settings(
 
     The TOML file is ``config_path``, else ``$MEDSENDX_CONFIG``, else ``./medsendx.toml``
     when it exists. ``overrides`` uses the same nested-dict shape as the TOML file.
+    Raises :class:`ConfigError` naming the first wrong key (see :func:`validate` for all).
     """
-    environ = dict(os.environ if environ is None else environ)
-    settings = Settings()
-    path = config_path or environ.get(ENV_PREFIX + "CONFIG")
-    if path is None and Path(DEFAULT_CONFIG_NAME).is_file():
-        path = DEFAULT_CONFIG_NAME
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            with path.open("rb") as fh:
-                data = tomllib.load(fh)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-        _apply(settings, data, str(path))
-    _apply(settings, _env_values(environ), "environment")
-    if overrides:
-        _apply(settings, overrides, "command line")
+    settings, issues = validate(config_path, environ, overrides)
+    if settings is None:
+        raise ConfigError(str(issues[0]))
     return settings

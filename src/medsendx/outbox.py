@@ -21,6 +21,9 @@ moves it into ``<folder of the database>/outgoing/`` (callers may write there di
 see :attr:`Outbox.spool_dir`). The file is deleted once ``sent`` is committed and no other
 pending row needs it; a ``failed`` row keeps its file so that ``queue retry`` can resend it,
 ``queue purge`` removes both.
+
+Destinations are stored without credentials (``redact_url``): a password or token in a
+destination URL stays in the settings and in memory, never in this database.
 """
 
 from __future__ import annotations
@@ -126,6 +129,15 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | No
     return (rng or random).uniform(0.0, ceiling)
 
 
+def _stored_destination(destination: str) -> str:
+    """The form a destination is stored (and matched) in: credentials removed. The full URL
+    stays in this process's memory (:func:`medsendx.transport.base.remember_destination`)
+    and in the settings, never in the database."""
+    from medsendx.transport.base import remember_destination
+
+    return remember_destination(destination)
+
+
 def _owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -219,6 +231,7 @@ class Outbox:
         already queued (or lies in the spool unused), else left to the caller.
         """
         source = Path(path)
+        destination = _stored_destination(destination)
         with self._transaction() as conn:
             exists = conn.execute(
                 "SELECT sha256 FROM outbox WHERE sop_instance_uid = ? AND destination = ?",
@@ -326,6 +339,8 @@ class Outbox:
         Rows left in ``sending`` by a dead process are due again at once.
         """
         now = time.time() if now is None else now
+        if destination is not None:
+            destination = _stored_destination(destination)
         with self._transaction() as conn:
             self._reclaim_orphans(conn, now)
             params: list[Any] = [now]
@@ -426,7 +441,7 @@ class Outbox:
         out = dict.fromkeys(STATES, 0)
         sql, params = "SELECT state, COUNT(*) AS n FROM outbox", ()
         if destination is not None:
-            sql, params = sql + " WHERE destination = ?", (destination,)
+            sql, params = sql + " WHERE destination = ?", (_stored_destination(destination),)
         with self._transaction() as conn:
             for row in conn.execute(sql + " GROUP BY state", params):
                 out[row["state"]] = row["n"]
@@ -449,7 +464,7 @@ class Outbox:
             params.append(state)
         if destination is not None:
             clauses.append("destination = ?")
-            params.append(destination)
+            params.append(_stored_destination(destination))
         sql = "SELECT * FROM outbox"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)

@@ -11,6 +11,8 @@ from medsendx.commands._common import err_console, settings_from_context
 @click.option("--dicom-port", type=int, help="Port of the DICOM receiver (default: gateway.dicom_port, 11112).")
 @click.option("--ae-title", help="AE title the scanner calls (default: gateway.ae_title, MEDSENDX).")
 @click.option("--bind", "bind_address", help="Address the DICOM receiver listens on (default: gateway.bind_address).")
+@click.option("--allow-aet", "allowed_calling_aets", multiple=True, metavar="AET",
+              help="Calling AE title of a scanner allowed to push (repeatable; default: gateway.allowed_calling_aets).")
 @click.option("--http-port", type=int, help="Loopback port of /healthz and /metrics (default: gateway.http_port, 9042).")
 @click.option("--watch", "watch_dirs", multiple=True, type=click.Path(file_okay=False), help="Drop folder to watch (repeatable).")
 @click.option("--originals", type=click.Choice(["move", "delete"]), help="What happens to dropped files once handled.")
@@ -18,7 +20,7 @@ from medsendx.commands._common import err_console, settings_from_context
 @click.option("--study-quiet-seconds", type=float, help="Hold each study until quiet this long, then send it in priority order (0: stream).")
 @click.option("--workers", type=int, help="Pipeline threads (default: gateway.workers).")
 @click.pass_context
-def gateway_cmd(ctx: click.Context, dicom_port, ae_title, bind_address, http_port, watch_dirs, originals,
+def gateway_cmd(ctx: click.Context, dicom_port, ae_title, bind_address, allowed_calling_aets, http_port, watch_dirs, originals,
                 destination, study_quiet_seconds, workers) -> None:
     """Run the edge gateway until stopped (SIGTERM or Ctrl-C).
 
@@ -29,12 +31,14 @@ def gateway_cmd(ctx: click.Context, dicom_port, ae_title, bind_address, http_por
 
     \b
     Example:
-      medsendx gateway --dicom-port 11112 --watch /media/usb --to dicomweb+https://pacs.example/dicom-web
+      medsendx gateway --bind 192.168.7.1 --allow-aet CT_VAN_1 --watch /media/usb \\
+          --to dicomweb+https://pacs.example/dicom-web
     """
     settings = settings_from_context(ctx, {
         "outbox": {"destination": destination},
         "gateway": {
             "dicom_port": dicom_port, "ae_title": ae_title, "bind_address": bind_address,
+            "allowed_calling_aets": list(allowed_calling_aets) or None,
             "http_port": http_port, "watch_dirs": list(watch_dirs) or None, "originals": originals,
             "study_quiet_seconds": study_quiet_seconds, "workers": workers,
         },
@@ -43,9 +47,16 @@ def gateway_cmd(ctx: click.Context, dicom_port, ae_title, bind_address, http_por
     from medsendx.gateway.service import GatewayService
 
     configure_logging(settings.log_level)
+    from medsendx.deid.uids import SecretError
+
     try:
         service = GatewayService(settings)
-    except OSError as exc:
+    except SecretError as exc:
+        from rich.markup import escape
+
+        err_console.print(f"[red]gateway cannot start:[/] {escape(str(exc))}")
+        raise SystemExit(1) from None
+    except OSError as exc:  # ssl.SSLError included (a TLS certificate or key that does not load)
         err_console.print(f"[red]gateway cannot start:[/] {exc.strerror or type(exc).__name__}")
         raise SystemExit(1) from None
     service.run_until_signalled()

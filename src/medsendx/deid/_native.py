@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from medsendx.deid.codec import VR_CODES, Element, Encoding, FormatError
-from medsendx.native import load_compiled
+from medsendx.native import enabled, load_compiled
 
 SOURCE = Path(__file__).with_name("_codec.c")
 FLAGS = ["-O2", "-fPIC", "-shared"]
@@ -41,7 +41,7 @@ _element = partial(tuple.__new__, Element)
 
 @lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
-    if os.environ.get("MEDSENDX_DEID_NATIVE", "1") == "0":
+    if not enabled("MEDSENDX_DEID_NATIVE"):
         return None
     try:
         lib = load_compiled(SOURCE, FLAGS)

@@ -5,10 +5,10 @@ folders of them (a :class:`FeatureStore`), and ``s3://bucket/prefix`` locations.
 is queried with DuckDB; the heavy work (de-duplication, ordering, robust baselines) happens
 there, and only numeric columns come back to numpy for the vectorised control charts.
 
-S3: DuckDB's ``httpfs`` extension is used when it is already installed; it is not
-downloaded at run time (trucks and CI may be offline), so otherwise the Parquet objects are
-read through ``pyarrow.fs.S3FileSystem`` with ``settings.s3`` and scanned by DuckDB as an
-Arrow dataset (lazily, column by column).
+S3: the Parquet objects are fetched through the project's one S3 client
+(:func:`medsendx.s3client.s3_client`: ``settings.s3``, TLS verified as ``[outbox]`` says)
+into a private temp folder and scanned by DuckDB like local files. DuckDB's ``httpfs``
+is not used: it cannot be downloaded offline, and it would need the keys pasted into SQL.
 """
 
 from __future__ import annotations
@@ -50,6 +50,14 @@ class SourceSet:
     parquet_files: int = 0
     s3_objects: int = 0
     skipped: list[str] = field(default_factory=list)  # one line per file: "path: reason"
+    temp_dirs: list[Path] = field(default_factory=list)  # fetched S3 objects; removed by :func:`mine`
+
+    def cleanup(self) -> None:
+        import shutil
+
+        for folder in self.temp_dirs:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.temp_dirs.clear()
 
 
 ProgressFactory = Callable[[int, str], Any]
@@ -129,7 +137,7 @@ def load_sources(
     for source in sources:
         if source.startswith("s3://"):
             name = f"s3_{len(relations)}"
-            count = _register_s3(con, source, settings, name)
+            count = _register_s3(con, source, settings, name, found)
             found.s3_objects += count
             if count:
                 relations.append(name)
@@ -165,60 +173,32 @@ def load_sources(
     return found
 
 
-def _register_s3(con: duckdb.DuckDBPyConnection, uri: str, settings: Settings, name: str) -> int:
-    """Expose the Parquet objects under an s3:// prefix to DuckDB as ``name``."""
-    from medsendx.fleet.store import FeatureStore
+def _register_s3(con: duckdb.DuckDBPyConnection, uri: str, settings: Settings, name: str, found: SourceSet) -> int:
+    """Expose the Parquet objects under an s3:// prefix to DuckDB as ``name``.
 
-    files = FeatureStore(uri, settings).files()
+    The objects are fetched through the project's one S3 client (``settings.s3``, TLS
+    verified as ``[outbox]`` says) into a private temp folder and scanned by DuckDB like
+    local files: memory stays bounded (the disk holds the objects), and no S3 key or secret
+    is ever pasted into SQL (DuckDB's own S3 support would need both)."""
+    import tempfile
+
+    from medsendx.fleet.store import FeatureStore, split_s3_uri
+
+    store = FeatureStore(uri, settings)
+    files = store.files()
     if not files:
         return 0
-    if _httpfs_available(con, settings):
-        con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM {_read_parquet_sql(files)}")
-        return len(files)
-    import pyarrow.dataset as pads
-    import pyarrow.parquet as pq
-    from pyarrow import fs as pafs
-
-    s3 = settings.s3
-    endpoint = s3.endpoint_url or os.environ.get("AWS_ENDPOINT_URL", "")
-    scheme = "http" if endpoint.startswith("http://") else "https"
-    filesystem = pafs.S3FileSystem(
-        access_key=s3.access_key_id or os.environ.get("AWS_ACCESS_KEY_ID") or None,
-        secret_key=s3.secret_access_key or os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
-        region=s3.region or "us-east-1",
-        endpoint_override=endpoint.split("://", 1)[-1] or None,
-        scheme=scheme,
-    )
-    keys = [f[len("s3://") :] for f in files]
-    # Files from different modalities / triage versions may differ in columns: unify.
-    schema = pa.unify_schemas([pq.read_schema(k, filesystem=filesystem) for k in keys], promote_options="permissive")
-    dataset = pads.dataset(keys, schema=schema, format="parquet", filesystem=filesystem)
-    con.register(name, dataset)
+    folder = Path(tempfile.mkdtemp(prefix="medsendx-s3-"))  # 0700
+    found.temp_dirs.append(folder)
+    client = store.s3_client()
+    local: list[str] = []
+    for number, uri_file in enumerate(files):
+        bucket, key = split_s3_uri(uri_file)
+        target = folder / f"{number:08d}.parquet"  # our own names, never the object's key
+        client.download_file(bucket, key, str(target))
+        local.append(str(target))
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM {_read_parquet_sql(local)}")
     return len(files)
-
-
-def _httpfs_available(con: duckdb.DuckDBPyConnection, settings: Settings) -> bool:
-    """Load httpfs if it is installed locally (never downloads) and point it at settings.s3."""
-    try:
-        con.execute("LOAD httpfs")
-    except duckdb.Error:
-        return False
-    s3 = settings.s3
-    endpoint = s3.endpoint_url
-    params = [
-        "TYPE s3",
-        f"KEY_ID '{s3.access_key_id}'" if s3.access_key_id else "",
-        f"SECRET '{s3.secret_access_key}'" if s3.secret_access_key else "",
-        f"REGION '{s3.region}'" if s3.region else "",
-    ]
-    if endpoint:
-        params += [
-            f"ENDPOINT '{endpoint.split('://', 1)[-1]}'",
-            f"USE_SSL {'false' if endpoint.startswith('http://') else 'true'}",
-            "URL_STYLE 'path'",
-        ]
-    con.execute(f"CREATE OR REPLACE SECRET medsendx_s3 ({', '.join(p for p in params if p)})")
-    return True
 
 
 def mine(
@@ -239,7 +219,10 @@ def mine(
     out_dir.mkdir(parents=True, exist_ok=True)
     con = con or connect()
     found = load_sources(con, sources, settings, progress=progress, jobs=jobs)
-    return analyse(con, out_dir, found)
+    try:
+        return analyse(con, out_dir, found)
+    finally:
+        found.cleanup()
 
 
 def analyse(con: duckdb.DuckDBPyConnection, out_dir: Path, found: SourceSet | None = None) -> dict[str, Any]:

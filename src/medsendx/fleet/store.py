@@ -153,14 +153,8 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 
 def s3_client(settings: Settings):
-    """A boto3 S3 client for ``settings.s3`` (endpoint and keys may be empty: AWS_* apply)."""
-    import boto3
+    """The project's S3 client (:func:`medsendx.s3client.s3_client`): ``settings.s3``,
+    ``outbox.verify_tls`` and ``outbox.ca_file``."""
+    from medsendx.s3client import s3_client as make
 
-    s3 = settings.s3
-    return boto3.client(
-        "s3",
-        endpoint_url=s3.endpoint_url or None,
-        region_name=s3.region or None,
-        aws_access_key_id=s3.access_key_id or None,
-        aws_secret_access_key=s3.secret_access_key or None,
-    )
+    return make(settings)

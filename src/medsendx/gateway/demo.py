@@ -86,7 +86,10 @@ class HQReceiver:
         self._server.shutdown()
 
 
-def scanner_send(files: list[Path], port: int, ae_title: str = "CT_VAN_SCANNER", called: str = "MEDSENDX") -> list[int]:
+SCANNER_AET = "CT_VAN_SCANNER"
+
+
+def scanner_send(files: list[Path], port: int, ae_title: str = SCANNER_AET, called: str = "MEDSENDX") -> list[int]:
     """A simulated scanner: one association, one C-STORE per file; returns the statuses."""
     ae = AE(ae_title=ae_title)
     datasets = [read_dataset(f) for f in files]
@@ -127,6 +130,7 @@ def demo_settings(out: Path, destination: str) -> Settings:
     settings.outbox.backoff_base_seconds = 0.2  # a demo should not wait minutes for a retry
     settings.outbox.backoff_cap_seconds = 2.0
     settings.gateway.bind_address = "127.0.0.1"
+    settings.gateway.allowed_calling_aets = [SCANNER_AET]  # only the simulated scanner may push
     settings.gateway.dicom_port = 0
     settings.gateway.http_port = 0
     settings.gateway.min_free_bytes = 64 * 1024 * 1024
@@ -151,6 +155,7 @@ def run_demo(out: Path, to: str | None = None, *, report: Callable[[str], None] 
     """Play the scan day; returns what happened (also written to ``<out>/summary.json``)."""
     from medsendx.gateway.service import GatewayService
     from medsendx.outbox import Outbox
+    from medsendx.transport.base import redact_url
 
     started = time.monotonic()
     out = prepare_out(Path(out))
@@ -165,7 +170,8 @@ def run_demo(out: Path, to: str | None = None, *, report: Callable[[str], None] 
         link = FlakyLink(("127.0.0.1", hq.port), reset_fraction=0.35, max_reset_offset=300_000, seed=seed).start()
         destination = f"dimse://{HQ_AET}@127.0.0.1:{link.port}"
         transport_factory = _link_fallback(out / "hq", summary)
-    summary.destination = destination if to else "HQ folder over a flaky link"
+    # The user's URL may carry a password or token: only its redacted form is shown or written.
+    summary.destination = redact_url(destination) if to else "HQ folder over a flaky link"
     settings = demo_settings(out, destination if transport_factory is None else str(out / "hq"))
 
     scanner_disk = tempfile.TemporaryDirectory(prefix="medsendx-scanner-")  # identities: removed at the end

@@ -5,12 +5,21 @@ staging folder; when free disk is below ``gateway.min_free_bytes`` it is told "o
 resources" (0xA700) and keeps the object, so a full disk never loses a scan. C-ECHO is
 answered. Every storage SOP class pynetdicom knows is accepted, in every transfer
 syntax (compressed ones included: the object is staged as received, never decoded here).
+
+Who may push (secure by default): the receiver listens on ``gateway.bind_address``
+(loopback unless told the scanner's network), answers only associations that call its own
+AE title (``gateway.ae_title``) from a calling AE title in ``gateway.allowed_calling_aets``
+(none allowed by default; ``gateway.accept_any_calling_aet`` lifts the check and logs a
+warning at start), and with ``gateway.tls_cert_file``/``tls_key_file`` speaks only TLS
+(``tls_ca_file`` + ``tls_require_client_cert``: only scanners with a certificate from that
+CA). Refused associations get an A-ASSOCIATE-RJ with the standard reason and are logged.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -59,7 +68,13 @@ class Receiver:
         ae = AE(ae_title=gateway.ae_title)
         # Our side accepts large PDUs: fewer round trips for 0.5 MB CT slices.
         ae.maximum_pdu_size = 0
-        ae.require_calling_aet = list(gateway.allowed_calling_aets)
+        # Calling and called AE titles are checked in _handle_requested (so that "nobody
+        # allowed" can be expressed and every refusal is logged); pynetdicom's own checks
+        # stay on as a second line.
+        self.allowed = {aet.strip() for aet in gateway.allowed_calling_aets if aet.strip()}
+        ae.require_calling_aet = sorted(self.allowed) if not gateway.accept_any_calling_aet else []
+        ae.require_called_aet = True
+        self.ssl_context = server_ssl_context(gateway)
         ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
@@ -67,12 +82,24 @@ class Receiver:
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> "Receiver":
-        handlers = [(evt.EVT_C_STORE, self._handle_store), (evt.EVT_C_ECHO, self._handle_echo)]
+        handlers = [(evt.EVT_C_STORE, self._handle_store), (evt.EVT_C_ECHO, self._handle_echo),
+                    (evt.EVT_REQUESTED, self._handle_requested)]
         self._server = self.ae.start_server(
-            (self.settings.bind_address, self.port), block=False, evt_handlers=handlers
+            (self.settings.bind_address, self.port), block=False, evt_handlers=handlers,
+            ssl_context=self.ssl_context,
         )
         self.port = self._server.server_address[1]
-        log_event(log, "receiver listening", ae_title=self.settings.ae_title, port=self.port)
+        log_event(log, "receiver listening", ae_title=self.settings.ae_title, port=self.port,
+                  bind_address=self.settings.bind_address, tls=self.ssl_context is not None,
+                  client_certificates="required" if self.settings.tls_require_client_cert else "not required")
+        if self.settings.accept_any_calling_aet:
+            log_event(log, "receiver accepts ANY calling AE title (gateway.accept_any_calling_aet): "
+                      "anyone who reaches the port can push objects", logging.WARNING)
+        elif not self.allowed:
+            log_event(log, "no calling AE title is allowed: every scanner is refused until "
+                      "gateway.allowed_calling_aets lists it", logging.WARNING)
+        if self.ssl_context is None and self.settings.bind_address not in ("127.0.0.1", "::1", "localhost"):
+            log_event(log, "receiver listens beyond loopback without TLS (gateway.tls_cert_file)", logging.WARNING)
         return self
 
     def stop(self) -> None:
@@ -83,6 +110,24 @@ class Receiver:
         log_event(log, "receiver stopped")
 
     # --- DIMSE handlers -------------------------------------------------------------------
+    def _handle_requested(self, event: evt.Event) -> None:
+        """Refuse an association that calls another AE title or comes from a calling AE
+        title not allowed (A-ASSOCIATE-RJ, rejected-permanent, service-user)."""
+        request = event.assoc.requestor.primitive
+        calling = str(request.calling_ae_title).strip()
+        called = str(request.called_ae_title).strip()
+        if called != self.settings.ae_title.strip():
+            diagnostic, why = 0x07, "called AE title not recognised"
+        elif not self.settings.accept_any_calling_aet and calling not in self.allowed:
+            diagnostic, why = 0x03, "calling AE title not allowed"
+        else:
+            return
+        # AE titles name devices, not patients: logged so that the crew can see who knocked.
+        log_event(log, f"association refused: {why}", logging.WARNING, calling_ae_title=calling[:16],
+                  called_ae_title=called[:16])
+        event.assoc.acse.send_reject(0x01, 0x01, diagnostic)
+        event.assoc.kill()  # as pynetdicom does after its own rejections: lets the PDU leave first
+
     def _handle_echo(self, event: evt.Event) -> int:
         return STATUS_SUCCESS
 
@@ -111,3 +156,18 @@ class Receiver:
         log_event(log, "object staged", staged=staged.name, bytes=len(data))
         self.on_staged(staged, len(data))
         return StoreOutcome(STATUS_SUCCESS, staged, len(data))
+
+
+def server_ssl_context(gateway: GatewaySettings) -> ssl.SSLContext | None:
+    """The receiver's TLS context (TLS 1.2 or newer), or None without a certificate."""
+    if not gateway.tls_cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(gateway.tls_cert_file, gateway.tls_key_file or None)
+    if gateway.tls_ca_file:
+        context.load_verify_locations(cafile=gateway.tls_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED if gateway.tls_require_client_cert else ssl.CERT_OPTIONAL
+    else:
+        context.verify_mode = ssl.CERT_NONE
+    return context

@@ -82,19 +82,60 @@ def timeouts_from(settings: "Settings") -> Timeouts:
     return Timeouts(box.connect_timeout_seconds, box.read_timeout_seconds, box.total_timeout_seconds)
 
 
+# Query parameters whose values are credentials (pre-signed URLs, API tokens).
+_SECRET_QUERY_WORDS = ("token", "key", "secret", "password", "passwd", "pwd", "auth", "sig", "credential",
+                       "session", "x-amz-", "jwt", "code")
+
+
 def redact_url(url: str) -> str:
-    """A URL safe to print: user:password removed."""
+    """A URL safe to show, log and store: no user name or password (only a DIMSE URL's AE
+    title, which is no secret, stays), and the values of query parameters that look like
+    credentials replaced by ``REDACTED``. The outbox stores destinations in this form."""
+    if "://" not in url:
+        return url
     parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.hostname or ""
-        if parts.port:
-            netloc += f":{parts.port}"
-        return parts._replace(netloc=netloc).geturl()
-    return url
+    netloc = parts.netloc.rpartition("@")[2]
+    if "@" in parts.netloc and parts.scheme.lower() in ("dimse", "dimse+tls") and parts.username:
+        netloc = f"{parts.username}@{netloc}"  # the called AE title
+    query = parts.query
+    if query:
+        pairs = []
+        for pair in query.split("&"):
+            name, eq, _value = pair.partition("=")
+            secret = any(word in name.lower() for word in _SECRET_QUERY_WORDS)
+            pairs.append(f"{name}=REDACTED" if secret and eq else pair)
+        query = "&".join(pairs)
+    return parts._replace(netloc=netloc, query=query, fragment="").geturl()
+
+
+# Destinations with credentials, by their redacted form: the outbox keeps only the redacted
+# URL, and the deliverer gets the full one back here (the secret lives in the settings
+# and in this process's memory only). See :func:`remember_destination`.
+_FULL_URLS: dict[str, str] = {}
+
+
+def remember_destination(url: str) -> str:
+    """Keep ``url`` (which may carry credentials) in memory and return the redacted form
+    to store in the outbox and show; :func:`open_transport` maps it back."""
+    key = redact_url(url)
+    if key != url:
+        _FULL_URLS[key] = url
+    return key
+
+
+def full_url(destination: str, settings: "Settings | None" = None) -> str:
+    """The URL with its credentials for a stored (redacted) destination: remembered in
+    this process, or the settings' destination when that redacts to the same form."""
+    if destination in _FULL_URLS:
+        return _FULL_URLS[destination]
+    if settings is not None and settings.outbox.destination and redact_url(settings.outbox.destination) == destination:
+        return remember_destination(settings.outbox.destination) and settings.outbox.destination
+    return destination
 
 
 def open_transport(url: str, settings: "Settings") -> Transport:
     """The transport for a destination URL (see the module docstring for the forms)."""
+    url = full_url(url, settings)  # a stored destination is redacted: its credentials are here
     scheme = urlsplit(url).scheme.lower() if "://" in url else ""
     if scheme in ("", "file"):
         from medsendx.transport.folder import FolderTransport

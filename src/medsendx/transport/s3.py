@@ -9,7 +9,8 @@
   saved in the outbox row, so an upload interrupted by a dead link or a killed process
   resumes with the missing parts only. The saved state carries the SHA-256 of the payload:
   if the bytes to send ever differ, the old upload is aborted and a new one starts.
-* Endpoint and credentials: ``[s3]`` settings, else the usual AWS environment/profile.
+* Endpoint and credentials: ``[s3]`` settings, else the usual AWS environment/profile;
+  the client comes from :func:`medsendx.s3client.s3_client` (TLS as ``[outbox]`` says).
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ import time
 from typing import TYPE_CHECKING, Any, Sequence
 from urllib.parse import urlsplit
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from medsendx.outbox import OutboxItem
+from medsendx.s3client import s3_client
 from medsendx.transcode import ANY_SYNTAX, WirePayload
 from medsendx.transport.base import (
     Checkpoint,
@@ -68,25 +68,11 @@ class S3Transport:
         self.compress = box.compress
         self.max_batch_objects = max(1, box.batch_max_objects)
         self.timeouts = timeouts_from(settings)
-        verify: bool | str = box.verify_tls
-        if box.verify_tls and box.ca_file:
-            verify = box.ca_file
-        credentials: dict[str, str] = {}
-        if s3.access_key_id and s3.secret_access_key:
-            credentials = {"aws_access_key_id": s3.access_key_id, "aws_secret_access_key": s3.secret_access_key}
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=s3.endpoint_url or None,
-            region_name=s3.region or None,
-            verify=verify,
-            config=Config(
-                connect_timeout=self.timeouts.connect,
-                read_timeout=self.timeouts.read,
-                retries={"max_attempts": 1, "mode": "standard"},  # our own retry policy rules
-                s3={"addressing_style": "path"},
-                request_checksum_calculation="when_required",
-            ),
-            **credentials,
+        self.client = s3_client(
+            settings,
+            connect_timeout=self.timeouts.connect,
+            read_timeout=self.timeouts.read,
+            max_attempts=1,  # our own retry policy rules
         )
 
     def key_for(self, item: OutboxItem) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsendx.native import load_compiled
+from medsendx.native import enabled, load_compiled
 
 SOURCE = Path(__file__).with_name("_ckmeans.c")
 # stored pixel types segment_frame_* is compiled for: numpy dtype -> C suffix
@@ -29,7 +29,7 @@ FLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math"]
 @lru_cache(maxsize=1)
 def load() -> ctypes.CDLL | None:
     """The compiled library, or None when it cannot be had (numpy is used instead)."""
-    if os.environ.get("MEDSENDX_TRIAGE_NATIVE", "1") == "0":
+    if not enabled("MEDSENDX_TRIAGE_NATIVE"):
         return None
     try:
         lib = load_compiled(SOURCE, FLAGS, ("-lm",))
