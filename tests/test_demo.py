@@ -55,8 +55,13 @@ def test_demo_refuses_to_clear_a_folder_it_did_not_make(cli, tmp_path):
 
 def test_demo_to_a_real_pacs(cli, tmp_path, orthanc):
     out = tmp_path / "to-pacs"
-    done = cli("demo", "--out", out, "--to", f"dicomweb+{orthanc.dicomweb_url}", timeout=600)
+    secret = "pw-Zq81xK"  # a password in the destination URL never reaches an output
+    url = orthanc.dicomweb_url.replace("http://", f"dicomweb+http://truck7:{secret}@")
+    done = cli("demo", "--out", out, "--to", url, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert secret not in done.stdout + done.stderr
+    assert not [p for p in out.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert "truck7" not in (out / "summary.json").read_text()
     assert len(orthanc.instance_ids()) == 12
     planted = [v.encode() for p in PATIENTS for v in p.identifying_values()]
     for orthanc_id in orthanc.instance_ids():
