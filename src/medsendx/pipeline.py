@@ -28,7 +28,9 @@ from medsendx.fsutil import TEMP_PREFIX, private_dir
 
 log = logging.getLogger("medsendx.pipeline")
 
-Status = Literal["ready", "queued", "duplicate", "held", "quarantined", "error"]
+# "kept": the object had to go to quarantine but the quarantine copy could not be made
+# (disk full, quarantine folder unusable): the input stays where it is and is retried.
+Status = Literal["ready", "queued", "duplicate", "held", "quarantined", "error", "kept"]
 
 # (sop_instance_uid, study_instance_uid, path, priority) -> None: keep the object back
 # until its study is quiet instead of queueing it now.
@@ -113,6 +115,8 @@ class Pipeline:
             # output): either way the de-identifier has put the input in quarantine with
             # its reason, so the raw copy is safe there and the object is done with here.
             status = "quarantined" if outcome.status == "quarantined" else "error"
+            if not _safely_quarantined(self.settings.quarantine_dir, Path(path)):
+                return PipelineResult("kept", reason="could not be quarantined; the input is kept and retried")
             return PipelineResult(status, reason=outcome.reason or "could not be de-identified")
         result = PipelineResult(
             "ready",
@@ -439,6 +443,25 @@ class PreparePool:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _safely_quarantined(quarantine_dir: Path, source: Path) -> bool:
+    """Is a complete copy of ``source`` in quarantine (stored under the SHA-256 of its
+    content, see :mod:`medsendx.quarantine`)? Checked here, apart from the de-identifier's
+    own report, because the input may be the only copy: it is deleted only once this holds.
+    An input that no longer exists has nothing left to lose."""
+    from medsendx.fsutil import sha256_file
+
+    try:
+        digest = sha256_file(source)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    try:
+        return (quarantine_dir / f"{digest}.dcm").stat().st_size == source.stat().st_size
+    except OSError:
+        return False
 
 
 def _write_advisory(path: Path, data: bytes) -> None:

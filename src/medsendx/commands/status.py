@@ -7,6 +7,7 @@ import math
 
 import click
 import httpx
+from rich.markup import escape
 from rich.table import Table
 
 from medsendx.commands._common import console, settings_from_context
@@ -20,6 +21,7 @@ ROWS = [
     ("errors_total", "pipeline errors (kept, retried)"),
     ("staged", "waiting for de-identification"),
     ("held", "held until study is quiet"),
+    ("retrying", "kept after a failure, retried"),
     ("queued", "waiting to be sent"),
     ("sent_total", "sent"),
     ("failed_total", "refused by destination"),
@@ -49,7 +51,9 @@ def status_cmd(ctx: click.Context, as_json: bool, http_port: int | None) -> None
     running = _running(settings.gateway.http_port)
     if as_json:
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in figures.items()}
-        console.print_json(json.dumps({"running": running, "station": settings.station_id, **clean}))
+        retry = [{"reason": r, "objects": n} for r, n in _retry_reasons(settings)]
+        console.print_json(json.dumps({"running": running, "station": settings.station_id, **clean,
+                                       "retry_reasons": retry}))
         return
     table = Table(title=f"MedSendX gateway - {settings.station_id} - {'running' if running else 'not running'}")
     table.add_column("what")
@@ -64,6 +68,22 @@ def status_cmd(ctx: click.Context, as_json: bool, http_port: int | None) -> None
             text = f"{int(value)}"
         table.add_row(label, text)
     console.print(table)
+    reasons = _retry_reasons(settings)
+    for reason, count in reasons:
+        console.print(f"[yellow]{count} object(s) kept and retried:[/] {escape(reason)}")
+
+
+def _retry_reasons(settings) -> list[tuple[str, int]]:
+    from medsendx.gateway.metrics import gateway_db
+    from medsendx.gateway.state import GatewayState
+
+    if not gateway_db(settings).exists():
+        return []
+    state = GatewayState(gateway_db(settings))
+    try:
+        return state.retrying()
+    finally:
+        state.close()
 
 
 def _running(port: int) -> bool:

@@ -55,6 +55,7 @@ def collect(settings: Settings, state: GatewayState | None = None) -> list[Metri
     try:
         counters = state.counters()
         held = len(state.held_objects())
+        retrying = sum(n for _, n in state.retrying())
     finally:
         if own_state:
             state.close()
@@ -72,6 +73,7 @@ def collect(settings: Settings, state: GatewayState | None = None) -> list[Metri
         Metric("errors_total", "counter", "Pipeline errors (the staged object is kept and retried)", counters["errors"]),
         Metric("staged", "gauge", "Raw objects staged and not yet de-identified", staged),
         Metric("held", "gauge", "De-identified objects held until their study is quiet", held),
+        Metric("retrying", "gauge", "Objects kept after a failure (e.g. quarantine unusable), retried", retrying),
         Metric("queued", "gauge", "Objects in the outbox waiting to be sent", _waiting(states)),
         Metric("sent_total", "counter", "Objects delivered to the destination", states.get("sent", 0)),
         Metric("failed_total", "counter", "Objects the destination refused for good", _failed(states)),

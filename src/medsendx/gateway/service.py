@@ -217,6 +217,7 @@ class GatewayService:
 
     def _process(self, job: Job) -> None:
         if not job.path.exists():  # already handled (and removed) through another route
+            self.state.clear_retrying(str(job.path))
             return
         try:
             if self.preparer is not None:
@@ -225,15 +226,18 @@ class GatewayService:
                 result = self.pipeline.process(job.path)
         except Exception as exc:  # our own bug or a full disk: keep the raw object, retry later
             self.state.add("errors")
+            self.state.mark_retrying(str(job.path), f"pipeline failed ({type(exc).__name__})")
             log_event(log, "pipeline failed; object kept for retry", logging.ERROR, error=type(exc).__name__)
             self._retry_later(job)
             return
         fields = {"status": result.status, "sop_instance_uid": result.sop_instance_uid, "priority": result.priority}
-        if not result.committed:  # not expected from the pipeline; keep the raw object, try again
+        if not result.committed:  # e.g. quarantine could not take it: keep the raw object, try again
             self.state.add("errors")
+            self.state.mark_retrying(str(job.path), result.reason or "not processed")
             log_event(log, "object not processed; kept for retry", logging.ERROR, reason=result.reason)
             self._retry_later(job)
             return
+        self.state.clear_retrying(str(job.path))
         if result.status in ("quarantined", "error"):  # either way the input is in quarantine
             self.state.add("quarantined")
             fields["reason"] = result.reason

@@ -33,6 +33,8 @@ CREATE TABLE IF NOT EXISTS held (
     sop_instance_uid TEXT PRIMARY KEY, study_instance_uid TEXT NOT NULL,
     path TEXT NOT NULL, priority INTEGER, held_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS held_study ON held (study_instance_uid);
+CREATE TABLE IF NOT EXISTS retrying (
+    item TEXT PRIMARY KEY, reason TEXT NOT NULL, since REAL NOT NULL, attempts INTEGER NOT NULL);
 """
 
 
@@ -130,3 +132,25 @@ class GatewayState:
     def release(self, sop_instance_uid: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM held WHERE sop_instance_uid = ?", (sop_instance_uid,))
+
+    # --- objects kept after a failure of our own (retried until they are safe) ----------------
+    def mark_retrying(self, item: str, reason: str) -> None:
+        """``item`` (a staged file or a dropped file's path) could not be committed or
+        quarantined; it stays where it is and is retried. ``reason`` is our own words."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO retrying(item, reason, since, attempts) VALUES(?, ?, ?, 1) "
+                "ON CONFLICT(item) DO UPDATE SET reason = excluded.reason, attempts = attempts + 1",
+                (item, reason, time.time()),
+            )
+
+    def clear_retrying(self, item: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM retrying WHERE item = ?", (item,))
+
+    def retrying(self) -> list[tuple[str, int]]:
+        """(reason, objects) for the objects kept for retry, most frequent reason first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT reason, COUNT(*) FROM retrying GROUP BY reason ORDER BY COUNT(*) DESC").fetchall()
+        return [(r[0], int(r[1])) for r in rows]
