@@ -169,9 +169,19 @@ def _check_fleet_report(report: dict, stations) -> None:
     assert start <= drift["detected_at_scan"] <= start + 10, drift
     assert report["clusters"]["k"] == 2
     assert sum(report["clusters"]["sizes"]) == report["scans"] and min(report["clusters"]["sizes"]) > 0
-    for outlier in report["outliers"]:
+    # Outliers: the planted faults decide, not the code under test. The offset and the drift
+    # raise the air level of their stations' scans far above the fleet (the noise fault
+    # widens noise only), so the list is not empty, names only those two stations, and each
+    # names the raised air level as a reason.
+    outliers = report["outliers"]
+    assert outliers, "the planted air faults must produce outliers"
+    assert {o["station"] for o in outliers} <= {"TRUCK_OFFSET", "TRUCK_DRIFT"}, [o["station"] for o in outliers]
+    assert "TRUCK_OFFSET" in {o["station"] for o in outliers}
+    assert [o["score"] for o in outliers] == sorted((o["score"] for o in outliers), reverse=True)
+    for outlier in outliers:
         assert set(outlier) >= {"sop_instance_uid", "station", "score", "reasons"}
-        assert outlier["reasons"] and outlier["score"] > 0
+        assert outlier["score"] > 0
+        assert any(r.startswith("air ") and "(+" in r for r in outlier["reasons"]), outlier["reasons"]
 
 
 def _check_outputs(out: Path, n_scans: int) -> None:

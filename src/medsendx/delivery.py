@@ -172,7 +172,9 @@ class Deliverer:
             stats.failed += 1
             stats.errors.append(result.reason)
         else:
-            delay = backoff_delay(item.attempts, *self._backoff(), self._rng)
+            # The row's own failed transfers (this one included), not its claims: a claim
+            # lost to a kill or a stop is no attempt, and must not stretch the backoff.
+            delay = backoff_delay(item.transient_faults + 1, *self._backoff(), self._rng)
             self.outbox.mark_retry(item.id, result.reason, delay=delay, wire_bytes=result.wire_bytes)
             stats.retried += 1
         if self.on_outcome is not None:

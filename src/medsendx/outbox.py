@@ -75,7 +75,13 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS outbox_path ON outbox (path);
+-- Totals since the outbox was created, changed in the same transaction as the row whose
+-- outcome they count: they never go down (``queue purge`` forgets rows, not totals).
+CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+# The durable totals (exported as Prometheus counters).
+TOTALS = ("sent", "failed", "retries", "wire_bytes", "sent_raw_bytes")
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,7 @@ class Outbox:
         self._local = threading.local()
         self._all_connections: list[sqlite3.Connection] = []
         self._connect().executescript(_SCHEMA)
+        self._seed_totals()
         # Half-made spool copies of killed processes. Every metrics scrape opens an Outbox
         # while the de-identifier may be writing into the spool: its temps carry its (live)
         # pid; temps without a pid go only when far too old to be a live write.
@@ -201,6 +208,33 @@ class Outbox:
             conn.close()
         self._all_connections.clear()
         self._local = threading.local()
+
+    def _seed_totals(self) -> None:
+        """An outbox made before the totals existed starts them from its rows (once)."""
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM totals LIMIT 1").fetchone():
+                return
+            row = conn.execute(
+                """SELECT COALESCE(SUM(state = 'sent'), 0) AS sent, COALESCE(SUM(state = 'failed'), 0) AS failed,
+                          COALESCE(SUM(transient_faults), 0) AS retries, COALESCE(SUM(wire_bytes), 0) AS wire_bytes,
+                          COALESCE(SUM(CASE WHEN state = 'sent' THEN size END), 0) AS sent_raw_bytes FROM outbox"""
+            ).fetchone()
+            conn.executemany("INSERT OR IGNORE INTO totals(name, value) VALUES(?, ?)",
+                             [(name, int(row[name])) for name in TOTALS])
+
+    @staticmethod
+    def _count(conn: sqlite3.Connection, **amounts: int) -> None:
+        conn.executemany(
+            "INSERT INTO totals(name, value) VALUES(?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            [(name, int(amount)) for name, amount in amounts.items() if amount],
+        )
+
+    def totals(self) -> dict[str, int]:
+        """Durable totals: objects ``sent`` and ``failed`` (refusals), transient ``retries``,
+        ``wire_bytes`` and ``sent_raw_bytes``. They only ever grow."""
+        with self._transaction() as conn:
+            rows = dict(conn.execute("SELECT name, value FROM totals").fetchall())
+        return {name: int(rows.get(name, 0)) for name in TOTALS}
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -356,7 +390,7 @@ class Outbox:
             ids = [row["id"] for row in rows]
             for row_id in ids:
                 conn.execute(
-                    """UPDATE outbox SET state = 'sending', attempts = attempts + 1, owner = ?,
+                    """UPDATE outbox SET state = 'sending', owner = ?,
                        lease_until = ?, updated_at = ? WHERE id = ?""",
                     (self._owner, now + self.lease_seconds, now, row_id),
                 )
@@ -393,13 +427,16 @@ class Outbox:
         """The peer holds the object: commit ``sent``, then delete the spooled file."""
         now = time.time()
         with self._transaction() as conn:
-            row = conn.execute("SELECT path FROM outbox WHERE id = ?", (item_id,)).fetchone()
+            row = conn.execute("SELECT path, size, state FROM outbox WHERE id = ?", (item_id,)).fetchone()
             conn.execute(
                 """UPDATE outbox SET state = 'sent', sent_at = ?, updated_at = ?, last_error = NULL,
-                   owner = NULL, lease_until = NULL, transfer_state = NULL, wire_bytes = wire_bytes + ?
-                   WHERE id = ?""",
+                   owner = NULL, lease_until = NULL, transfer_state = NULL, wire_bytes = wire_bytes + ?,
+                   attempts = attempts + 1 WHERE id = ?""",
                 (now, now, wire_bytes, item_id),
             )
+            if row is not None:
+                first = row["state"] != "sent"  # a second report of the same delivery counts once
+                self._count(conn, sent=int(first), sent_raw_bytes=row["size"] if first else 0, wire_bytes=wire_bytes)
             still_used = row is not None and self._still_needed(conn, row["path"])
         if row is not None and not still_used:
             Path(row["path"]).unlink(missing_ok=True)
@@ -408,23 +445,28 @@ class Outbox:
         """A transient fault: back to ``queued``, due again after ``delay`` seconds."""
         now = time.time()
         with self._transaction() as conn:
-            conn.execute(
+            changed = conn.execute(
                 """UPDATE outbox SET state = 'queued', last_error = ?, next_attempt_at = ?, updated_at = ?,
-                   transient_faults = transient_faults + 1, owner = NULL, lease_until = NULL,
-                   wire_bytes = wire_bytes + ? WHERE id = ? AND state = 'sending'""",
+                   transient_faults = transient_faults + 1, attempts = attempts + 1, owner = NULL,
+                   lease_until = NULL, wire_bytes = wire_bytes + ? WHERE id = ? AND state = 'sending'""",
                 (reason, now + delay, now, wire_bytes, item_id),
-            )
+            ).rowcount
+            if changed:
+                self._count(conn, retries=1, wire_bytes=wire_bytes)
 
     def mark_failed(self, item_id: int, reason: str, *, wire_bytes: int = 0) -> None:
         """The peer refused the object for good: ``failed`` with its reason; never retried
         automatically (``queue retry`` re-queues it)."""
         now = time.time()
         with self._transaction() as conn:
-            conn.execute(
+            changed = conn.execute(
                 """UPDATE outbox SET state = 'failed', last_error = ?, updated_at = ?, owner = NULL,
-                   lease_until = NULL, wire_bytes = wire_bytes + ? WHERE id = ?""",
+                   lease_until = NULL, wire_bytes = wire_bytes + ?, attempts = attempts + 1
+                   WHERE id = ? AND state != 'failed'""",
                 (reason, now, wire_bytes, item_id),
-            )
+            ).rowcount
+            if changed:
+                self._count(conn, failed=1, wire_bytes=wire_bytes)
 
     def save_transfer_state(self, item_id: int, state: dict[str, Any] | None) -> None:
         """Persist a transport's resumption data (an S3 UploadId and its finished parts)."""

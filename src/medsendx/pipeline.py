@@ -441,6 +441,10 @@ class PreparePool:
     def prepare(self, path: Path) -> PipelineResult:
         return self._pool.submit(_prepare_in_worker, str(path)).result()
 
+    def broken(self) -> bool:
+        """True once a worker process died (the pool then refuses every object)."""
+        return bool(getattr(self._pool, "_broken", False))
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 

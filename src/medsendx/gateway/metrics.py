@@ -45,7 +45,7 @@ def outbox_figures(settings: Settings) -> dict[str, Any]:
     from medsendx.outbox import Outbox
 
     outbox = Outbox(settings.outbox_db)
-    return {"states": outbox.counts(), **outbox.stats()}
+    return {"states": outbox.counts(), **outbox.stats(), "totals": outbox.totals()}
 
 
 def collect(settings: Settings, state: GatewayState | None = None) -> list[Metric]:
@@ -62,6 +62,7 @@ def collect(settings: Settings, state: GatewayState | None = None) -> list[Metri
     staged = len(list(staging_dir(settings).glob("*.dcm"))) if staging_dir(settings).is_dir() else 0
     delivery = outbox_figures(settings)
     states: dict[str, int] = delivery.get("states", {})
+    totals: dict[str, int] = delivery.get("totals", {})
 
     metrics = [
         Metric("received_total", "counter", "Objects received from scanners and drop folders", counters["received"]),
@@ -75,11 +76,13 @@ def collect(settings: Settings, state: GatewayState | None = None) -> list[Metri
         Metric("held", "gauge", "De-identified objects held until their study is quiet", held),
         Metric("retrying", "gauge", "Objects kept after a failure (e.g. quarantine unusable), retried", retrying),
         Metric("queued", "gauge", "Objects in the outbox waiting to be sent", _waiting(states)),
-        Metric("sent_total", "counter", "Objects delivered to the destination", states.get("sent", 0)),
-        Metric("failed_total", "counter", "Objects the destination refused for good", _failed(states)),
-        Metric("wire_bytes_total", "counter", "Bytes sent on the wire (after compression)", delivery.get("wire_bytes", 0)),
-        Metric("sent_raw_bytes_total", "counter", "Size of the delivered objects before compression", delivery.get("raw_bytes", 0)),
-        Metric("retries_total", "counter", "Delivery attempts that failed and were retried", delivery.get("retries", 0)),
+        # Counters from the outbox's durable totals (never from its rows: `queue purge`
+        # forgets rows, and a Prometheus counter must never go down).
+        Metric("sent_total", "counter", "Objects delivered to the destination", totals.get("sent", 0)),
+        Metric("failed_total", "counter", "Refusals for good by the destination", totals.get("failed", 0)),
+        Metric("wire_bytes_total", "counter", "Bytes sent on the wire (after compression)", totals.get("wire_bytes", 0)),
+        Metric("sent_raw_bytes_total", "counter", "Size of the delivered objects before compression", totals.get("sent_raw_bytes", 0)),
+        Metric("retries_total", "counter", "Delivery attempts that failed and were retried", totals.get("retries", 0)),
         Metric("retried_objects", "gauge", "Objects in the outbox that needed more than one attempt", delivery.get("retried_objects", 0)),
     ]
     last = delivery.get("last_sent_at")
@@ -92,10 +95,6 @@ def collect(settings: Settings, state: GatewayState | None = None) -> list[Metri
 
 def _waiting(states: dict[str, int]) -> int:
     return sum(v for k, v in states.items() if k not in ("sent", "failed") and not k.startswith("failed"))
-
-
-def _failed(states: dict[str, int]) -> int:
-    return sum(v for k, v in states.items() if k.startswith("failed"))
 
 
 def as_dict(metrics: list[Metric]) -> dict[str, float]:

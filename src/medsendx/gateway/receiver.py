@@ -102,6 +102,10 @@ class Receiver:
             log_event(log, "receiver listens beyond loopback without TLS (gateway.tls_cert_file)", logging.WARNING)
         return self
 
+    def alive(self) -> bool:
+        """Is the server still listening?"""
+        return self._server is not None and self._server.socket.fileno() >= 0
+
     def stop(self) -> None:
         """Stop accepting associations; requests in flight finish first."""
         if self._server is not None:

@@ -63,6 +63,7 @@ class GatewayService:
         self._queued_lock = threading.Lock()
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._needed: list[threading.Thread] = []
         self._deliver = deliver
         self._transport_factory = transport_factory
         self.pipeline = self._make_pipeline()
@@ -98,15 +99,15 @@ class GatewayService:
         if self.preparer is not None:
             self.preparer.warm()
         for i in range(max(1, self.gw.workers)):
-            self._spawn(self._worker, f"pipeline-{i}")
+            self._spawn(self._worker, f"pipeline-{i}", needed=True)
         # What is staged now was left by an earlier run; listed before the receiver starts
         # so that it never races with objects arriving in this run.
         leftovers = self.staging.pending()
         self._spawn(lambda: self._resume(leftovers), "resume-staged")
         if self.gw.study_quiet_seconds > 0:
-            self._spawn(self._release_quiet_studies, "study-hold")
+            self._spawn(self._release_quiet_studies, "study-hold", needed=True)
         if self._deliver:
-            self._spawn(self._deliver_forever, "deliverer")
+            self._spawn(self._deliver_forever, "deliverer", needed=True)
         self.metrics_server.start()
         self.receiver.start()
         if self.watcher is not None:
@@ -162,10 +163,24 @@ class GatewayService:
             pass
         self.stop()
 
-    def _spawn(self, target: Callable[[], None], name: str) -> None:
+    def _spawn(self, target: Callable[[], None], name: str, needed: bool = False) -> None:
+        """Start a thread; ``needed`` ones must run as long as the service does (/healthz)."""
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
+        if needed:
+            self._needed.append(thread)
+
+    def dead_parts(self) -> list[str]:
+        """The parts of the service that should be running and are not (for /healthz)."""
+        dead = [t.name for t in self._needed if not t.is_alive()]
+        if not self.receiver.alive():
+            dead.append("receiver")
+        if self.watcher is not None and not self.watcher.alive():
+            dead.append("drop-folder-watcher")
+        if self.preparer is not None and self.preparer.broken():
+            dead.append("worker-processes")
+        return dead
 
     # --- intake -------------------------------------------------------------------------------
     def _submit(self, job: Job) -> None:
@@ -184,14 +199,15 @@ class GatewayService:
             self._queued.discard(job.path)
 
     def _on_staged(self, path: Path, size: int) -> None:
-        self.state.add("received", 1, received_bytes=size)
+        self.state.count_received(path.name, size)
         self._submit(Job(path))
 
     def _on_refused(self, reason: str) -> None:
         self.state.add("refused")
 
     def _on_dropped(self, item: DroppedFile) -> None:
-        self.state.add("received", 1, received_bytes=item.size)
+        # Keyed by content: a file taken again after a kill (or a retry) is counted once.
+        self.state.count_received(f"drop:{item.sha256}", item.size)
         self._submit(Job(item.path, dropped=item))
 
     def _resume(self, pending: list[Path]) -> None:
@@ -201,6 +217,10 @@ class GatewayService:
         for path in pending:
             if self.stopping.is_set():
                 return
+            try:  # staged just before a kill, before it was counted: count it now (once)
+                self.state.count_received(path.name, path.stat().st_size)
+            except OSError:
+                pass
             self._submit(Job(path))
 
     # --- work ---------------------------------------------------------------------------------
@@ -252,8 +272,10 @@ class GatewayService:
             self.state.mark_seen(job.dropped.sha256, result.status)
             if self.watcher is not None:
                 self.watcher.done(job.dropped)
+            self.state.forget_received(f"drop:{job.dropped.sha256}")
         else:
             self.staging.remove(job.path)  # the only raw copy goes as soon as it is committed
+            self.state.forget_received(job.path.name)
 
     def _retry_later(self, job: Job) -> None:
         def again() -> None:
@@ -312,7 +334,7 @@ class GatewayService:
     def _deliver_forever(self) -> None:
         try:
             self.deliverer.run_forever(self.stopping)
-        except Exception as exc:
+        except Exception as exc:  # the thread ends: /healthz reports "deliverer" dead (503)
             log_event(log, "deliverer stopped on an error", logging.ERROR, error=type(exc).__name__)
 
     def _wake_deliverer(self) -> None:
@@ -324,8 +346,11 @@ class GatewayService:
         return collect(self.settings, self.state)
 
     def health(self) -> dict[str, Any]:
+        dead = [] if self.stopping.is_set() else self.dead_parts()
+        status = "stopping" if self.stopping.is_set() else "failing" if dead else "ok"
         return {
-            "status": "stopping" if self.stopping.is_set() else "ok",
+            "status": status,  # anything but "ok" answers 503
+            "dead": dead,
             "station": self.settings.station_id,
             "dicom_port": self.receiver.port,
             "staged": len(self.staging.pending()),

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS held (
     sop_instance_uid TEXT PRIMARY KEY, study_instance_uid TEXT NOT NULL,
     path TEXT NOT NULL, priority INTEGER, held_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS held_study ON held (study_instance_uid);
+CREATE TABLE IF NOT EXISTS received (item TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS retrying (
     item TEXT PRIMARY KEY, reason TEXT NOT NULL, since REAL NOT NULL, attempts INTEGER NOT NULL);
 """
@@ -81,6 +82,28 @@ class GatewayState:
                 list(amounts.items()),
             )
             self._db.execute("COMMIT")
+
+    def count_received(self, item: str, size: int) -> bool:
+        """Count one received object once: ``item`` names it (its staged file, or a dropped
+        file's content hash), so that counting again after a restart changes nothing and
+        an object staged just before a kill is counted when the next start finds it."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            fresh = self._db.execute("INSERT OR IGNORE INTO received(item, at) VALUES(?, ?)",
+                                     (item, time.time())).rowcount == 1
+            if fresh:
+                self._db.executemany(
+                    "INSERT INTO counters(name, value) VALUES(?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                    [("received", 1), ("received_bytes", int(size))],
+                )
+            self._db.execute("COMMIT")
+        return fresh
+
+    def forget_received(self, item: str) -> None:
+        """The object is done with (its staged file removed): its mark is not needed."""
+        with self._lock:
+            self._db.execute("DELETE FROM received WHERE item = ?", (item,))
 
     def counters(self) -> dict[str, int]:
         with self._lock:

@@ -126,6 +126,9 @@ class DropFolderWatcher:
         log_event(log, "watching drop folders", folders=len(self.folders), policy=self.policy)
         return self
 
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
