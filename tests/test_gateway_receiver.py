@@ -221,7 +221,7 @@ def test_metrics_endpoint_serves_durable_counters(tmp_path):
     state.add("received", 5)
     state.add("received_bytes", 5 * 1000)
     state.add("quarantined")
-    server = MetricsServer(0, lambda: collect(settings, state), lambda: {"status": "stopping"}).start()
+    server = MetricsServer(0, lambda: collect(settings, state), lambda: {"status": "ok"}).start()
     try:
         page = httpx.get(f"http://127.0.0.1:{server.port}/metrics").text
         assert "# TYPE medsendx_received_total counter" in page
