@@ -128,8 +128,16 @@ def full_url(destination: str, settings: "Settings | None" = None) -> str:
     this process, or the settings' destination when that redacts to the same form."""
     if destination in _FULL_URLS:
         return _FULL_URLS[destination]
-    if settings is not None and settings.outbox.destination and redact_url(settings.outbox.destination) == destination:
-        return remember_destination(settings.outbox.destination) and settings.outbox.destination
+    if settings is not None and (settings.outbox.destination or settings.outbox.destination_file):
+        from medsendx.config import ConfigError
+
+        try:
+            configured = settings.destination
+        except ConfigError:
+            return destination
+        if redact_url(configured) == destination:
+            remember_destination(configured)
+            return configured
     return destination
 
 
