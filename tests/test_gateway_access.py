@@ -115,6 +115,7 @@ def pki(tmp_path: Path):
     folder.mkdir()
     truck_ca = make_ca(folder, "truck-ca")
     server_key, server_cert = make_server_cert(truck_ca, folder)
+    server_key.chmod(0o600)  # the receiver refuses a private key others may read
     scanner_key, scanner_cert = make_client_cert(truck_ca, folder, "scanner")
     rogue_ca = make_ca(folder, "rogue-ca")
     rogue_key, rogue_cert = make_client_cert(rogue_ca, folder, "rogue")
@@ -146,3 +147,13 @@ def test_tls_receiver_can_require_client_certificates(start, ct_head, pki) -> No
     assert scanner.returncode == 0, scanner.stderr
     assert len(staged) == 1
     assert echoscu(receiver.port, "+tls", *map(str, pki["scanner"]), "+cf", str(pki["ca"])).returncode == 0
+
+
+def test_tls_key_others_can_read_is_refused(pki, tmp_path) -> None:
+    from medsendx.config import ConfigError
+
+    key, cert = pki["server"]
+    key.chmod(0o644)
+    with pytest.raises(ConfigError, match="others may read it"):
+        Receiver(_gateway(allowed_calling_aets=["CT_VAN_1"], tls_cert_file=str(cert), tls_key_file=str(key)),
+                 Staging(tmp_path / "staging2"), lambda p, n: None)

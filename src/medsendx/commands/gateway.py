@@ -47,11 +47,12 @@ def gateway_cmd(ctx: click.Context, dicom_port, ae_title, bind_address, allowed_
     from medsendx.gateway.service import GatewayService
 
     configure_logging(settings.log_level)
+    from medsendx.config import ConfigError
     from medsendx.deid.uids import SecretError
 
     try:
         service = GatewayService(settings)
-    except SecretError as exc:
+    except (SecretError, ConfigError) as exc:
         from rich.markup import escape
 
         err_console.print(f"[red]gateway cannot start:[/] {escape(str(exc))}")

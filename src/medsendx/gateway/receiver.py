@@ -166,6 +166,10 @@ def server_ssl_context(gateway: GatewaySettings) -> ssl.SSLContext | None:
     """The receiver's TLS context (TLS 1.2 or newer), or None without a certificate."""
     if not gateway.tls_cert_file:
         return None
+    from medsendx.config import read_private_file
+
+    # The private key is a secret: refused (ConfigError) when others may read it.
+    read_private_file(Path(gateway.tls_key_file or gateway.tls_cert_file))
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(gateway.tls_cert_file, gateway.tls_key_file or None)
