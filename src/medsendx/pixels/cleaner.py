@@ -128,7 +128,7 @@ class PixelCleaner:
         height, width = frames.shape[1:3]
         fill = _fill_value(ds, frames)
         if policy in ("redact-detected", "quarantine"):
-            return self._clean_detected(ds, pixels, frames, fill)
+            return self._clean_detected(ds, _hidden_high_bits(ds, pixels), frames, fill)
         matcher = IdentityMatcher.from_values(identifying)
         regions: list[Box] = []
         changed: set[int] = set()
@@ -164,7 +164,7 @@ class PixelCleaner:
             attest=False, method=f"tesseract word policy {policy} (not independently verified)",
         )  # fmt: skip
 
-    def _clean_detected(self, ds: Dataset, pixels: np.ndarray, frames: np.ndarray, fill: np.ndarray | int) -> PixelCleanResult:
+    def _clean_detected(self, ds: Dataset, hidden: bool, frames: np.ndarray, fill: np.ndarray | int) -> PixelCleanResult:
         """Policies "redact-detected" and "quarantine" (see :mod:`medsendx.pixels.textclean`)."""
         # Objects the header puts at risk are searched whole; the others are screened first.
         whole = assess_pixel_risk(ds, checker=True, every_object=False) is not None
@@ -186,7 +186,6 @@ class PixelCleaner:
         if not outcome.clean:
             return PixelCleanResult(False, outcome.reason, regions, False, outcome.ocr_calls,
                                     method=outcome.method, kept=outcome.kept, detector_runs=outcome.detector_runs)  # fmt: skip
-        hidden = _hidden_high_bits(ds, pixels)
         changed = bool(regions) or hidden
         if changed:
             store_pixels(ds, frames[0] if frame_count(ds) == 1 else frames)

@@ -40,7 +40,7 @@ BOX_THRESHOLD = 0.4
 UNCLIP_RATIO = 1.6
 MIN_BOX_SIDE = 3
 # Small images are enlarged so small scanner fonts reach the sizes DBNet was trained on.
-TARGET_SHORT_SIDE = 640
+TARGET_SHORT_SIDE = 512
 MAX_UPSCALE = 3.0
 MAX_LONG_SIDE = 2560  # larger inputs are tiled by the caller (see ``detect``)
 

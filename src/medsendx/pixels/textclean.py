@@ -35,7 +35,7 @@ from medsendx.config import PixelSettings
 from medsendx.pixels import ocr
 from medsendx.pixels.detector import MAX_UPSCALE, TARGET_SHORT_SIDE, TextModels
 from medsendx.pixels.render import Rendering, full_range, renderings
-from medsendx.pixels.screen import candidate_regions
+from medsendx.pixels.screen import candidate_regions, spike_values
 
 Box = tuple[int, int, int, int]
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class TextCleaner:
         """Detect and blank text in ``frame`` (in place)."""
         height, width = frame.shape[:2]
         report = FrameReport(whole=whole)
-        areas = [(0, 0, width, height)] if whole else candidate_regions(frame)
+        areas = [(0, 0, width, height)] if whole else merge_areas(candidate_regions(frame), height, width)
         if not areas:
             return report
         report.searched = True
@@ -156,6 +156,8 @@ class TextCleaner:
                 else:
                     report.blanked.append(_grow(box, self.settings.margin, height, width))
         report.kept = [k for k in report.kept if not any(_overlap(k, b) for b in report.blanked)]
+        if report.blanked and frame.ndim == 2:  # greyscale: one pen value (colour pens vary per channel)
+            report.blanked = _extend_along_pen(frame, report.blanked, report.kept)
         for x0, y0, x1, y1 in report.blanked:
             frame[y0:y1, x0:x1] = fill
         return report
@@ -182,7 +184,7 @@ class TextCleaner:
             return "text remains after redaction (second reader: tesseract on the full stored range)"
         # The detector again, on every rendering of the redacted frame at another scale.
         areas = [(0, 0, width, height)] if report.whole else candidate_regions(frame) + report.blanked
-        areas = [_grow(a, 16, height, width) for a in areas]
+        areas = merge_areas([_grow(a, 16, height, width) for a in areas], height, width)
         for rendering in renderings(ds, frame):
             for box, text, _ in self._detections(rendering, areas, VERIFY_SCALE):
                 if is_allowed_marker(text, self.allowed) or _inside(box, done, slack=6):
@@ -194,6 +196,62 @@ class TextCleaner:
                 log.debug("second look found a region at %s in %s", box, rendering.name)
                 return "text remains after redaction (second look: detector at another scale)"
         return None
+
+
+def merge_areas(areas: list[Box], height: int, width: int, near: int = 32) -> list[Box]:
+    """Fewer, larger crops: overlapping or close areas joined (each detector call has a fixed
+    cost), and one crop of the whole frame once the areas cover much of it."""
+    boxes = list(areas)
+    merged = True
+    while merged and len(boxes) > 1:
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                a, b = boxes[i], boxes[j]
+                if a[0] - near < b[2] and b[0] - near < a[2] and a[1] - near < b[3] and b[1] - near < a[3]:
+                    boxes[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                    del boxes[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    if sum((b[2] - b[0]) * (b[3] - b[1]) for b in boxes) > 0.5 * height * width:
+        return [(0, 0, width, height)]
+    return boxes
+
+
+def _extend_along_pen(frame: np.ndarray, boxes: list[Box], kept: list[Box]) -> list[Box]:
+    """Grow each box sideways over the rest of its line: where the pen value (a histogram
+    spike value found inside the box) continues left or right with gaps no wider than the
+    line's height. The detector can cut a line short where its first letters sit on a
+    background close to the pen value; the pen's pixels still say where the letters are."""
+    plane = frame if frame.ndim == 2 else frame.max(axis=2)
+    height, width = plane.shape
+    out: list[Box] = []
+    for x0, y0, x1, y1 in boxes:
+        band = plane[y0:y1]
+        pens = [v for v in spike_values(band[:, x0:x1]) if int((band[:, x0:x1] == v).sum()) >= 10]
+        if not pens or y1 <= y0:
+            out.append((x0, y0, x1, y1))
+            continue
+        has_pen = np.isin(band, pens).any(axis=0)
+        gap_limit = max(4, y1 - y0)
+        left, gap = x0, 0
+        for x in range(x0 - 1, -1, -1):
+            gap = 0 if has_pen[x] else gap + 1
+            if gap > gap_limit or any(k[0] <= x < k[2] and k[1] < y1 and y0 < k[3] for k in kept):
+                break
+            if has_pen[x]:
+                left = x
+        right, gap = x1, 0
+        for x in range(x1, width):
+            gap = 0 if has_pen[x] else gap + 1
+            if gap > gap_limit or any(k[0] <= x < k[2] and k[1] < y1 and y0 < k[3] for k in kept):
+                break
+            if has_pen[x]:
+                right = x + 1
+        out.append((max(0, left - 2), y0, min(width, right + 2), y1))
+    return out
 
 
 def _mostly_inside(box: Box, boxes: list[Box]) -> bool:
