@@ -275,7 +275,8 @@ def clean_frames(
     reports: dict[bytes, FrameReport] = {}
     per_frame: list[FrameReport] = []
     for index in range(len(frames)):
-        key = hashlib.blake2b(frames[index].tobytes(), digest_size=16).digest()
+        # (single frames need no key: hashing half a megabyte costs more than the screen)
+        key = hashlib.blake2b(frames[index].tobytes(), digest_size=16).digest() if len(frames) > 1 else b""
         if key in reports:  # identical frame (a frozen cine): same boxes
             report = reports[key]
             for x0, y0, x1, y1 in report.blanked:
