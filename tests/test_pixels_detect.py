@@ -260,3 +260,21 @@ def test_real_slices_without_text_pass_unchanged_and_unattested(tmp_path: Path, 
     for out in outputs:
         assert out.PixelData in originals  # bit-exact
         assert "113101" not in method_codes(out)  # nothing claimed
+
+
+def test_inspect_png_boxes_shows_what_is_blanked_and_kept(tmp_path: Path, cli) -> None:
+    case = bc.mammo_noise(5, "R", "CC", "NO")
+    src = tmp_path / "mammo.dcm"
+    src.write_bytes(case.bytes())
+    before = src.read_bytes()
+    result = cli("inspect", src, "--png", tmp_path / "boxes.png", "--boxes")
+    assert result.returncode == 0, result.stderr
+    assert src.read_bytes() == before  # boxes are drawn on a copy
+    image = np.array(Image.open(tmp_path / "boxes.png").convert("RGB")).astype(int)
+    red = (image[..., 0] > 200) & (image[..., 1] < 60) & (image[..., 2] < 60)
+    green = (image[..., 1] > 150) & (image[..., 0] < 60) & (image[..., 2] < 60)
+    rows, cols = np.nonzero(case.ink[0])
+    assert red[max(0, rows.min() - 12) : rows.max() + 12, max(0, cols.min() - 12) : cols.max() + 12].any()
+    x0, y0, x1, y1 = case.markers[0]
+    assert green[max(0, y0 - 12) : y1 + 12, max(0, x0 - 12) : x1 + 12].any()
+    assert not red[max(0, y0 - 2) : y1 + 2, max(0, x0 - 2) : x1 + 2].any()  # the marker is not blanked
