@@ -181,7 +181,7 @@ class PixelCleaner:
             if x1 > x0 and y1 > y0:
                 regions.append((x0, y0, x1, y1))
                 frames[:, y0:y1, x0:x1] = fill
-        outcome = clean_frames(ds, frames, fill, self.settings, text_models(), whole or bool(regions))
+        outcome = clean_frames(ds, frames, fill, self.settings, text_models, whole or bool(regions))
         regions = _unique(regions + outcome.regions)
         if not outcome.clean:
             return PixelCleanResult(False, outcome.reason, regions, False, outcome.ocr_calls,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -104,12 +105,19 @@ def _grow(box: Box, margin: int, height: int, width: int) -> Box:
 class TextCleaner:
     """One object's frames through detect, blank, verify."""
 
-    def __init__(self, settings: PixelSettings, models: TextModels) -> None:
+    def __init__(self, settings: PixelSettings, models: TextModels | Callable[[], TextModels]) -> None:
         self.settings = settings
-        self.models = models
+        self._models = models
         self.allowed = {a.strip().upper() for a in settings.allowed_markers}
         self.detector_runs = 0
         self.ocr_calls = 0
+
+    @property
+    def models(self) -> TextModels:
+        """Loaded on first use: a frame the screen finds nothing in never needs them."""
+        if not isinstance(self._models, TextModels):
+            self._models = self._models()
+        return self._models
 
     # ------------------------------------------------------------------ detection
     def _detections(self, rendering: Rendering, areas: list[Box], scale_factor: float = 1.0) -> list[tuple[Box, str, float]]:
@@ -267,7 +275,8 @@ def _mostly_inside(box: Box, boxes: list[Box]) -> bool:
 
 
 def clean_frames(
-    ds: Dataset, frames: np.ndarray, fill: np.ndarray | int, settings: PixelSettings, models: TextModels, whole: bool
+    ds: Dataset, frames: np.ndarray, fill: np.ndarray | int, settings: PixelSettings,
+    models: TextModels | Callable[[], TextModels], whole: bool,
 ) -> Outcome:
     """Run the default-deny cleaner over every frame of ``frames`` (edited in place)."""
     cleaner = TextCleaner(settings, models)
