@@ -62,34 +62,38 @@ def contrast_threshold(plane: np.ndarray) -> int:
     return int(max(4.0 * noise, 0.04 * span, 2.0))
 
 
-def _thin_tiles(plane: np.ndarray, padded: np.ndarray, value: int, threshold: int, th: int, tw: int) -> np.ndarray:
-    """Tiles where pixels holding ``value`` form strokes; ``plane`` is padded to whole tiles
-    and ``padded`` is it as int32 with ``max(STROKE_OFFSETS)`` edge pixels around it."""
+def _thin_tiles(plane: np.ndarray, value: int, threshold: int, th: int, tw: int) -> np.ndarray:
+    """Tiles where pixels holding ``value`` form strokes (``plane`` covers whole tiles)."""
     mask = (plane == value).reshape(th, TILE, tw, TILE)
     counts = mask.sum(axis=(1, 3), dtype=np.int32)
     # A tile mostly of this value is an area of it (background, padding, a clipped region):
-    # text there would be invisible. Only the remaining tiles are looked at closely.
+    # text there would be invisible. Only the remaining tiles are looked at closely, and
+    # only their pixels are gathered (cost follows the candidate tiles, not the frame).
     candidates = (counts >= MIN_THIN_PIXELS) & (counts <= MAX_INTERIOR_SHARE * TILE * TILE)
     if not candidates.any():
         return candidates
-    rows, cols = np.nonzero((mask & candidates[:, None, :, None]).reshape(th * TILE, tw * TILE))
+    ti, tj = np.nonzero(candidates)
+    k_tile, y, x = np.nonzero(mask[ti, :, tj, :])  # (n, TILE, TILE) blocks of the candidates
+    rows, cols = ti[k_tile] * TILE + y, tj[k_tile] * TILE + x
     # Many candidates (the rim of a padding area): look at every few of them; a text tile
     # holds several times the strokes needed, so it still fires.
     step = min(MAX_STEP, -(-rows.size // MAX_LOOKS))
     if step > 1:
         rows, cols = rows[::step], cols[::step]
+    height, width = plane.shape
+
+    def at(dr: int, dc: int) -> np.ndarray:
+        return plane[np.clip(rows + dr, 0, height - 1), np.clip(cols + dc, 0, width - 1)].astype(np.int64) - value
+
     # A stroke pixel contrasts with the pixels k steps away on *both* sides (left and
     # right, or above and below): a ridge or a valley, not the step of an edge...
-    k_max = max(STROKE_OFFSETS)
-    r, c = rows + k_max, cols + k_max
     ridge = np.zeros(rows.size, dtype=bool)
     for k in STROKE_OFFSETS:
-        left, right = padded[r, c - k] - value, padded[r, c + k] - value
-        up, down = padded[r - k, c] - value, padded[r + k, c] - value
+        left, right, up, down = at(0, -k), at(0, k), at(-k, 0), at(k, 0)
         ridge |= ((left > threshold) & (right > threshold)) | ((left < -threshold) & (right < -threshold))
         ridge |= ((up > threshold) & (down > threshold)) | ((up < -threshold) & (down < -threshold))
     # ...and continues into a neighbour of the same value (a stroke, not a speck of noise).
-    ridge &= (padded[r, c + 1] == value) | (padded[r + 1, c] == value) | (padded[r, c - 1] == value) | (padded[r - 1, c] == value)
+    ridge &= (at(0, 1) == 0) | (at(1, 0) == 0) | (at(0, -1) == 0) | (at(-1, 0) == 0)
     strokes = np.bincount(((rows // TILE) * tw + cols // TILE)[ridge], minlength=th * tw).reshape(th, tw)
     return candidates & (strokes * step >= MIN_THIN_PIXELS)
 
@@ -112,9 +116,8 @@ def candidate_regions(frame: np.ndarray) -> list[Box]:
             grown = np.full((th * TILE, tw * TILE), filler, dtype=np.int64)
             grown[:height, :width] = plane
             plane = grown
-        padded = np.pad(plane.astype(np.int32), max(STROKE_OFFSETS), mode="edge")
         for value in spikes:
-            fired |= _thin_tiles(plane, padded, value, threshold, th, tw)
+            fired |= _thin_tiles(plane, value, threshold, th, tw)
     if not fired.any():
         return []
     labels, _ = ndimage.label(ndimage.binary_dilation(fired, structure=np.ones((3, 3), bool)))
