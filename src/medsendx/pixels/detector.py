@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import threading
 from dataclasses import dataclass
 from importlib import util as importlib_util
@@ -90,7 +89,7 @@ class TextModels:
             raise DetectorUnavailable("ONNX Runtime is not installed") from None
         paths = verify_models(directory)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(os.environ.get("MEDSENDX_DETECTOR_THREADS", "1") or 1)
+        options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         providers = ["CPUExecutionProvider"]
