@@ -15,6 +15,7 @@ command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 command -v tesseract >/dev/null 2>&1 || need+=(tesseract-ocr tesseract-ocr-eng)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+[ -e /usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf ] || need+=(fonts-liberation)
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)  # compiles triage's inner loops on first use
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing system packages: ${need[*]}"

@@ -73,30 +73,89 @@ def engine_decision(deid: Deidentifier, data: bytes) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("every_object", [False, True])
-def test_engine_and_pixel_cleaner_apply_the_same_rule(tmp_path: Path, objects, every_object: bool) -> None:
-    """With a cleaner, the engine hands an object to it exactly when the cleaner's own
-    ``needs_check`` says it must be checked (a cleaner under policy "quarantine" refuses
-    each one, so every hand-over shows as a quarantine)."""
-    pixel_settings = PixelSettings(policy="quarantine", ocr_every_object=every_object)
-    cleaner = PixelCleaner(pixel_settings)
-    settings = settings_for(tmp_path / "state")
-    settings.pixels = pixel_settings
-    deid = Deidentifier(settings, pixel_cleaner=cleaner)
-    at_risk = 0
-    for case, ds, data in objects:
-        wanted = cleaner.needs_check(ds)
-        assert wanted == pixel_risk(ds, pixel_settings)
-        decided = engine_decision(deid, data)
-        assert (decided is None) == (wanted is None), case
-        risk = assess_pixel_risk(ds, checker=True, every_object=every_object)
-        assert (risk.reason if risk else None) == wanted, case
-        if risk is not None and not risk.cleanable:  # refused before any cleaner: our reason
-            assert decided == wanted, case
-        at_risk += wanted is not None
-    # The grid holds both kinds (the assertions above are not vacuous); with every_object
-    # a cleaner checks all of them.
-    assert at_risk == len(HEADERS) if every_object else 0 < at_risk < len(HEADERS)
+# Expected decisions written out by hand from the documented rule (README "Pixel
+# cleaner"), not computed by the code under test (issue 13). Columns:
+#   header-only:  no cleaner; "q" = quarantined, "-" = passes
+#   with cleaner: "check" = handed to the cleaner, "q" = refused before any cleaner
+#                 (a face, a document), "-" = passes unread (screen_every_object off)
+# (SOP class, modality, BurnedInAnnotation, ImageType, ConversionType) -> (header-only, with cleaner)
+EXPECTED = [
+    ((CTImageStorage, "CT", None, "ORIGINAL\\PRIMARY\\AXIAL", None), ("-", "-")),
+    ((CTImageStorage, "CT", "NO", "ORIGINAL\\PRIMARY\\AXIAL", None), ("-", "-")),
+    ((CTImageStorage, "CT", "YES", "ORIGINAL\\PRIMARY\\AXIAL", None), ("q", "check")),
+    ((CTImageStorage, "CT", None, "DERIVED\\SECONDARY\\SCREEN SAVE", None), ("q", "check")),
+    ((CTImageStorage, "CT", "NO", "DERIVED\\SECONDARY\\SCREEN SAVE", None), ("-", "check")),
+    ((SecondaryCaptureImageStorage, "OT", "NO", "ORIGINAL\\PRIMARY", None), ("-", "check")),
+    ((CTImageStorage, "CT", None, "ORIGINAL\\PRIMARY", "WSD"), ("q", "check")),
+    ((UltrasoundImageStorage, "US", None, "ORIGINAL\\PRIMARY", None), ("q", "check")),
+    ((UltrasoundImageStorage, "US", "NO", "ORIGINAL\\PRIMARY", None), ("-", "check")),
+    ((UltrasoundMultiFrameImageStorage, "US", "NO", "ORIGINAL\\PRIMARY", None), ("-", "check")),
+    (("1.2.840.10008.5.1.4.1.1.12.1", "XA", None, "ORIGINAL\\PRIMARY", None), ("-", "check")),
+    (("1.2.840.10008.5.1.4.1.1.12.1", "XA", "NO", "ORIGINAL\\PRIMARY", None), ("-", "-")),
+    (("1.2.840.10008.5.1.4.1.1.1", "CR", None, "ORIGINAL\\PRIMARY", None), ("-", "check")),
+    (("1.2.840.10008.5.1.4.1.1.1.1", "DX", None, "ORIGINAL\\PRIMARY", None), ("-", "check")),
+    (("1.2.840.10008.5.1.4.1.1.1.1", "DX", "NO", "ORIGINAL\\PRIMARY", None), ("-", "-")),
+    (("1.2.840.10008.5.1.4.1.1.1.2", "MG", None, "ORIGINAL\\PRIMARY", None), ("-", "-")),
+    (("1.2.840.10008.5.1.4.1.1.77.1.6", "SM", None, "ORIGINAL\\PRIMARY", None), ("q", "check")),
+    (("1.2.840.10008.5.1.4.1.1.77.1.6", "SM", "NO", "ORIGINAL\\PRIMARY", None), ("-", "-")),
+    (("1.2.840.10008.5.1.4.1.1.77.1.1", "ES", "NO", "ORIGINAL\\PRIMARY", None), ("-", "check")),
+    (("1.2.840.10008.5.1.4.1.1.77.1.4", "XC", "NO", "ORIGINAL\\PRIMARY", None), ("q", "q")),
+    (("1.2.840.10008.5.1.4.1.1.104.1", "DOC", None, "ORIGINAL\\PRIMARY", None), ("q", "q")),
+]
+
+
+class RefusingCleaner:
+    """Records what the engine hands over and refuses it (stands for any cleaner: the test is
+    about which objects reach it, not about cleaning)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, ds: Dataset, words: set[str]):
+        self.calls += 1
+        from medsendx.pixels import PixelCleanResult
+
+        return PixelCleanResult(False, "refused by the test cleaner")
+
+
+@pytest.mark.parametrize("case,expected", EXPECTED, ids=lambda v: "/".join(str(x) for x in v) if isinstance(v, tuple) else str(v))
+def test_which_objects_are_quarantined_or_checked(tmp_path: Path, case: tuple, expected: tuple[str, str]) -> None:
+    (sop_class, modality, burned_in, image_type, conversion) = case
+    ds = header_object(sop_class, modality, burned_in, None, image_type, conversion)
+    data = _encode(ds)
+    header_only, with_cleaner = expected
+    alone = Deidentifier(settings_for(tmp_path / "a"), pixel_cleaner=None)
+    assert (engine_decision(alone, data) is not None) == (header_only == "q")
+    settings = settings_for(tmp_path / "b")
+    settings.pixels = PixelSettings(screen_every_object=False)
+    cleaner = RefusingCleaner()
+    decided = engine_decision(Deidentifier(settings, pixel_cleaner=cleaner), data)
+    assert (cleaner.calls == 1) == (with_cleaner == "check")
+    assert (decided is not None) == (with_cleaner != "-")
+    if with_cleaner == "check":
+        assert decided == "refused by the test cleaner"
+    # The cleaner's own needs_check agrees with the engine (it also names what is refused).
+    assert (PixelCleaner(settings.pixels).needs_check(ds) is not None) == (with_cleaner != "-")
+    # By default every object with pixels reaches the cleaner (issue 12), refused ones excepted.
+    every = RefusingCleaner()
+    decided = engine_decision(Deidentifier(settings_for(tmp_path / "c"), pixel_cleaner=every), data)
+    assert every.calls == (0 if with_cleaner == "q" else 1)
+
+
+def test_policy_quarantine_holds_back_at_least_what_the_default_checks(tmp_path: Path, ct_head: list[Path]) -> None:
+    """Issue 13: under policy "quarantine" an ultrasound whose header says NO and XA/CR/DX
+    with a silent header used to leave unread."""
+    settings = settings_for(tmp_path / "q")
+    settings.pixels = PixelSettings(policy="quarantine")
+    deid = Deidentifier(settings)
+    for case, (_, with_cleaner) in EXPECTED:
+        ds = header_object(case[0], case[1], case[2], None, case[3], case[4])
+        decided = engine_decision(deid, _encode(ds))
+        if with_cleaner != "-":
+            assert decided is not None, case
+    # ...while real CT slices without text pass (the screen finds nothing there).
+    for path in ct_head[:4]:
+        assert engine_decision(deid, path.read_bytes()) is None, path.name
 
 
 def test_without_a_cleaner_the_engine_quarantines_exactly_the_objects_at_risk(tmp_path: Path, objects) -> None:

@@ -31,7 +31,7 @@ ENV_PREFIX = "MEDSENDX_"
 DEFAULT_CONFIG_NAME = "medsendx.toml"
 
 DateOption = Literal["remove", "modified", "full"]
-PixelPolicy = Literal["quarantine", "redact-identifying", "redact-all-text"]
+PixelPolicy = Literal["redact-detected", "quarantine", "redact-identifying", "redact-all-text"]
 
 
 class ConfigError(ValueError):
@@ -57,14 +57,44 @@ class DeidSettings:
     max_date_shift_days: int = 365
 
 
+# Text the default policy may leave in place: laterality, view and orientation labels
+# (each word of a detected line must be one of these). See README "Pixel cleaner".
+DEFAULT_ALLOWED_MARKERS = [
+    "L", "R", "LT", "RT", "LEFT", "RIGHT", "CC", "MLO", "ML", "LM", "XCCL", "XCCM", "AT", "SIO",
+    "LCC", "RCC", "LMLO", "RMLO", "LML", "RML", "AP", "PA", "LAT", "LATERAL", "OBL", "LAO",
+    "RAO", "LPO", "RPO", "A", "P", "H", "F", "S", "I",
+]  # fmt: skip
+
+
 @dataclass
 class PixelSettings:
     """What to do with objects that may show identity in their pixels."""
 
-    policy: PixelPolicy = "redact-identifying"
+    # "redact-detected" (default): every text region the learned detector finds is blanked
+    # unless it reads as an allowed marker. "redact-identifying" / "redact-all-text": the
+    # older tesseract word policies (opt-in; they never attest clean pixels).
+    # "quarantine": nothing is redacted; every object the default would redact or run the
+    # detector on goes to quarantine.
+    policy: PixelPolicy = "redact-detected"
+    # Old policies: OCR every object with pixels (the default policy screens every object).
     ocr_every_object: bool = False
+    # Default policy: screen every object with pixels (CT and MR included), not only those
+    # whose header puts them at risk. Turning it off restores the header-only choice.
+    screen_every_object: bool = True
+    allowed_markers: list[str] = field(default_factory=lambda: list(DEFAULT_ALLOWED_MARKERS))
+    # Detector boxes are grown by this many pixels (plus a fifth of the text height).
+    margin: int = 3
+    # More than this share of a frame detected as text: it cannot be told from anatomy
+    # (or it is a page of text): quarantine rather than blank the image away.
+    max_blanked_share: float = 0.35
     # Known fixed layouts: manufacturer/model -> list of [x0, y0, x1, y1] boxes to blank.
     fixed_regions: dict[str, list[list[int]]] = field(default_factory=dict)
+
+    def checks_every_object(self) -> bool:
+        """Whether every object with pixels goes to the cleaner (screened or read)."""
+        if self.policy in ("redact-detected", "quarantine"):
+            return self.screen_every_object
+        return self.ocr_every_object
 
 
 @dataclass

@@ -98,11 +98,18 @@ def _pixel_rows(ds) -> list[tuple[str, str]]:
     return rows
 
 
-def _render(ds, png: str | None) -> None:
+def _render(ds, png: str | None, boxes: bool = False) -> None:
     if not png:
         return
     try:
-        save_png(display_image(ds), png)
+        if boxes:  # what the pixel cleaner blanks (red) and keeps (green), on a copy
+            from medsendx.pixels.preview import boxes_image
+
+            image, verdict = boxes_image(ds)
+            save_png(image, png)
+            console.print(f"pixel cleaner: {verdict}", markup=False)
+        else:
+            save_png(display_image(ds), png)
     except DicomReadError as exc:
         err_console.print(f"[red]error:[/red] cannot render: {exc}")
         raise SystemExit(1)
@@ -113,17 +120,18 @@ def _render(ds, png: str | None) -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--all", "show_all", is_flag=True, help="Print the full dataset dump.")
 @click.option("--png", type=click.Path(dir_okay=False), help="Render the image (first frame) to this PNG.")
-def inspect_cmd(file: str, show_all: bool, png: str | None) -> None:
+@click.option("--boxes", is_flag=True, help="With --png: draw what the pixel cleaner blanks (red) and keeps (green).")
+def inspect_cmd(file: str, show_all: bool, png: str | None, boxes: bool = False) -> None:
     """Show the key metadata of a DICOM FILE (patient, study, modality, pixels).
 
     The image is rendered as a radiologist would see it: rescale slope/intercept, the
     object's window or VOI LUT, MONOCHROME1 inverted, colour kept, first frame.
     """
     with _vr_warnings_counted():
-        _inspect(file, show_all, png)
+        _inspect(file, show_all, png, boxes)
 
 
-def _inspect(file: str, show_all: bool, png: str | None) -> None:
+def _inspect(file: str, show_all: bool, png: str | None, boxes: bool = False) -> None:
     ds = _load(file)
     if show_all:
         console.print(str(ds), markup=False)
@@ -138,20 +146,21 @@ def _inspect(file: str, show_all: bool, png: str | None) -> None:
         for i, (name, text) in enumerate(_pixel_rows(ds)):
             table.add_row("Pixels" if i == 0 else "", name, text)
         console.print(table)
-    _render(ds, png)
+    _render(ds, png, boxes)
 
 
 @click.command("view")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--png", type=click.Path(dir_okay=False), help="Render the image (first frame) to this PNG.")
-def view_cmd(file: str, png: str | None) -> None:
+@click.option("--boxes", is_flag=True, help="With --png: draw what the pixel cleaner blanks (red) and keeps (green).")
+def view_cmd(file: str, png: str | None, boxes: bool = False) -> None:
     """Confirm at a glance that FILE is de-identified: identity fields, provenance and the
     de-identification options recorded in it; optionally render the image."""
     with _vr_warnings_counted():
-        _view(file, png)
+        _view(file, png, boxes)
 
 
-def _view(file: str, png: str | None) -> None:
+def _view(file: str, png: str | None, boxes: bool = False) -> None:
     ds = _load(file)
     table = Table(title=f"de-identification of {Path(file).name}")
     table.add_column("attribute", style="bold")
@@ -166,4 +175,4 @@ def _view(file: str, png: str | None) -> None:
     console.print(table)
     removed = str(ds.get("PatientIdentityRemoved", "")).upper() == "YES"
     console.print("[green]marked de-identified[/green]" if removed else "[red]NOT marked de-identified[/red]")
-    _render(ds, png)
+    _render(ds, png, boxes)

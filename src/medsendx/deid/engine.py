@@ -97,6 +97,7 @@ class DeidReport:
     series_instance_uid: str = ""
     counts: dict[str, int] = field(default_factory=dict)
     pixel_cleaned: bool = False
+    pixel_method: str = ""  # how the pixels were verified clean (empty: not attested)
     profile: str = ""
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -187,7 +188,8 @@ class Deidentifier:
     ``settings.pixels``; with ``pixel_cleaner=None`` such objects are quarantined. Which
     objects are at risk is ``pixelrisk.assess_header_risk``, the rule the pixel cleaner's
     ``needs_check`` applies too: with a cleaner present the check widens (a header that
-    says BurnedInAnnotation NO on an ultrasound screen, ``pixels.ocr_every_object``).
+    says BurnedInAnnotation NO on an ultrasound screen, and by default every object with
+    pixels: ``PixelSettings.checks_every_object``).
     """
 
     def __init__(self, settings: Settings, pixel_cleaner: Callable[[Dataset, set[str]], Any] | None = SETTINGS_CLEANER) -> None:
@@ -204,7 +206,7 @@ class Deidentifier:
         self._needs_words = "C" in self.actions.values()
         self.station_name = settings.station_id
         self._provenance_cache: dict[Encoding, bytes] = {}
-        self._check_every_object = pixel_cleaner is not None and settings.pixels.ocr_every_object
+        self._check_every_object = pixel_cleaner is not None and settings.pixels.checks_every_object()
         self._options = self.profile.option_dict()  # (shared by every report: never mutated)
 
     # ------------------------------------------------------------------ public API
@@ -411,8 +413,8 @@ class Deidentifier:
             options=self._options,
         )
         if risk is not None:  # a cleaner is present and the risk is one it can fix
-            chunks = [self._clean_pixels(b"".join(chunks), words or set(), risk.reason)]
-            report.pixel_cleaned = True
+            chunks, report.pixel_method = self._clean_pixels(b"".join(chunks), words or set(), risk.reason)
+            report.pixel_cleaned = bool(report.pixel_method)
         return chunks, report
 
     def _header_dataset(self, buf: bytes, elements: list[Element], enc: Encoding) -> Dataset:
@@ -649,19 +651,24 @@ class Deidentifier:
             (0x00280303, codec.text_element(0x00280303, out_vr or "CS", temporal, enc)),
         ]
 
-    def _clean_pixels(self, blob: bytes, words: set[str], risk_reason: str) -> bytes:
-        """Hand the de-identified object to the pixel cleaner; record a clean result."""
+    def _clean_pixels(self, blob: bytes, words: set[str], risk_reason: str) -> tuple[list[bytes | memoryview], str]:
+        """Hand the de-identified object to the pixel cleaner: (output chunks, how the pixels
+        were cleaned; "" when nothing was attested or changed)."""
         ds = pydicom.dcmread(io.BytesIO(blob))
         result = self.pixel_cleaner(ds, words)  # type: ignore[misc]
         if not getattr(result, "clean", False):
             raise QuarantineRequired(getattr(result, "reason", "") or risk_reason)
+        if not getattr(result, "attest", True):
+            # Nothing claimed (a screen found nothing): no attestation, and the output is
+            # the header-only result unless the cleaner changed pixels.
+            return ([_encode(ds)] if getattr(result, "changed", False) else [blob]), ""
         ds.BurnedInAnnotation = "NO"
         item = Dataset()
         item.CodeValue, item.CodingSchemeDesignator = P.CODE_CLEAN_PIXELS[0], "DCM"
         item.CodeMeaning = P.CODE_CLEAN_PIXELS[1]
         codes = list(ds.DeidentificationMethodCodeSequence)
         ds.DeidentificationMethodCodeSequence = Sequence([codes[0], item, *codes[1:]])
-        return _encode(ds)
+        return [_encode(ds)], str(getattr(result, "method", "") or "pixel cleaner")
 
     # ------------------------------------------------------------------ failures
     def _fail(self, src: Path, digest: str, status: Literal["quarantined", "error"], reason: str) -> FileOutcome:
@@ -686,6 +693,7 @@ class Deidentifier:
                 options=report.options,
                 actions=report.counts,
                 pixel_cleaned=report.pixel_cleaned,
+                pixel_method=report.pixel_method,
             )
         else:
             record.update(reason=reason, profile=self.profile.description, options=self._options)

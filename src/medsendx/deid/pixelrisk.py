@@ -103,7 +103,8 @@ def assess_header_risk(
     modality = header.get("Modality", "").strip().upper()
     image_types = {value.strip().upper() for value in header.get("ImageType", "").split("\\")}
     reason, distrust_no = None, False
-    if sop_class.startswith(SECONDARY_CAPTURE_PREFIX) or "ConversionType" in header:
+    # (1.2.840.10008.5.1.4.1.1.7 and .7.1-.7.4; not the VL classes 1.2.840.10008.5.1.4.1.1.77.*)
+    if sop_class == SECONDARY_CAPTURE_PREFIX or sop_class.startswith(SECONDARY_CAPTURE_PREFIX + ".") or "ConversionType" in header:
         reason, distrust_no = "secondary capture (screen-capture-like object)", True
     elif sop_class in ULTRASOUND_CLASSES or modality in ("US", "IVUS"):
         reason, distrust_no = "ultrasound (text is commonly burned in)", True

@@ -1,6 +1,9 @@
 """The pixel cleaner: find burned-in text, blank it, verify, and store the result losslessly.
 
-For each frame: blank the configured fixed regions of the device (no OCR needed to find
+Policy "redact-detected" (the default) is :mod:`medsendx.pixels.textclean`: a learned
+detector, default-deny, independently verified. Policy "quarantine" screens the same way
+and sends to quarantine whatever the default would have to search. The older tesseract
+word policies ("redact-identifying", "redact-all-text", opt-in) work as follows. For each frame: blank the configured fixed regions of the device (no OCR needed to find
 them), then OCR the whole frame; blank the words the policy selects; OCR the redacted
 lines again; repeat up to ``MAX_REDACTION_ROUNDS`` times. An object is clean only when
 the last reading of every frame found no identifying word. Tesseract is deterministic, so
@@ -26,7 +29,11 @@ from medsendx.dicomio import DicomReadError, display_array, frame_count, stored_
 from medsendx.pixels import ocr
 from medsendx.pixels.encode import EncodeError, store_pixels
 from medsendx.pixels.redact import IdentityMatcher, blank, identifying_words, redaction_box, words_to_redact
+from medsendx.deid.pixelrisk import assess_pixel_risk
+from medsendx.pixels.detector import DetectorUnavailable, text_models
 from medsendx.pixels.risk import is_photograph, pixel_risk
+from medsendx.pixels.screen import candidate_regions
+from medsendx.pixels.textclean import clean_frames
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,13 @@ class PixelCleanResult:
     regions: list[Box] = field(default_factory=list)
     changed: bool = False
     ocr_calls: int = 0
+    # ``attest``: an independent second check backs "no text left" (the de-identifier then
+    # writes BurnedInAnnotation NO and code 113101); False for a screen that found nothing
+    # (nothing claimed) and for the older word policies (their check is their own reading).
+    attest: bool = False
+    method: str = ""  # how the pixels were checked/cleaned, for the de-identification record
+    kept: list[Box] = field(default_factory=list)  # allowed markers left in place
+    detector_runs: int = 0
 
 
 def _device_key(ds: Dataset) -> tuple[str, str]:
@@ -93,7 +107,7 @@ class PixelCleaner:
             return self._clean(ds, identifying_words)
         except DicomReadError as exc:
             return PixelCleanResult(False, f"pixel check impossible: {exc}")
-        except ocr.OcrUnavailable as exc:
+        except (ocr.OcrUnavailable, DetectorUnavailable) as exc:
             return PixelCleanResult(False, f"pixel check impossible: {exc}")
         except EncodeError as exc:
             return PixelCleanResult(False, str(exc))
@@ -103,8 +117,6 @@ class PixelCleaner:
 
     def _clean(self, ds: Dataset, identifying: set[str]) -> PixelCleanResult:
         policy = self.settings.policy
-        if policy == "quarantine":
-            return PixelCleanResult(False, "pixel policy is quarantine: objects at risk are not cleaned")
         if is_photograph(ds):
             return PixelCleanResult(False, "photograph that may show a face: stays in quarantine")
         if "PixelData" not in ds:
@@ -115,6 +127,8 @@ class PixelCleaner:
         frames = pixels[np.newaxis] if frame_count(ds) == 1 else pixels
         height, width = frames.shape[1:3]
         fill = _fill_value(ds, frames)
+        if policy in ("redact-detected", "quarantine"):
+            return self._clean_detected(ds, _hidden_high_bits(ds, pixels), frames, fill)
         matcher = IdentityMatcher.from_values(identifying)
         regions: list[Box] = []
         changed: set[int] = set()
@@ -145,7 +159,41 @@ class PixelCleaner:
         what = f"{len(_unique(regions))} region(s) blanked" if changed else "no identifying text found"
         if hidden:
             what += ", bits above Bits Stored cleared"
-        return PixelCleanResult(True, f"{what}, {verified}", _unique(regions), bool(changed or hidden), calls)
+        return PixelCleanResult(
+            True, f"{what}, {verified}", _unique(regions), bool(changed or hidden), calls,
+            attest=False, method=f"tesseract word policy {policy} (not independently verified)",
+        )  # fmt: skip
+
+    def _clean_detected(self, ds: Dataset, hidden: bool, frames: np.ndarray, fill: np.ndarray | int) -> PixelCleanResult:
+        """Policies "redact-detected" and "quarantine" (see :mod:`medsendx.pixels.textclean`)."""
+        # Objects the header puts at risk are searched whole; the others are screened first.
+        whole = assess_pixel_risk(ds, checker=True, every_object=False) is not None
+        if self.settings.policy == "quarantine":
+            if whole:
+                return PixelCleanResult(False, "pixel policy is quarantine: objects at risk are not cleaned")
+            if any(candidate_regions(frame) for frame in frames):
+                return PixelCleanResult(False, "pixel policy is quarantine: the screen found text-like structure")
+            return PixelCleanResult(True, "screen found no text-like structure", method="screen")
+        height, width = frames.shape[1:3]
+        regions: list[Box] = []
+        for box in fixed_regions_for(ds, self.settings):
+            x0, y0, x1, y1 = (max(0, box[0]), max(0, box[1]), min(width, box[2]), min(height, box[3]))
+            if x1 > x0 and y1 > y0:
+                regions.append((x0, y0, x1, y1))
+                frames[:, y0:y1, x0:x1] = fill
+        outcome = clean_frames(ds, frames, fill, self.settings, text_models, whole or bool(regions))
+        regions = _unique(regions + outcome.regions)
+        if not outcome.clean:
+            return PixelCleanResult(False, outcome.reason, regions, False, outcome.ocr_calls,
+                                    method=outcome.method, kept=outcome.kept, detector_runs=outcome.detector_runs)  # fmt: skip
+        changed = bool(regions) or hidden
+        if changed:
+            store_pixels(ds, frames[0] if frame_count(ds) == 1 else frames)
+        reason = outcome.reason + (", bits above Bits Stored cleared" if hidden else "")
+        return PixelCleanResult(
+            True, reason, regions, changed, outcome.ocr_calls, attest=outcome.attest, method=outcome.method,
+            kept=outcome.kept, detector_runs=outcome.detector_runs,
+        )  # fmt: skip
 
     def _read_and_blank(
         self,
@@ -266,9 +314,9 @@ def _unique(boxes: list[Box]) -> list[Box]:
     return list(dict.fromkeys(boxes))
 
 
-def make_pixel_cleaner(settings: Settings | PixelSettings) -> PixelCleaner | None:
-    """The cleaner the settings ask for; None when the policy is "quarantine" (no OCR)."""
+def make_pixel_cleaner(settings: Settings | PixelSettings) -> PixelCleaner:
+    """The cleaner the settings ask for. Under policy "quarantine" it redacts nothing and
+    refuses every object the default policy would have to search (so "quarantine" holds
+    back at least what the default checks)."""
     pixels = settings.pixels if isinstance(settings, Settings) else settings
-    if pixels.policy == "quarantine":
-        return None
     return PixelCleaner(pixels)

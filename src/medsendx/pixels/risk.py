@@ -21,5 +21,5 @@ def pixel_risk(ds: Dataset, settings: PixelSettings) -> str | None:
 
     The reason is our own wording (never a value from the object), fit for logs and audit.
     """
-    risk = assess_pixel_risk(ds, checker=True, every_object=settings.ocr_every_object)
+    risk = assess_pixel_risk(ds, checker=True, every_object=settings.checks_every_object())
     return risk.reason if risk else None

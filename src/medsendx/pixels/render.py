@@ -1,0 +1,94 @@
+"""Window-independent 8-bit renderings of one frame, for text detection.
+
+Burned-in text is invisible in some renderings and plain in others: 8-bit text in a 12-bit
+CT is black in a 40/400 window; text at the maximum stored value is one grey among many
+in a full-range view of a bright image; text over a noisy mammogram stands out only as
+"exactly the brightest value". So the detector looks at several renderings, each a plain
+8-bit grey image of the same size as the frame (boxes map 1:1 to the stored pixels):
+
+- ``window``: what a viewer shows first (the object's window / VOI LUT, MONOCHROME1
+  inverted; colour as RGB luminance-free channel extremes, see below);
+- ``full``: the frame's full stored range, linearly;
+- ``high`` / ``low``: what lies at or near the extreme stored values (white on black);
+- ``byte``: stored values clipped to 0..255, for data of more than 8 bits (what an
+  8-bit-minded tool writes into 16-bit data shows here and nowhere else);
+- colour frames: the brightest and the darkest channel per pixel (coloured text is bright
+  in *some* channel), each in full range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from medsendx.dicomio import display_array
+
+# "Near the extreme": within this share of the frame's stored range from its max (or min).
+EXTREME_SHARE = 0.02
+
+
+@dataclass(frozen=True)
+class Rendering:
+    name: str
+    image: np.ndarray  # uint8, H x W
+
+
+def stretch(values: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    """Linear map of [lo, hi] (default: the array's own range) to 0..255, as uint8."""
+    values = np.asarray(values, dtype=np.float32)
+    lo = float(values.min()) if lo is None else lo
+    hi = float(values.max()) if hi is None else hi
+    if hi <= lo:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.clip((values - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    return image if image.ndim == 2 else image.max(axis=2)
+
+
+def renderings(ds: Dataset, frame: np.ndarray) -> list[Rendering]:
+    """Every rendering of ``frame`` (stored values, H x W or H x W x 3) worth a look.
+    Renderings identical to an earlier one are left out."""
+    out: list[Rendering] = []
+    seen: set[bytes] = set()
+
+    def add(name: str, image: np.ndarray) -> None:
+        image = np.ascontiguousarray(image, dtype=np.uint8)
+        key = image.tobytes()[:: max(1, image.size // 65536)] + image.tobytes()[-64:]
+        if image.max() == image.min() or key in seen:
+            return
+        seen.add(key)
+        out.append(Rendering(name, image))
+
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if frame.ndim == 3:  # colour (decoded to RGB)
+        add("window-max-channel", stretch(frame.max(axis=2)))
+        add("window-min-channel", stretch(frame.min(axis=2)))
+        return out
+    shown = display_array(ds, frame)
+    add("window", _grey(shown))
+    if photometric == "PALETTE COLOR":
+        return out
+    values = frame.astype(np.float32, copy=False)
+    lo, hi = float(values.min()), float(values.max())
+    inverted = photometric == "MONOCHROME1"
+    full = stretch(values, lo, hi)
+    add("full", 255 - full if inverted else full)
+    band = max(1.0, (hi - lo) * EXTREME_SHARE)
+    add("high", np.where(values >= hi - band, 255, 0))
+    add("low", np.where(values <= lo + band, 255, 0))
+    if int(ds.get("BitsStored", 8)) > 8 and (hi > 255 or lo < 0):
+        add("byte", stretch(values, 0.0, 255.0))
+    return out
+
+
+def full_range(ds: Dataset, frame: np.ndarray) -> np.ndarray:
+    """The full stored range as a person would see it (MONOCHROME1 inverted), uint8; the
+    rendering the independent verification reads."""
+    if frame.ndim == 3:
+        return stretch(frame.max(axis=2))
+    full = stretch(frame)
+    return 255 - full if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1" else full

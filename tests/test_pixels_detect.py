@@ -1,0 +1,280 @@
+"""Issue 12: burned-in identity found whatever the window, the noise or the header says.
+
+The learned detector's model files (pinned, hash-checked), each rendering, the allow-list,
+the screen on real CT/MR, and a synthetic corpus built from real files (tests/burned_corpus.py)
+through ``medsendx anonymize``, judged by oracles that do not come from the cleaner: the
+planted ink masks, the input pixels, and tesseract reading the full stored range.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import shutil
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytesseract
+import pytest
+from PIL import Image
+
+import burned_corpus as bc
+from medsendx.config import DEFAULT_ALLOWED_MARKERS, PixelSettings, load_settings
+from medsendx.dicomio import display_array
+from medsendx.pixels import detector
+from medsendx.pixels.render import full_range, renderings, stretch
+from medsendx.pixels.screen import candidate_regions
+from medsendx.pixels.textclean import is_allowed_marker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- the detector's model files --------------------------------------------------------
+
+
+def test_model_files_come_from_the_pinned_wheel_and_match_their_hashes(tmp_path: Path) -> None:
+    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (pin,) = [p for p in pins if p.startswith("rapidocr")]
+    assert pin == f"rapidocr=={importlib.metadata.version('rapidocr')}"  # pinned exactly, and installed
+    paths = detector.verify_models()
+    assert set(paths) == set(detector.MODEL_SHA256)
+    for path in paths.values():  # inside the installed package, not fetched at run time
+        assert path.is_relative_to(detector.model_dir()) and path.stat().st_size > 1_000_000
+
+    copy = tmp_path / "models"
+    shutil.copytree(detector.model_dir(), copy)
+    detector.verify_models(copy)  # an intact copy passes
+    det = copy / detector.DETECTION_MODEL
+    data = bytearray(det.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    det.write_bytes(bytes(data))
+    with pytest.raises(detector.DetectorUnavailable, match="altered"):
+        detector.verify_models(copy)
+    det.unlink()
+    with pytest.raises(detector.DetectorUnavailable, match="missing"):
+        detector.verify_models(copy)
+    with pytest.raises(detector.DetectorUnavailable):
+        detector.TextModels(copy)
+
+
+def test_detector_finds_and_reads_a_planted_line(data_dir: Path) -> None:
+    ds = pydicom.dcmread(data_dir / "ct-head-ge" / "12.dcm")
+    pixels = ds.pixel_array.copy()
+    ink = bc.text_mask(pixels.shape, [((200, 250), "ID 70341958", "liberation", 14)])
+    pixels[ink] = pixels.max()
+    image = stretch(pixels)
+    models = detector.text_models()
+    found = [d.box for d in models.detect(image)]
+    rows, cols = np.nonzero(ink)
+    covering = [b for b in found if b[0] <= cols.min() and b[1] <= rows.min() and b[2] > cols.max() and b[3] > rows.max()]
+    assert covering, found
+    text, confidence = models.recognise(image, covering[0])
+    assert "70341958" in text.replace(" ", "") and confidence > 0.8
+
+
+# --- renderings --------------------------------------------------------------------------
+
+
+def by_name(ds, frame) -> dict[str, np.ndarray]:
+    return {r.name: r.image for r in renderings(ds, frame)}
+
+
+def test_byte_pen_in_16_bit_data_is_black_in_the_window_and_plain_in_the_byte_rendering(data_dir: Path) -> None:
+    case = bc.ct_byte_pen_over_anatomy(data_dir)
+    frame = case.ds.pixel_array
+    ink = case.ink[0]
+    shown = display_array(case.ds, frame)
+    assert len(np.unique(shown[ink])) == 1  # one flat grey (black) in the 40/400 window...
+    ring = np.zeros_like(ink)
+    rows, cols = np.nonzero(ink)
+    ring[rows.min() - 4 : rows.max() + 5, cols.min() - 4 : cols.max() + 5] = True
+    ring &= ~ink
+    views = by_name(case.ds, frame)
+    byte = views["byte"]
+    assert (byte[ink] == 255).all()  # ...white where an 8-bit pen wrote 255
+    assert np.mean(byte[ring]) < 128
+
+
+def test_max_value_pen_shows_in_the_high_rendering(data_dir: Path) -> None:
+    case = bc.ct_max_value_corner(data_dir)
+    views = by_name(case.ds, case.ds.pixel_array)
+    high = views["high"]
+    assert (high[case.ink[0]] == 255).all()
+    assert (high == 255).sum() < 3 * case.ink[0].sum()  # little else is that bright
+    assert views["full"][case.ink[0]].min() == 255
+
+
+def test_monochrome1_pen_at_min_is_white_in_full_and_low(data_dir: Path) -> None:
+    case = bc.cr_monochrome1(data_dir)
+    views = by_name(case.ds, case.ds.pixel_array)
+    assert (views["full"][case.ink[0]] == 255).all()  # MONOCHROME1: minimum shown white
+    assert (views["low"][case.ink[0]] == 255).all()
+
+
+def test_colour_text_is_bright_in_the_max_channel_rendering() -> None:
+    case = bc.ultrasound_rgb()
+    views = by_name(case.ds, case.ds.pixel_array)
+    assert (views["window-max-channel"][case.ink[0]] == 255).all()
+    assert full_range(case.ds, case.ds.pixel_array)[case.ink[0]].min() == 255
+
+
+def test_every_frame_has_its_own_renderings(data_dir: Path) -> None:
+    case = bc.multiframe_ct(data_dir)
+    frames = case.ds.pixel_array
+    for index in range(2):
+        high = by_name(case.ds, frames[index])["high"]
+        assert (high[case.ink[index]] == 255).all()
+
+
+# --- the allow-list ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,allowed", [
+    ("L", True), ("R", True), ("L CC", True), ("R MLO", True), ("rmlo", True), ("LAT", True), ("AP", True),
+    ("PA.", True), ("", False), ("KOWALCZYK", False), ("L 1958", False), ("LEFT RQ884120", False),
+    ("ID", False), ("CCC", False),
+])  # fmt: skip
+def test_allow_list_keeps_markers_only(text: str, allowed: bool) -> None:
+    assert is_allowed_marker(text, DEFAULT_ALLOWED_MARKERS) is allowed
+
+
+def test_allow_list_is_a_setting() -> None:
+    settings = load_settings(environ={"MEDSENDX_PIXELS__ALLOWED_MARKERS": "L,R"})
+    assert settings.pixels.allowed_markers == ["L", "R"]
+    assert not is_allowed_marker("CC", settings.pixels.allowed_markers)
+    assert PixelSettings().policy == "redact-detected"  # default deny is the default
+
+
+# --- the screen ----------------------------------------------------------------------------
+
+
+def test_screen_stays_quiet_on_most_real_slices_and_fires_on_every_planted_line(data_dir: Path) -> None:
+    paths = [p for sub in ("ct-head-ge", "ct-phantom-philips", "mr-brain-ge") for p in sorted((data_dir / sub).glob("*.dcm"))]
+    fired = total = 0
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        if "PixelData" not in ds:
+            continue
+        total += 1
+        fired += bool(candidate_regions(ds.pixel_array))
+    assert total >= 70 and fired <= 0.2 * total, (fired, total)
+    for case in bc.build(data_dir):
+        frames = bc.stored_frames(case.ds)
+        for frame, ink in zip(frames, case.ink):
+            covered = np.zeros(ink.shape, dtype=bool)
+            for x0, y0, x1, y1 in candidate_regions(frame):
+                covered[y0:y1, x0:x1] = True
+            assert covered[ink].all(), case.name
+
+
+# --- the corpus through anonymize ------------------------------------------------------------
+
+
+def read_words(image: np.ndarray) -> set[str]:
+    """An independent reader: plain tesseract on an 8-bit image (dark text on light, and the
+    inverse), upper-cased words of letters and digits."""
+    words: set[str] = set()
+    for img in (image, 255 - image):
+        big = Image.fromarray(img).resize((img.shape[1] * 2, img.shape[0] * 2), Image.Resampling.BICUBIC)
+        text = pytesseract.image_to_string(big, config="--psm 11")
+        words |= {w for w in re.split(r"[^0-9A-Z]+", text.upper()) if w}
+    return words
+
+
+def planted_seen(words: set[str]) -> set[str]:
+    return {p for p in bc.PLANTED_WORDS if any(p in w for w in words)}
+
+
+def method_codes(ds: pydicom.Dataset) -> list[str]:
+    return [item.CodeValue for item in ds.get("DeidentificationMethodCodeSequence", [])]
+
+
+@pytest.fixture(scope="module")
+def corpus_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path):
+    from conftest import run_cli
+
+    root = tmp_path_factory.mktemp("burned")
+    inbox = root / "in"
+    inbox.mkdir()
+    cases = bc.build(data_dir)
+    for number, case in enumerate(cases, start=1):
+        case.ds.InstanceNumber = number  # kept by the profile: pairs each output with its case
+        (inbox / f"case{number:02d}.dcm").write_bytes(case.bytes())
+    state = root / "state"
+    result = run_cli("anonymize", inbox, root / "out", "--workers", "1", env={"MEDSENDX_STATE_DIR": str(state)})
+    outputs = {int(pydicom.dcmread(p).InstanceNumber): pydicom.dcmread(p) for p in (root / "out").glob("*.dcm")}
+    return cases, outputs, result, state
+
+
+def test_corpus_every_identity_line_is_blanked_and_attested_only_then(corpus_run) -> None:
+    cases, outputs, result, _ = corpus_run
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(outputs) == list(range(1, len(cases) + 1))  # nothing quarantined on this corpus
+    for number, case in enumerate(cases, start=1):
+        out = outputs[number]
+        before = bc.stored_frames(pydicom.dcmread(__import__("io").BytesIO(case.bytes())))
+        after = bc.stored_frames(out)
+        changed = np.any(after != before, axis=-1) if after.ndim == 4 else after != before
+        missed = case.ink & ~changed
+        assert not missed.any(), f"{case.name}: {int(missed.sum())} ink pixels left"
+        # Attested: BurnedInAnnotation NO and Clean Pixel Data only with every line gone.
+        assert out.BurnedInAnnotation == "NO" and "113101" in method_codes(out), case.name
+        # Markers survive, bit for bit.
+        for x0, y0, x1, y1 in case.markers:
+            assert np.array_equal(before[:, y0:y1, x0:x1], after[:, y0:y1, x0:x1]), case.name
+        # Collateral stays local: every changed pixel holds the one fill value, and the changed
+        # area is a small multiple of the text's own extent.
+        fill = after[changed]
+        assert len(np.unique(fill.reshape(len(fill), -1), axis=0)) == 1, case.name
+        rows, cols = np.nonzero(case.ink.any(axis=0))
+        extent = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert changed.any(axis=0).sum() <= 4 * extent + 20000, case.name
+
+
+def test_corpus_independent_reader_finds_no_planted_word(corpus_run) -> None:
+    cases, outputs, _, _ = corpus_run
+    readable_before = 0
+    for number, case in enumerate(cases, start=1):
+        source = pydicom.dcmread(__import__("io").BytesIO(case.bytes()))
+        for index, frame in enumerate(bc.stored_frames(outputs[number])):
+            seen = planted_seen(read_words(full_range(outputs[number], frame)))
+            assert not seen, f"{case.name}, frame {index}: {sorted(seen)}"
+            readable_before += bool(planted_seen(read_words(full_range(source, bc.stored_frames(source)[index]))))
+    # The reader can fail: on the inputs it reads planted words in most objects.
+    assert readable_before >= len(cases) // 2, readable_before
+
+
+def test_real_slices_without_text_pass_unchanged_and_unattested(tmp_path: Path, data_dir: Path, cli) -> None:
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    sources = sorted((data_dir / "ct-head-ge").glob("*.dcm"))[:6] + sorted((data_dir / "mr-brain-ge").glob("*.dcm"))[:4]
+    for path in sources:
+        shutil.copy(path, inbox / f"{path.parent.name}-{path.name}")
+    result = cli("anonymize", inbox, tmp_path / "out", "--workers", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    outputs = [pydicom.dcmread(p) for p in (tmp_path / "out").glob("*.dcm")]
+    assert len(outputs) == len(sources)
+    originals = {pydicom.dcmread(p).PixelData for p in sources}
+    for out in outputs:
+        assert out.PixelData in originals  # bit-exact
+        assert "113101" not in method_codes(out)  # nothing claimed
+
+
+def test_inspect_png_boxes_shows_what_is_blanked_and_kept(tmp_path: Path, cli) -> None:
+    case = bc.mammo_noise(5, "R", "CC", "NO")
+    src = tmp_path / "mammo.dcm"
+    src.write_bytes(case.bytes())
+    before = src.read_bytes()
+    result = cli("inspect", src, "--png", tmp_path / "boxes.png", "--boxes")
+    assert result.returncode == 0, result.stderr
+    assert src.read_bytes() == before  # boxes are drawn on a copy
+    image = np.array(Image.open(tmp_path / "boxes.png").convert("RGB")).astype(int)
+    red = (image[..., 0] > 200) & (image[..., 1] < 60) & (image[..., 2] < 60)
+    green = (image[..., 1] > 150) & (image[..., 0] < 60) & (image[..., 2] < 60)
+    rows, cols = np.nonzero(case.ink[0])
+    assert red[max(0, rows.min() - 12) : rows.max() + 12, max(0, cols.min() - 12) : cols.max() + 12].any()
+    x0, y0, x1, y1 = case.markers[0]
+    assert green[max(0, y0 - 12) : y1 + 12, max(0, x0 - 12) : x1 + 12].any()
+    assert not red[max(0, y0 - 2) : y1 + 2, max(0, x0 - 2) : x1 + 2].any()  # the marker is not blanked
