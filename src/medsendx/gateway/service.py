@@ -26,6 +26,7 @@ from medsendx.config import Settings
 from medsendx.gateway.logs import get_logger, log_event
 from medsendx.gateway.metrics import MetricsServer, collect, gateway_db, staging_dir
 from medsendx.gateway.receiver import Receiver
+from medsendx.gateway.sdnotify import Notifier
 from medsendx.gateway.staging import Staging
 from medsendx.gateway.state import GatewayState
 from medsendx.gateway.watcher import DropFolderWatcher, DroppedFile
@@ -82,6 +83,7 @@ class GatewayService:
         self.metrics_server = MetricsServer(
             self.gw.http_port if http_port is None else http_port, self.metrics, self.health
         )
+        self.notifier = Notifier()  # systemd Type=notify; does nothing outside systemd
 
     def _make_pipeline(self):
         from medsendx.dicomio import skip_value_validation
@@ -116,6 +118,10 @@ class GatewayService:
             http_port=self.metrics_server.port, workers=self.gw.workers,
             study_quiet_seconds=self.gw.study_quiet_seconds,
         )
+        # READY only now that the receiver's port accepts associations; the watchdog is fed
+        # while the threads the service cannot work without are alive.
+        self.notifier.ready(f"listening on DICOM port {self.receiver.port}")
+        self.notifier.start_watchdog(self.needed_threads_alive)
         return self
 
     def stop(self) -> None:
@@ -123,6 +129,8 @@ class GatewayService:
         if self.stopping.is_set():
             return
         self.stopping.set()
+        self.notifier.stopping()
+        self.notifier.stop_watchdog()
         log_event(log, "gateway stopping")
         self.receiver.stop()
         if self.watcher is not None:
@@ -161,6 +169,12 @@ class GatewayService:
         while not signalled.wait(timeout=1.0):
             pass
         self.stop()
+
+    def needed_threads_alive(self) -> bool:
+        """The pipeline workers and the deliverer are all running (what the watchdog feeds on).
+        Kept separate from /healthz on purpose: the integrator may merge it with that check."""
+        needed = [t for t in self._threads if t.name.startswith("pipeline-") or t.name == "deliverer"]
+        return bool(needed) and all(t.is_alive() for t in needed)
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
