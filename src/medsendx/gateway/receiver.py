@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, DEFAULT_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from medsendx.config import GatewaySettings
@@ -26,6 +26,15 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 
 log = get_logger("medsendx.gateway.receiver")
+
+
+def supported_contexts() -> list[tuple[str, list[str]]]:
+    """(SOP class, transfer syntaxes) the receiver accepts as SCP. The receiver is built
+    from this list and so is the conformance statement (``medsendx.conformance``)."""
+    return [
+        (str(Verification), list(DEFAULT_TRANSFER_SYNTAXES)),
+        *((str(c.abstract_syntax), list(ALL_TRANSFER_SYNTAXES)) for c in AllStoragePresentationContexts),
+    ]
 
 
 @dataclass
@@ -60,9 +69,8 @@ class Receiver:
         # Our side accepts large PDUs: fewer round trips for 0.5 MB CT slices.
         ae.maximum_pdu_size = 0
         ae.require_calling_aet = list(gateway.allowed_calling_aets)
-        ae.add_supported_context(Verification)
-        for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        for abstract_syntax, transfer_syntaxes in supported_contexts():
+            ae.add_supported_context(abstract_syntax, transfer_syntaxes)
         self.ae = ae
 
     # --- lifecycle ------------------------------------------------------------------------
