@@ -9,7 +9,8 @@
 # Usage: scripts/build-image.sh [--fresh-base] [--tag NAME]
 # The base is reused while its inputs (package list, Debian sources) are unchanged and it is
 # younger than BASE_MAX_AGE_DAYS (default 7), so security updates still arrive weekly;
-# --fresh-base always rebuilds it. The pip cache is a build cache mount (never in the image).
+# --fresh-base always rebuilds it (and so every layer above it). The Python dependencies are a
+# layer of their own, rebuilt when pyproject.toml or the base changes (see Containerfile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
