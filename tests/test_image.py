@@ -169,12 +169,16 @@ def test_image_rootfs_in_chroot_storescu_to_orthanc_and_sigterm(image, rootfs, o
     try:
         wait_for(lambda: healthy(http_port) and echo_ok(dicom_port), "the gateway to listen", proc=gateway.proc, log=log)
         # the image's own HEALTHCHECK command, run the way the container runtime would
-        check = subprocess.run(
-            ["unshare", "--mount", "sh", "-c", f"mount --bind {etc} {rootfs}/etc/medsendx && exec chroot "
-             f"--userspec={uid}:{gid} {rootfs} " + " ".join(json.loads(subprocess.run(
-                 ["podman", "image", "inspect", "--format", "{{json .HealthCheck.Test}}", IMAGE],
-                 capture_output=True, text=True, check=True).stdout)[1:])],
-            env={**dict(e.split("=", 1) for e in image["Env"]), **env}, capture_output=True, text=True, timeout=60)
+        health_test = json.loads(subprocess.run(["podman", "image", "inspect", "--format", "{{json .HealthCheck.Test}}",
+                                                 IMAGE], capture_output=True, text=True, check=True).stdout)
+
+        def healthcheck() -> subprocess.CompletedProcess:
+            return subprocess.run(
+                ["unshare", "--mount", "sh", "-c", f"mount --bind {etc} {rootfs}/etc/medsendx && exec chroot "
+                 f"--userspec={uid}:{gid} {rootfs} " + " ".join(health_test[1:])],
+                env={**dict(e.split("=", 1) for e in image["Env"]), **env}, capture_output=True, text=True, timeout=60)
+
+        check = healthcheck()
         assert check.returncode == 0, check.stderr
         push = subprocess.run([dcmtk("storescu"), "-aet", "CT_VAN", "-aec", "MEDSENDX", "127.0.0.1",
                                str(dicom_port), *map(str, ct_head)], capture_output=True, text=True, timeout=300)
@@ -195,6 +199,7 @@ def test_image_rootfs_in_chroot_storescu_to_orthanc_and_sigterm(image, rootfs, o
         wait_for(lambda: len(orthanc.instance_ids()) == len(ct_head), f"{len(ct_head)} instances in Orthanc",
                  proc=gateway.proc, log=log)
         assert gateway.stop(timeout=10) == 0, log.read_text()[-4000:]
+        assert healthcheck().returncode == 1  # and the check says so when the gateway is down
     finally:
         gateway.kill()
     assert_study_deidentified(orthanc, ct_head)

@@ -129,6 +129,7 @@ class GatewayService:
         if self.stopping.is_set():
             return
         self.stopping.set()
+        self._wake_deliverer()  # else its idle wait (up to 5 s) delays the stop
         self.notifier.stopping()
         self.notifier.stop_watchdog()
         log_event(log, "gateway stopping")
