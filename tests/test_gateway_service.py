@@ -90,7 +90,10 @@ class GatewayProcess:
     def children(self) -> list[int]:
         pids: list[int] = []
         for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
-            pids += [int(c) for c in (task / "children").read_text().split()]
+            try:
+                pids += [int(c) for c in (task / "children").read_text().split()]
+            except FileNotFoundError:  # a short-lived thread (an association) ended meanwhile
+                continue
         return pids
 
 

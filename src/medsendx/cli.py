@@ -26,12 +26,13 @@ COMMANDS: dict[str, str] = {
     "send": "medsendx.commands.send:send_cmd",
     "queue": "medsendx.commands.queue:queue_cmd",
     "demo": "medsendx.commands.demo:demo_cmd",
+    "config": "medsendx.commands.config:config_cmd",
 }
 
 # Subcommands that keep pydicom's value checks: they read no DICOM file (and so need not
 # import pydicom), or they report the checks' warnings themselves, counted, never quoted.
 # Every other subcommand turns the checks off: their warnings quote values (identity).
-VALUE_CHECKS_KEPT = frozenset({"inspect", "view", "status", "queue"})
+VALUE_CHECKS_KEPT = frozenset({"inspect", "view", "status", "queue", "config"})
 
 
 class LazyGroup(click.Group):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, DEFAULT_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from medsendx.config import GatewaySettings
@@ -35,6 +35,15 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 
 log = get_logger("medsendx.gateway.receiver")
+
+
+def supported_contexts() -> list[tuple[str, list[str]]]:
+    """(SOP class, transfer syntaxes) the receiver accepts as SCP. The receiver is built
+    from this list and so is the conformance statement (``medsendx.conformance``)."""
+    return [
+        (str(Verification), list(DEFAULT_TRANSFER_SYNTAXES)),
+        *((str(c.abstract_syntax), list(ALL_TRANSFER_SYNTAXES)) for c in AllStoragePresentationContexts),
+    ]
 
 
 @dataclass
@@ -75,9 +84,8 @@ class Receiver:
         ae.require_calling_aet = sorted(self.allowed) if not gateway.accept_any_calling_aet else []
         ae.require_called_aet = True
         self.ssl_context = server_ssl_context(gateway)
-        ae.add_supported_context(Verification)
-        for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        for abstract_syntax, transfer_syntaxes in supported_contexts():
+            ae.add_supported_context(abstract_syntax, transfer_syntaxes)
         self.ae = ae
 
     # --- lifecycle ------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from medsendx.config import Settings
 from medsendx.gateway.logs import get_logger, log_event
 from medsendx.gateway.metrics import MetricsServer, collect, gateway_db, staging_dir
 from medsendx.gateway.receiver import Receiver
+from medsendx.gateway.sdnotify import Notifier
 from medsendx.gateway.staging import Staging
 from medsendx.gateway.state import GatewayState
 from medsendx.gateway.watcher import DropFolderWatcher, DroppedFile
@@ -83,6 +84,7 @@ class GatewayService:
         self.metrics_server = MetricsServer(
             self.gw.http_port if http_port is None else http_port, self.metrics, self.health
         )
+        self.notifier = Notifier()  # systemd Type=notify; does nothing outside systemd
 
     def _make_pipeline(self):
         from medsendx.dicomio import skip_value_validation
@@ -117,6 +119,10 @@ class GatewayService:
             http_port=self.metrics_server.port, workers=self.gw.workers,
             study_quiet_seconds=self.gw.study_quiet_seconds,
         )
+        # READY only now that the receiver's port accepts associations; the watchdog is fed
+        # while the threads the service cannot work without are alive.
+        self.notifier.ready(f"listening on DICOM port {self.receiver.port}")
+        self.notifier.start_watchdog(self.needed_threads_alive)
         return self
 
     def stop(self) -> None:
@@ -124,6 +130,9 @@ class GatewayService:
         if self.stopping.is_set():
             return
         self.stopping.set()
+        self._wake_deliverer()  # else its idle wait (up to 5 s) delays the stop
+        self.notifier.stopping()
+        self.notifier.stop_watchdog()
         log_event(log, "gateway stopping")
         self.receiver.stop()
         if self.watcher is not None:
@@ -162,6 +171,10 @@ class GatewayService:
         while not signalled.wait(timeout=1.0):
             pass
         self.stop()
+
+    def needed_threads_alive(self) -> bool:
+        """Every needed part runs (what the systemd watchdog feeds on): the same check as /healthz."""
+        return not self.dead_parts()
 
     def _spawn(self, target: Callable[[], None], name: str, needed: bool = False) -> None:
         """Start a thread; ``needed`` ones must run as long as the service does (/healthz)."""

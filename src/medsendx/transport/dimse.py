@@ -149,6 +149,14 @@ def _in_order(
         prepared.close()
 
 
+def proposed_syntaxes(own: set[str], compress: bool) -> list[str]:
+    """Transfer syntaxes proposed for one SOP class, one presentation context each, in
+    order of preference (the conformance statement is generated from this)."""
+    syntaxes: list[str] = list(LOSSLESS_WIRE_SYNTAXES) if compress else []
+    syntaxes += sorted(set(own) - set(syntaxes) - set(UNCOMPRESSED_SYNTAXES))
+    return syntaxes + list(UNCOMPRESSED_SYNTAXES)
+
+
 def _accepted_syntaxes(assoc) -> dict[str, set[str]]:
     """SOP class -> transfer syntaxes the peer accepted on this association."""
     accepted: dict[str, set[str]] = {}
@@ -183,11 +191,7 @@ class DimseTransport:
     def _contexts(self, sop_classes: list[str], own_syntaxes: dict[str, set[str]]) -> list:
         contexts = []
         for sop_class in sop_classes:
-            syntaxes: list[str] = []
-            if self.compress:
-                syntaxes += list(LOSSLESS_WIRE_SYNTAXES)
-            syntaxes += sorted(own_syntaxes[sop_class] - set(syntaxes) - set(UNCOMPRESSED_SYNTAXES))
-            syntaxes += list(UNCOMPRESSED_SYNTAXES)
+            syntaxes = proposed_syntaxes(own_syntaxes[sop_class], self.compress)
             contexts += [build_context(sop_class, [ts]) for ts in syntaxes]
         return contexts[:MAX_CONTEXTS]
 
