@@ -53,7 +53,7 @@ def test_good_file_prints_effective_settings_with_secrets_redacted(tmp_path: Pat
     assert effective["gateway"]["dicom_port"] == 104
     assert effective["gateway"]["workers"] == 6  # the environment is applied on top of the file
     assert effective["s3"]["secret_access_key"] == "<redacted>"
-    assert effective["outbox"]["destination"] == "dicomweb+https://gateway:<redacted>@pacs.example.org/dicom-web"
+    assert effective["outbox"]["destination"] == "dicomweb+https://pacs.example.org/dicom-web"
     assert effective["pixels"]["fixed_regions"] == {"GE MEDICAL SYSTEMS/LightSpeed": [[0, 0, 512, 40]]}
     assert "workers = 6  # from the environment" in result.stdout
 
@@ -67,22 +67,22 @@ def test_no_file_checks_defaults_and_environment(tmp_path: Path):
 @pytest.mark.parametrize(
     ("text", "env", "key", "why"),
     [
-        ("[gateway]\ndicom_port = 70000\n", {}, "gateway.dicom_port", "not a port number"),
+        ("[gateway]\ndicom_port = 70000\n", {}, "gateway.dicom_port", "out of range"),
         ("[gateway]\ndicom_port = \"eleven\"\n", {}, "gateway.dicom_port", "not a number"),
         ("[gateway]\nae_title = \"A_TITLE_LONGER_THAN_16\"\n", {}, "gateway.ae_title", "at most 16 characters"),
         ("[gateway]\nallowed_calling_aets = [\"OK\", \"BAD\\\\AE\"]\n", {}, "gateway.allowed_calling_aets[1]", "no backslash"),
         ("[gateway]\nbind_address = \"everywhere\"\n", {}, "gateway.bind_address", "not an IP address"),
-        ("[gateway]\ndicom_prot = 104\n", {}, "gateway: unknown setting 'dicom_prot'", "known:"),
-        ("[gateway]\nworkers = 0\n", {}, "gateway.workers", "at least 1"),
+        ("[gateway]\ndicom_prot = 104\n", {}, "gateway.dicom_prot", "unknown setting 'dicom_prot'"),
+        ("[gateway]\nworkers = 0\n", {}, "gateway.workers", "out of range"),
         ("[outbox]\ndestination = \"dimse://pacs.example:104\"\n", {}, "outbox.destination", "dimse://AET@host:port"),
         ("[outbox]\ndestination = \"ftp://pacs.example/\"\n", {}, "outbox.destination", "unsupported scheme 'ftp'"),
         ("[outbox]\nbackoff_base_seconds = 5.0\nbackoff_cap_seconds = 1.0\n", {}, "outbox.backoff_cap_seconds", "at least"),
-        ("[s3]\nmultipart_part_bytes = 1024\n", {}, "s3.multipart_part_bytes", "5 MiB"),
+        ("[s3]\nmultipart_part_bytes = 1024\n", {}, "s3.multipart_part_bytes", "out of range"),
         (f"[s3]\nsecret_access_key = \"{SECRET}\"\n", {}, "s3.secret_access_key", "set together"),
         ("[deid]\ndates = \"shifted\"\n", {}, "deid.dates", "is not one of"),
         ("[pixels.fixed_regions]\n\"GE/X\" = [[10, 0, 5, 40]]\n", {}, "pixels.fixed_regions.GE/X[0]", "x0 < x1"),
-        ("station_id = \"T\"\n[gateway]\n", {"MEDSENDX_GATEWAY__HTTP_PORT": "0"}, "gateway.http_port", "not a port"),
-        ("", {"MEDSENDX_OUTBOX__VERIFY_TLS": "maybe"}, "environment.outbox.verify_tls", "not a boolean"),
+        ("station_id = \"T\"\n[gateway]\n", {"MEDSENDX_GATEWAY__HTTP_PORT": "70000"}, "gateway.http_port", "out of range"),
+        ("", {"MEDSENDX_OUTBOX__VERIFY_TLS": "maybe"}, "environment: outbox.verify_tls", "not a boolean"),
         ("[gateway\n", {}, "not valid TOML", ""),
     ],
 )
@@ -96,10 +96,18 @@ def test_bad_setting_is_named_with_the_reason(tmp_path: Path, text: str, env: di
 
 
 def test_several_problems_are_all_reported(tmp_path: Path):
-    result = check(tmp_path, "[gateway]\ndicom_port = 9042\nhttp_port = 9042\nqueue_size = 0\n")
+    result = check(tmp_path, "[gateway]\ndicom_port = 9042\nhttp_port = 9042\nae_title = \"A_TITLE_LONGER_THAN_16\"\n")
     assert result.returncode == 1
     assert "gateway.http_port: must differ from gateway.dicom_port" in result.stderr
-    assert "gateway.queue_size: must be at least 1" in result.stderr
+    assert "gateway.ae_title: an AE title has at most 16 characters" in result.stderr
+    assert "2 problem(s) found" in result.stderr
+
+
+def test_several_loader_problems_are_all_reported(tmp_path: Path):
+    result = check(tmp_path, "[gateway]\nqueue_size = 0\nworkers = 0\n")
+    assert result.returncode == 1
+    assert "gateway.queue_size: 0 is out of range" in result.stderr
+    assert "gateway.workers: 0 is out of range" in result.stderr
     assert "2 problem(s) found" in result.stderr
 
 

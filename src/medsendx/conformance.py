@@ -133,13 +133,14 @@ The receiver slows down (blocks before answering) when the pipeline's bounded qu
         [[_name(a), f"`{a}`", "Yes", "Yes"] for a, _ in storage])}
 
 #### 4.1.2 Association policies
-- AE title: `{gw.ae_title}` by default (`gateway.ae_title`). The called AE title a scanner
-  uses is not checked (pynetdicom's default), so a scanner configured with another name still
-  connects.
+- AE title: `{gw.ae_title}` by default (`gateway.ae_title`). An association that calls
+  another AE title is rejected (A-ASSOCIATE-RJ, rejected-permanent, "called AE title not
+  recognised").
 - Port: {gw.dicom_port} by default (`gateway.dicom_port`), on `{gw.bind_address}`
   (`gateway.bind_address`).
-- Calling AE titles: any, unless `gateway.allowed_calling_aets` lists the accepted ones
-  (then others are rejected: "calling AE title not recognized").
+- Calling AE titles: only those `gateway.allowed_calling_aets` lists (others are rejected:
+  "calling AE title not recognized"; with an empty list every association is rejected), unless
+  `gateway.accept_any_calling_aet = true`, which logs a warning at start.
 - Maximum PDU size received: unlimited (0); the peer's limit is honoured when sending.
 - Application context: DICOM Application Context Name `1.2.840.10008.3.1.1.1`.
 - Implementation Class UID `{pynetdicom.PYNETDICOM_IMPLEMENTATION_UID}`, Implementation
@@ -237,18 +238,21 @@ for cleaning.
 ## 7 Security
 
 ### 7.1 Security profiles
-- No PS3.15 Annex B secure transport profile is claimed for the Storage SCP: the receiver
-  listens without TLS and is meant for the unit's own LAN (`gateway.bind_address`; the
-  packaged systemd unit also restricts the addresses that may connect).
+- Storage SCP over TLS (no PS3.15 Annex B profile is formally claimed) when
+  `gateway.tls_cert_file` and `gateway.tls_key_file` are set: TLS 1.2 or later; client
+  certificates are verified against `gateway.tls_ca_file` when one is given and required with
+  `gateway.tls_require_client_cert = true`. Without a certificate the receiver listens without
+  TLS on `gateway.bind_address` (loopback by default: set the scanner network's address); the
+  packaged systemd unit also restricts the addresses that may connect.
 - DIMSE and DICOMweb delivery over TLS (`dimse+tls://`, `dicomweb+https://`): {tls_min} or
   later (Python's default TLS context), the server certificate is verified against the system
   store or `outbox.ca_file` and its host name checked (unless `outbox.verify_tls = false`).
   No client certificate is presented.
 
 ### 7.2 Association level security
-Calling AE titles are checked against `gateway.allowed_calling_aets` when it is set (an AE
-title is not authentication: it only guards against misconfiguration). The called AE title is
-not checked.
+Calling AE titles are checked against `gateway.allowed_calling_aets` (an AE title is not
+authentication: it guards against misconfiguration; use TLS with client certificates to
+authenticate scanners). The called AE title must be `gateway.ae_title`.
 
 ### 7.3 Application level confidentiality profile (PS3.15 Annex E)
 Every object is de-identified with the Basic Application Confidentiality Profile (Table

@@ -26,16 +26,17 @@ def check_cmd(ctx: click.Context, file: str | None, quiet: bool) -> None:
     Example:
       medsendx config check /etc/medsendx/medsendx.toml
     """
-    from medsendx.config import ConfigError, load_settings
+    from medsendx.config import validate
     from medsendx.configcheck import check_settings, effective_settings, environment_keys, to_toml
 
     path = file or (ctx.find_root().obj or {}).get("config_path")
-    try:
-        settings = load_settings(path)
-    except ConfigError as exc:
-        # The loader names the key and says why; it stops at the first such error.
-        click.echo(f"error: {exc}", err=True)
-        raise SystemExit(1) from None
+    settings, issues = validate(path)
+    if settings is None:
+        # The loader names every wrong key, where it came from and why.
+        for issue in issues:
+            click.echo(f"error: {issue}", err=True)
+        click.echo(f"{len(issues)} problem(s) found", err=True)
+        raise SystemExit(1)
     problems = check_settings(settings)
     for problem in problems:
         click.echo(f"error: {problem}", err=True)
