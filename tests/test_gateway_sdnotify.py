@@ -57,7 +57,7 @@ class FakeSystemd:
 
 
 def echo(port: int) -> subprocess.CompletedProcess:
-    return subprocess.run([dcmtk("echoscu"), "-aec", "MEDSENDX", "127.0.0.1", str(port)],
+    return subprocess.run([dcmtk("echoscu"), "-aet", "CT_VAN", "-aec", "MEDSENDX", "127.0.0.1", str(port)],
                           capture_output=True, text=True, timeout=30)
 
 
@@ -82,6 +82,7 @@ def test_gateway_ready_watchdog_stopping(tmp_path: Path):
     env = cli_env({
         "MEDSENDX_STATE_DIR": str(tmp_path / "state"), "MEDSENDX_GATEWAY__BIND_ADDRESS": "127.0.0.1",
         "MEDSENDX_GATEWAY__MIN_FREE_BYTES": "0", "MEDSENDX_GATEWAY__PROCESSES": "0",
+        "MEDSENDX_GATEWAY__ALLOWED_CALLING_AETS": "CT_VAN",
         "NOTIFY_SOCKET": fake.address, "WATCHDOG_USEC": "400000",  # a ping every 0.2 s
     })
     with open(log, "wb") as out:

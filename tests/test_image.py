@@ -131,7 +131,7 @@ def healthy(http_port: int) -> bool:
 
 
 def echo_ok(port: int) -> bool:
-    return subprocess.run([dcmtk("echoscu"), "-aec", "MEDSENDX", "127.0.0.1", str(port)],
+    return subprocess.run([dcmtk("echoscu"), "-aet", "CT_VAN", "-aec", "MEDSENDX", "127.0.0.1", str(port)],
                           capture_output=True, timeout=30).returncode == 0
 
 
@@ -160,7 +160,7 @@ def test_image_rootfs_in_chroot_storescu_to_orthanc_and_sigterm(image, rootfs, o
     dicom_port, http_port = free_port(), free_port()
     env = {
         "MEDSENDX_GATEWAY__DICOM_PORT": str(dicom_port), "MEDSENDX_GATEWAY__HTTP_PORT": str(http_port),
-        "MEDSENDX_GATEWAY__BIND_ADDRESS": "127.0.0.1", "MEDSENDX_GATEWAY__MIN_FREE_BYTES": "0",
+        "MEDSENDX_GATEWAY__BIND_ADDRESS": "127.0.0.1", "MEDSENDX_GATEWAY__ALLOWED_CALLING_AETS": "CT_VAN", "MEDSENDX_GATEWAY__MIN_FREE_BYTES": "0",
         "MEDSENDX_OUTBOX__DESTINATION": f"dimse://{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}",
         "MEDSENDX_OUTBOX__BACKOFF_BASE_SECONDS": "0.2", "MEDSENDX_OUTBOX__BACKOFF_CAP_SECONDS": "1",
     }
@@ -228,14 +228,14 @@ def test_image_as_container_storescu_to_orthanc_and_sigterm(image, orthanc, ct_h
     args = ["podman", "run", "-d", "--name", name, "--network", "host", "-v", f"{volume}:/var/lib/medsendx",
             "-v", f"{etc}:/etc/medsendx:ro",
             "-e", f"MEDSENDX_GATEWAY__DICOM_PORT={dicom_port}", "-e", f"MEDSENDX_GATEWAY__HTTP_PORT={http_port}",
-            "-e", "MEDSENDX_GATEWAY__MIN_FREE_BYTES=0",
+            "-e", "MEDSENDX_GATEWAY__MIN_FREE_BYTES=0", "-e", "MEDSENDX_GATEWAY__ALLOWED_CALLING_AETS=CT_VAN",
             "-e", f"MEDSENDX_OUTBOX__DESTINATION=dimse://{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", IMAGE]
     try:
         for attempt in range(2):  # the second run drains what the first stop left
             subprocess.run(args, check=True, capture_output=True, timeout=120)
             wait_for(lambda: healthy(http_port) and echo_ok(dicom_port), "the container to listen")
             if attempt == 0:
-                push = subprocess.run([dcmtk("storescu"), "-aec", "MEDSENDX", "127.0.0.1", str(dicom_port),
+                push = subprocess.run([dcmtk("storescu"), "-aet", "CT_VAN", "-aec", "MEDSENDX", "127.0.0.1", str(dicom_port),
                                        *map(str, ct_head)], capture_output=True, text=True, timeout=300)
                 assert push.returncode == 0, push.stderr
             else:
