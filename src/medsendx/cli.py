@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "send": "medsendx.commands.send:send_cmd",
     "queue": "medsendx.commands.queue:queue_cmd",
     "demo": "medsendx.commands.demo:demo_cmd",
+    "hub": "medsendx.commands.hub:hub_cmd",
 }
 
 # Subcommands that keep pydicom's value checks: they read no DICOM file (and so need not

@@ -131,6 +131,31 @@ class GatewaySettings:
 
 
 @dataclass
+class HubSettings:
+    """The HQ hub (``medsendx hub``): worklist and fleet dashboard in the browser."""
+
+    # Where the studies are: a DICOMweb root (dicomweb+http(s)://host/dicom-web, or plain
+    # http(s)://...) or a folder of DICOM files; empty: the truck's destination setting.
+    source: str = ""
+    feature_store: str = ""  # Parquet folder or s3:// prefix; empty: <state_dir>/features
+    host: str = "127.0.0.1"  # loopback only unless told; put a TLS reverse proxy in front
+    port: int = 8043
+    users_file: Path | None = None  # default: <state_dir>/hub-users.txt ("name:argon2 hash" lines)
+    cache_path: Path | None = None  # default: <state_dir>/hub-cache.sqlite3 (rebuilt at will)
+    # Link to the site's viewer; {study_uid} is replaced, e.g.
+    # "http://pacs:8042/ui/app/#/filtered-studies?StudyInstanceUID={study_uid}".
+    viewer_url: str = ""
+    poll_seconds: float = 10.0  # how often the PACS and the feature store are looked at
+    session_hours: float = 12.0
+    secure_cookies: Literal["auto", "always", "never"] = "auto"  # auto: when the request is HTTPS
+    # Trust an authenticating reverse proxy: the user name in this header, only from these
+    # client addresses (both must be set; empty header = sign-in form only).
+    trusted_user_header: str = ""
+    trusted_proxies: list[str] = field(default_factory=list)
+    verify_tls: bool = True
+
+
+@dataclass
 class Settings:
     """Everything MedSendX can be told. Build it with :func:`load_settings`."""
 
@@ -144,6 +169,7 @@ class Settings:
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     s3: S3Settings = field(default_factory=S3Settings)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    hub: HubSettings = field(default_factory=HubSettings)
 
     @property
     def secret_file(self) -> Path:
