@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -43,7 +44,7 @@ from medsendx.hub.worklist import WorklistCache
 log = logging.getLogger("medsendx.hub")
 
 PACKAGE_DIR = Path(str(resources.files("medsendx.hub")))
-PUBLIC_PATHS = {"/login", "/static/hub.css"}  # the sign-in page and its style sheet
+PUBLIC_PATHS = {"/login", "/static/hub.css", "/favicon.ico"}  # the sign-in page, its style sheet, no icon
 FLAGS = {"repeat": "repeat advised", "report": "with a report", "noreport": "no report yet", "dense": "dense breast (>= 50 %)"}
 
 
@@ -71,6 +72,7 @@ class Hub:
         self.fleet = FleetView(store, settings)
         self.users = UserStore(users_file)
         self.sessions = SessionStore(settings.hub.session_hours * 3600)
+        self.one_time_users: set[str] = set()  # removed at their first sign-in (the demo's login)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pngs: OrderedDict[str, bytes] = OrderedDict()
@@ -242,7 +244,7 @@ def create_app(settings: Settings, hub: Hub | None = None, *, poll: bool = True)
         response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers.setdefault(
             "Content-Security-Policy",
@@ -260,7 +262,11 @@ def create_app(settings: Settings, hub: Hub | None = None, *, poll: bool = True)
     def login_form(request: Request, failed: int = 0) -> HTMLResponse:
         import secrets as _secrets
 
-        token = _secrets.token_urlsafe(32)
+        # One token per browser while it signs in: a second tab (or the browser's own
+        # /favicon.ico request) must not invalidate the form already shown.
+        token = request.cookies.get(LOGIN_CSRF_COOKIE) or ""
+        if not re.fullmatch(r"[A-Za-z0-9_-]{43}", token):
+            token = _secrets.token_urlsafe(32)
         response = templates.TemplateResponse(request, "login.html", {"csrf": token, "failed": bool(failed),
                                                                        "user": request.state.user})
         response.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", secure=secure(request),
@@ -274,6 +280,9 @@ def create_app(settings: Settings, hub: Hub | None = None, *, poll: bool = True)
         if not hub.users.verify(username, password):
             log.info("sign-in refused")  # no name: it may be a password typed in the wrong box
             return RedirectResponse("/login?failed=1", status_code=303)
+        if username in hub.one_time_users:
+            hub.users.remove(username)
+            hub.one_time_users.discard(username)
         token = hub.sessions.create(username)
         response = RedirectResponse("/worklist", status_code=303)
         response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", secure=secure(request),
@@ -326,6 +335,10 @@ def create_app(settings: Settings, hub: Hub | None = None, *, poll: bool = True)
         return study
 
     # --- pages ----------------------------------------------------------------------------
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(status_code=204)
+
     @app.get("/", include_in_schema=False)
     def home() -> Response:
         return RedirectResponse("/worklist", status_code=303)

@@ -75,8 +75,11 @@ def scatter(data: dict[str, Any] | None, alerting: set[str], width: int = 620, h
         keep = np.linspace(0, len(points) - 1, MAX_POINTS).astype(int)
         points, labels, stations = points[keep], labels[keep], stations[keep]
     left, right, top, bottom = 44, width - 12, 14, height - 34
-    lo, hi = np.percentile(points, [0.5, 99.5], axis=0)
-    lo, hi = lo - 0.3, hi + 0.3
+    # 1-99th percentile view (+10 %): a few extreme scans are drawn at the edge instead of
+    # squeezing everything else into a corner
+    lo, hi = np.percentile(points, [1, 99], axis=0)
+    span = np.maximum(hi - lo, 0.5)
+    lo, hi = lo - 0.1 * span, hi + 0.1 * span
     x = _scale(float(lo[0]), float(hi[0]), left, right)
     y = _scale(float(lo[1]), float(hi[1]), bottom, top)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img">',

@@ -30,7 +30,10 @@ class FleetView:
     def _files_signature(self) -> tuple:
         from medsendx.fleet.store import FeatureStore
 
-        files = FeatureStore(self.store, self.settings).files()
+        if not self.store.startswith("s3://") and Path(self.store).is_file():
+            files = [self.store]  # one Parquet file (the demo's features.parquet)
+        else:
+            files = FeatureStore(self.store, self.settings).files()
         if self.store.startswith("s3://"):
             return tuple(files)  # the store writes each object once: new data = new keys
         out = []

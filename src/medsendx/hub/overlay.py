@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 
 from medsendx.dicomio import display_image
 from medsendx.hub.results import SegmentMask
-from medsendx.triage.overlay import class_colour
+from medsendx.triage.overlay import _font, class_colour
 
 PANEL = 448
 LEGEND_H = 40
@@ -51,15 +51,16 @@ def render_overlay_png(ds: Dataset, segments: list[SegmentMask]) -> bytes:
     canvas.paste(left, (0, 0))
     canvas.paste(right, (PANEL + 12, 0))
     draw = ImageDraw.Draw(canvas)
+    font = _font(15)
     x = 8
     if not segments:
-        draw.text((x, PANEL + 12), "no segmentation received for this image", fill=(110, 110, 110))
+        draw.text((x, PANEL + 10), "no segmentation received for this image", fill=(110, 110, 110), font=font)
     for i, seg in enumerate(segments):
         share = 100.0 * seg.mask.mean() if seg.mask.size else 0.0
         draw.rectangle([x, PANEL + 12, x + 14, PANEL + 26], fill=class_colour(i))
         text = f"{seg.label[:24]} ({share:.0f}%)"
-        draw.text((x + 20, PANEL + 13), text, fill=(20, 20, 20))
-        x += 30 + int(draw.textlength(text))
+        draw.text((x + 20, PANEL + 10), text, fill=(20, 20, 20), font=font)
+        x += 34 + int(draw.textlength(text, font=font))
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()

@@ -119,7 +119,7 @@ def read_triage_report(ds: Dataset) -> dict[str, Any]:
     groups: list[dict[str, Any]] = []
     loose: dict[str, Any] = {"measurements": [], "evaluations": [], "texts": []}
     _walk(ds.get("ContentSequence"), None, groups, loose)
-    reasons: list[str] = []
+    reasons_by_group: list[tuple[float | None, list[str]]] = []
     flags: list[str] = []
     priority: float | None = None
     density: float | None = None
@@ -128,6 +128,7 @@ def read_triage_report(ds: Dataset) -> dict[str, Any]:
     top_priority = -1.0
     for group in groups + [loose]:
         group_priority = None
+        reasons: list[str] = []
         for m in group["measurements"]:
             if _is_priority(m["name"]):
                 group_priority = m["value"] if group_priority is None else max(group_priority, m["value"])
@@ -146,10 +147,15 @@ def read_triage_report(ds: Dataset) -> dict[str, Any]:
             elif _is_quality(t["name"]):
                 flags.append(f"{t['name']}: {t['value']}")
         group["priority"] = group_priority
+        reasons_by_group.append((group_priority, reasons))
         if group_priority is not None:
             priority = group_priority if priority is None else max(priority, group_priority)
             if group_priority > top_priority and group.get("images"):
                 top_priority, top_image = group_priority, group["images"][0]
+    # The study's reasons are those of its highest-priority images (a routine slice's
+    # "nothing found" is not a reason to read a study with a metal artefact first).
+    top_reasons = [r for p, rs in reasons_by_group if p is not None and p == priority for r in rs]
+    reasons = top_reasons or [r for _p, rs in reasons_by_group for r in rs]
     if top_image is None:
         top_image = next((g["images"][0] for g in groups if g["images"]), None)
     return {
