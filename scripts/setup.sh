@@ -16,6 +16,8 @@ command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 command -v tesseract >/dev/null 2>&1 || need+=(tesseract-ocr tesseract-ocr-eng)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)  # compiles triage's inner loops on first use
+# the hub's browser tests drive Debian's chromium through Playwright (never `playwright install`)
+[ -e /usr/bin/chromium ] || need+=(chromium chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing system packages: ${need[*]}"
   $SUDO apt-get update -qq
