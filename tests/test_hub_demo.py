@@ -94,3 +94,31 @@ def test_trusted_proxy_header_only_from_the_proxy(tmp_path: Path) -> None:
     assert from_proxy.get("/api/worklist", headers={"X-Remote-User": "bad name!"}).status_code == 401
     elsewhere = TestClient(app, client=("10.1.2.4", 40000))
     assert elsewhere.get("/api/worklist", headers={"X-Remote-User": "alice"}).status_code == 401
+
+
+def test_password_guessing_is_slowed_down(tmp_path: Path) -> None:
+    """After ten wrong passwords for a name from one address, even the right one is
+    refused for a while (and another address is not affected)."""
+    from fastapi.testclient import TestClient
+
+    from medsendx.config import load_settings
+    from medsendx.hub.app import Hub, create_app
+
+    (tmp_path / "hq").mkdir()
+    settings = load_settings(None, environ={})
+    settings.state_dir = tmp_path / "state"
+    settings.hub.source = str(tmp_path / "hq")
+    hub = Hub(settings)
+    hub.users.set_password("alice", "the right one")
+    app = create_app(settings, hub, poll=False)
+
+    def attempt(client: TestClient, password: str) -> int:
+        token = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").text).group(1)
+        return client.post("/login", data={"username": "alice", "password": password, "csrf": token},
+                           follow_redirects=False).status_code
+
+    guesser = TestClient(app, client=("10.0.0.9", 1234))
+    for _ in range(10):
+        assert attempt(guesser, "a wrong guess") == 303
+    assert attempt(guesser, "the right one") == 429
+    assert attempt(TestClient(app, client=("10.0.0.10", 1234)), "the right one") == 303

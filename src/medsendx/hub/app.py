@@ -31,6 +31,7 @@ from medsendx.config import Settings
 from medsendx.hub.auth import (
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
+    FailureLimiter,
     SessionStore,
     UserStore,
     check_name,
@@ -72,6 +73,7 @@ class Hub:
         self.fleet = FleetView(store, settings)
         self.users = UserStore(users_file)
         self.sessions = SessionStore(settings.hub.session_hours * 3600)
+        self.failures = FailureLimiter()
         self.one_time_users: set[str] = set()  # removed at their first sign-in (the demo's login)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -277,7 +279,11 @@ def create_app(settings: Settings, hub: Hub | None = None, *, poll: bool = True)
     def login(request: Request, username: str = Form(""), password: str = Form(""), csrf: str = Form("")) -> Response:
         if not tokens_equal(csrf, request.cookies.get(LOGIN_CSRF_COOKIE)):
             return HTMLResponse("Sign-in form expired or forged: reload the sign-in page.", status_code=403)
+        address = request.client.host if request.client else ""
+        if hub.failures.blocked(username, address):
+            return HTMLResponse("Too many wrong passwords: wait five minutes.", status_code=429)
         if not hub.users.verify(username, password):
+            hub.failures.failed(username, address)
             log.info("sign-in refused")  # no name: it may be a password typed in the wrong box
             return RedirectResponse("/login?failed=1", status_code=303)
         if username in hub.one_time_users:
@@ -409,8 +415,7 @@ def create_app(settings: Settings, hub: Hub | None = None, *, poll: bool = True)
     return app
 
 
-def serve(settings: Settings, host: str | None = None, port: int | None = None, *,
-          ready: "threading.Event | None" = None) -> None:
+def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
     """Run the hub with uvicorn until interrupted."""
     import uvicorn
 

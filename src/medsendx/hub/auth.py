@@ -141,6 +141,37 @@ class SessionStore:
                 self._sessions.pop(self._key(token), None)
 
 
+class FailureLimiter:
+    """At most ``limit`` wrong sign-ins per user name and client address in ``window``
+    seconds; beyond that the address is refused until the window has passed (slows down
+    password guessing; argon2 already makes each guess cost the hub ~50 ms)."""
+
+    def __init__(self, limit: int = 10, window: float = 300.0) -> None:
+        self.limit, self.window = limit, window
+        self._failures: dict[tuple[str, str], list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key: tuple[str, str], now: float) -> list[float]:
+        times = [t for t in self._failures.get(key, []) if now - t < self.window]
+        if times:
+            self._failures[key] = times
+        else:
+            self._failures.pop(key, None)
+        return times
+
+    def blocked(self, user: str, address: str) -> bool:
+        with self._lock:
+            return len(self._recent((user, address), time.time())) >= self.limit
+
+    def failed(self, user: str, address: str) -> None:
+        with self._lock:
+            now = time.time()
+            self._recent((user, address), now)
+            self._failures.setdefault((user, address), []).append(now)
+            if len(self._failures) > 10_000:  # bounded memory under a flood of names
+                self._failures.clear()
+
+
 def tokens_equal(a: str | None, b: str | None) -> bool:
     return bool(a) and bool(b) and hmac.compare_digest(str(a), str(b))
 
