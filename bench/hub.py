@@ -38,12 +38,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
+import functools  # noqa: E402
+
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from servers import Orthanc, free_port  # noqa: E402
 
 RUNS = 7
+print = functools.partial(print, flush=True)  # progress shows while the bench runs
 PASSWORD = "bench password 1"
 
 

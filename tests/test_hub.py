@@ -279,6 +279,22 @@ def test_api_study_stations_alerts(hq) -> None:
     assert {"/api/worklist", "/api/studies/{study_uid}", "/api/stations", "/api/alerts"} <= set(schema["paths"])
 
 
+def test_the_cache_is_disposable(hq) -> None:
+    """Deleting the hub's SQLite cache loses nothing: it is rebuilt from the PACS."""
+    session = hq["session"]
+    before = session.get("/api/worklist").json()["studies"]
+    cache = hq["root"] / "hub-state" / "hub-cache.sqlite3"
+    for suffix in ("", "-wal", "-shm"):
+        cache.with_name(cache.name + suffix).unlink(missing_ok=True)
+    deadline = time.monotonic() + 60
+    while not cache.exists() or session.get("/api/worklist").json()["total"] != len(before):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    after = session.get("/api/worklist").json()["studies"]
+    keys = ("study_uid", "priority", "reasons", "flags", "station", "modality", "density")
+    assert [{k: s[k] for k in keys} for s in after] == [{k: s[k] for k in keys} for s in before]
+
+
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (scripts/setup.sh)")
 def test_pages_in_a_real_browser(hq, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright

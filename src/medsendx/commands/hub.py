@@ -76,3 +76,26 @@ def deluser_cmd(ctx: click.Context, name: str) -> None:
     if not UserStore(users_file).remove(name):
         raise click.UsageError("no such user")
     console.print(f"hub: user {name} removed")
+
+
+@hub_cmd.command("rebuild")
+@click.option("--source", help="DICOMweb root or folder (default: [hub] source).")
+@click.pass_context
+def rebuild_cmd(ctx: click.Context, source: str | None) -> None:
+    """Forget the hub's cache and read every study from the PACS again (the running hub
+    does the same on its own when the cache file is deleted)."""
+    settings = settings_from_context(ctx, {"hub": {"source": source}})
+    from medsendx.hub.app import hub_paths
+    from medsendx.hub.source import SourceError, open_source
+    from medsendx.hub.worklist import WorklistCache
+
+    location, _store, _users, cache_path = hub_paths(settings)
+    for suffix in ("", "-wal", "-shm"):
+        cache_path.with_name(cache_path.name + suffix).unlink(missing_ok=True)
+    cache = WorklistCache(cache_path)
+    try:
+        read = cache.refresh(open_source(location, verify_tls=settings.hub.verify_tls))
+    except SourceError as exc:
+        err_console.print(f"[red]hub rebuild:[/] {exc}")
+        raise SystemExit(2) from None
+    console.print(f"hub: {read} studies read into {cache_path}")

@@ -13,6 +13,7 @@ import io
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +27,7 @@ MODALITIES_IN_STUDY, STUDY_INSTANCES = "00080061", "00201208"
 SERIES_UID, MODALITY, STATION, SERIES_INSTANCES = "0020000E", "00080060", "00081010", "00201209"
 SOP_UID, SOP_CLASS = "00080018", "00080016"
 QIDO_PAGE = 1000
+RESCAN_SECONDS = 2.0  # a folder walk is reused this long (a refresh asks per study)
 
 
 class SourceError(RuntimeError):
@@ -195,6 +197,7 @@ class FolderSource:
         self.folder = Path(folder)
         self._headers: dict[str, tuple[tuple[int, int], dict[str, str]]] = {}
         self._lock = threading.Lock()
+        self._last: tuple[float, list[tuple[str, dict[str, str]]]] | None = None
 
     def describe(self) -> str:
         return "folder"
@@ -204,6 +207,9 @@ class FolderSource:
             raise SourceError("the studies folder does not exist")
         seen: list[tuple[str, dict[str, str]]] = []
         with self._lock:
+            # one walk serves the study list and the per-study questions that follow it
+            if self._last is not None and time.monotonic() - self._last[0] < RESCAN_SECONDS:
+                return self._last[1]
             present = set()
             for path in self.folder.rglob("*"):
                 if not path.is_file() or path.name.startswith("."):
@@ -229,6 +235,7 @@ class FolderSource:
                     seen.append((key, header))
             for gone in set(self._headers) - present:
                 del self._headers[gone]
+            self._last = (time.monotonic(), seen)
         return seen
 
     def studies(self) -> dict[str, StudyInfo]:

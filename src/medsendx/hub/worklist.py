@@ -32,6 +32,7 @@ from medsendx.hub.source import Source, SourceError, StudyInfo
 log = logging.getLogger("medsendx.hub")
 
 SCHEMA_VERSION = 1
+READERS = 4  # studies read from the PACS at once when the cache is (re)built
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS studies (
@@ -68,7 +69,13 @@ class WorklistCache:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._open()
+        self.last_refresh: float | None = None
+        self.last_error: str | None = None
+
+    def _open(self) -> None:
         self._conn = _connect(self.path)
+        self._inode = self.path.stat().st_ino
         version = None
         try:
             row = self._conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
@@ -79,12 +86,23 @@ class WorklistCache:
             self._conn.executescript("DROP TABLE IF EXISTS studies; DROP TABLE IF EXISTS meta;")
         self._conn.executescript(SCHEMA)
         self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        self.last_refresh: float | None = None
-        self.last_error: str | None = None
+
+    def _reopen_if_deleted(self) -> None:
+        """Someone deleted (or replaced) the cache file: start a new one, read from the PACS."""
+        try:
+            same = self.path.stat().st_ino == self._inode
+        except FileNotFoundError:
+            same = False
+        if not same:
+            with self._lock:
+                old = self._conn
+                self._open()
+                old.close()
 
     # --- filling ---------------------------------------------------------------------
     def refresh(self, source: Source) -> int:
         """Bring the cache up to date with the source; returns the number of studies re-read."""
+        self._reopen_if_deleted()
         try:
             studies = source.studies()
         except SourceError as exc:
@@ -93,14 +111,23 @@ class WorklistCache:
         known = dict(self._conn.execute("SELECT study_uid, signature FROM studies").fetchall())
         changed = [s for uid, s in studies.items() if known.get(uid) != s.signature]
         now = time.time()
-        for info in changed:
+
+        def read(info: StudyInfo) -> dict[str, Any] | None:
             try:
-                row = build_row(source, info)
+                return build_row(source, info)
             except SourceError as exc:
                 self.last_error = str(exc)
                 log.warning("study could not be read", extra={"fields": {"reason": str(exc)}})
-                continue
-            self._store(row, now)
+                return None
+
+        # A few studies at a time: each is a handful of small requests, mostly waiting for
+        # the PACS (a first build of 10,000 studies is minutes one by one).
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(READERS) as pool:
+            for row in pool.map(read, changed):
+                if row is not None:
+                    self._store(row, now)
         gone = set(known) - set(studies)
         if gone:
             with self._lock:
