@@ -59,9 +59,13 @@ def segment_frame(ds: Dataset, frame: int = 0, segmenter: Segmenter | None = Non
     return pixels, (segmenter or DEFAULT_SEGMENTER).segment(pixels)
 
 
-def triage_dataset(ds: Dataset, segmenter: Segmenter | None = None) -> TriageRecord:
+def triage_dataset(
+    ds: Dataset, segmenter: Segmenter | None = None, label_maps: list[Any] | None = None
+) -> TriageRecord:
     """Triage every frame of one DICOM object.
 
+    ``label_maps``, when given, receives each frame's label image (int8, -1 where not part
+    of the image), for the DICOM Segmentation (``medsendx.triage.dicom_results``).
     Objects without a greyscale image (no pixel data, colour) come back with
     ``status == "skipped"`` and priority 0; undecodable pixel data raises
     :class:`TriageError` (a one-line reason in our own words).
@@ -83,6 +87,8 @@ def triage_dataset(ds: Dataset, segmenter: Segmenter | None = None) -> TriageRec
     units = ""
     for index in range(frame_count(ds)):
         pixels, seg = segment_frame(ds, index, segmenter)
+        if label_maps is not None:
+            label_maps.append(seg.labels)
         units = pixels.units
         sanity = labels.sanity_problems(pixels.modality, seg.centres, seg.fractions)
         frames.append(triage_frame(index, pixels, seg, sanity))
