@@ -131,6 +131,21 @@ class GatewaySettings:
 
 
 @dataclass
+class TriageSettings:
+    """On-device triage and the DICOM results shipped with each study (issue 14)."""
+
+    # Each result kind can be turned off: a Segmentation per series, a TID 1500 report and
+    # a Key Object Selection per study (see medsendx.triage.dicom_results).
+    results_seg: bool = True
+    results_sr: bool = True
+    results_kos: bool = True
+    key_images: int = 8  # at most this many images referenced by the KOS
+    # A learned segmenter (ONNX; contract in medsendx.triage.onnx_segmenter); empty: the
+    # exact k-means. A model that cannot be loaded or run falls back to k-means (logged).
+    model_path: str = ""
+
+
+@dataclass
 class Settings:
     """Everything MedSendX can be told. Build it with :func:`load_settings`."""
 
@@ -144,6 +159,7 @@ class Settings:
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     s3: S3Settings = field(default_factory=S3Settings)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    triage: TriageSettings = field(default_factory=TriageSettings)
 
     @property
     def secret_file(self) -> Path:

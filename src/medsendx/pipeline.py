@@ -196,12 +196,15 @@ class Pipeline:
         record: dict[str, Any] | None = None
         if self.with_triage:
             try:
-                from medsendx.triage import triage_dataset
+                from medsendx.triage import segmenter_for, study_results, triage_dataset
 
-                triage = triage_dataset(ds)
+                label_maps: list[Any] | None = [] if study_results.wanted(self.settings) else None
+                triage = triage_dataset(ds, segmenter_for(self.settings), label_maps)
                 record = triage.to_dict()
                 finished["priority"] = int(triage.priority)
                 finished["triage"] = record
+                # what the study's SEG / SR / KOS need, kept before the object is committed
+                study_results.keep(self.settings, ds, record, label_maps)
             except ImportError:
                 pass
             except Exception as exc:

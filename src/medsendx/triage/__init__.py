@@ -46,11 +46,27 @@ __all__ = [
     "TriageRecord",
     "render_overlay",
     "segment_frame",
+    "segmenter_for",
     "triage_dataset",
     "triage_series",
 ]
 
 DEFAULT_SEGMENTER: Segmenter = KMeansSegmenter(k=3)
+_LOADED: dict[str, Segmenter] = {}
+
+
+def segmenter_for(settings: Any) -> Segmenter:
+    """The segmenter the settings ask for: ``[triage] model_path`` (an ONNX model, with
+    exact k-means as its fallback; see ``onnx_segmenter``) or the exact k-means. Loaded
+    once per process and model."""
+    path = str(getattr(getattr(settings, "triage", None), "model_path", "") or "")
+    if not path:
+        return DEFAULT_SEGMENTER
+    if path not in _LOADED:
+        from medsendx.triage.onnx_segmenter import load_segmenter
+
+        _LOADED[path] = load_segmenter(path)
+    return _LOADED[path]
 
 
 def segment_frame(ds: Dataset, frame: int = 0, segmenter: Segmenter | None = None) -> tuple[FrameInput, Segmentation]:
@@ -85,14 +101,17 @@ def triage_dataset(
         )
     frames: list[FrameTriage] = []
     units = ""
+    methods: list[str] = []
     for index in range(frame_count(ds)):
         pixels, seg = segment_frame(ds, index, segmenter)
+        if seg.method not in methods:
+            methods.append(seg.method)  # a learned model's fallback names itself
         if label_maps is not None:
             label_maps.append(seg.labels)
         units = pixels.units
         sanity = labels.sanity_problems(pixels.modality, seg.centres, seg.fractions)
         frames.append(triage_frame(index, pixels, seg, sanity))
-    return summarise(modality, units, segmenter.name, frames)
+    return summarise(modality, units, "+".join(methods) or segmenter.name, frames)
 
 
 @dataclass
