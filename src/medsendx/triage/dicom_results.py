@@ -275,8 +275,17 @@ def _set_dates(out: Dataset, source: Dataset) -> None:
             setattr(out, kw, source.get(kw))
 
 
+# The source's de-identification record: the results hold nothing but values taken from
+# the de-identified source and our own text, so its attestation covers them too.
+_DEID_RECORD = ("PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
+                "LongitudinalTemporalInformationModified")
+
+
 def _finish(out: Dataset, source: Dataset, station: str, description: str) -> Dataset:
     _set_dates(out, source)
+    for keyword in _DEID_RECORD:
+        if keyword in source:
+            out[keyword] = source[keyword]
     out.SeriesDescription = description
     if station:
         out.StationName = station
