@@ -130,7 +130,7 @@ def _write_dicom_results(files, out_dir: Path, segmenter, settings) -> None:
                 by_series: dict[str, list] = {}
                 for obj in objects:
                     by_series.setdefault(str(obj.header.get("SeriesInstanceUID", "")), []).append(obj)
-                built += [R.build_segmentation(m, station=station) for m in by_series.values()]
+                built += [seg for m in by_series.values() for seg in R.build_segmentations(m, station=station)]
             if t.results_sr:
                 built.append(R.build_report(objects, station=station))
             if t.results_kos:

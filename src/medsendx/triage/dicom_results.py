@@ -5,9 +5,10 @@ same pseudonymous patient and study identity and no original identifier.
 
 Builders (used by the pipeline's study step, ``medsendx send`` and ``segment --dicom``)::
 
-    seg = build_segmentation(headers, label_maps, records, settings)   # one series
-    sr = build_report(headers, records, settings)                      # one study
-    kos = build_key_objects(headers, records, settings)                # one study
+    segs = build_segmentations(objects, station=...)    # one series (one per image for MG)
+    sr = build_report(objects, station=...)              # one study
+    kos = build_key_objects(objects, station=...)        # one study
+    # objects: TriagedObject(header of the de-identified object, TriageRecord.to_dict(), label maps)
 
 and the reader for HQ (the hub's worklist)::
 
@@ -27,7 +28,9 @@ clock would reveal the real, unshifted day of the examination.
 SEG content
 -----------
 BINARY, one segment per intensity class (label maps from the segmenter; -1 = not part of
-the image = in no segment), empty frames omitted. Categories and types (SNOMED CT):
+the image = in no segment), empty frames omitted, JPEG 2000 lossless when compression is
+on. One SEG per series in a patient coordinate system (CT, MR), one per image otherwise
+(MG, DX: highdicom stacks several sources only in a coordinate system). Categories and types (SNOMED CT):
 
 ==============  ====================  ===========================  ====================
 modality        label                 category                     type
@@ -343,9 +346,34 @@ def _order(objects: Sequence[TriagedObject]) -> list[TriagedObject]:
 # --------------------------------------------------------------------------- SEG
 
 
-def build_segmentation(objects: Sequence[TriagedObject], *, station: str = "", compress: bool = True) -> Dataset | None:
-    """One BINARY Segmentation for a series' triaged single-frame images of one size
-    (None when none qualifies). Segment per class of the first image's record."""
+def build_segmentations(objects: Sequence[TriagedObject], *, station: str = "", compress: bool = True) -> list[Dataset]:
+    """The Segmentations of one series' triaged single-frame images: one for the whole
+    series when its images lie in a patient coordinate system (CT, MR: Frame of
+    Reference, position, orientation), else one per image (MG, DX, CR, SC: highdicom, like
+    the standard's multi-frame SEG, needs a coordinate system to stack several sources).
+    Images of another size than the first, and multi-frame objects, get none."""
+    usable = [o for o in _order(objects) if o.triaged and o.labels is not None and o.labels.shape[0] == 1]
+    if not usable:
+        return []
+    shape = usable[0].labels.shape[1:]
+    usable = [o for o in usable if o.labels.shape[1:] == shape]
+    if all(k in usable[0].header for k in ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient")):
+        groups = [usable]
+    else:
+        groups = [[o] for o in usable]
+    out = []
+    for number, group in enumerate(groups, start=1):
+        seg = build_segmentation(group, station=station, compress=compress, instance_number=number)
+        if seg is not None:
+            out.append(seg)
+    return out
+
+
+def build_segmentation(objects: Sequence[TriagedObject], *, station: str = "", compress: bool = True,
+                       instance_number: int = 1) -> Dataset | None:
+    """One BINARY Segmentation of triaged single-frame images of one series and size
+    (None when none qualifies); a segment per class of the first image's record. Several
+    images need a patient coordinate system (see :func:`build_segmentations`)."""
     import highdicom as hd
 
     usable = [o for o in _order(objects) if o.triaged and o.labels is not None and o.labels.shape[0] == 1]
@@ -385,7 +413,7 @@ def build_segmentation(objects: Sequence[TriagedObject], *, station: str = "", c
         series_instance_uid=derived_uid("seg-series", series_uid, method),
         series_number=SEG_SERIES_NUMBER,
         sop_instance_uid=derived_uid("seg", series_uid, key),
-        instance_number=1,
+        instance_number=instance_number,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=MODEL,
         software_versions=_software_version(),
@@ -394,6 +422,16 @@ def build_segmentation(objects: Sequence[TriagedObject], *, station: str = "", c
         content_description="Intensity classes for workflow triage (not a diagnosis)",
         transfer_syntax_uid=JPEG2000Lossless if compress else ExplicitVRLittleEndian,
     )
+    if "ImageOrientationPatient" not in first.header and "PatientOrientation" not in seg:
+        # projection images (MG, DX): the General Image module then wants the source's
+        # Patient Orientation (Type 2C: empty when the source has none)
+        seg.PatientOrientation = first.header.get("PatientOrientation", "")
+        # and a Pixel Measures item without Slice Thickness (a projection has none) is one
+        # that highdicom's own reader refuses: the SEG's geometry is its source's anyway
+        shared = seg.SharedFunctionalGroupsSequence[0]
+        measures = shared.get("PixelMeasuresSequence")
+        if measures and "SliceThickness" not in measures[0]:
+            del shared.PixelMeasuresSequence
     return _finish(seg, first.header, station, SEG_DESCRIPTION)
 
 

@@ -117,9 +117,8 @@ def build_study(
         for obj in objects:
             series[str(obj.header.get("SeriesInstanceUID", ""))].append(obj)
         for members in series.values():
-            seg = R.build_segmentation(members, station=station, compress=settings.outbox.compress)
-            if seg is not None:
-                out.append(("seg", seg))
+            out += [("seg", seg) for seg in R.build_segmentations(members, station=station,
+                                                                     compress=settings.outbox.compress)]
     if t.results_sr:
         sr = R.build_report(objects, station=station)
         if sr is not None:
