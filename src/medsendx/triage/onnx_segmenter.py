@@ -7,15 +7,14 @@ Contract
 
       {"modalities": ["CT"],                       # frames of other modalities: k-means
        "classes": [                                 # label i = classes[i], dark to bright
-         {"name": "Air", "category": ["105590001", "SCT", "Substance"],
-                         "type": ["15158005", "SCT", "Air"]},
-         {"name": "Soft tissue", ...}, {"name": "Bone", ...}]}
+         {"name": "Air"}, {"name": "Soft tissue"}, {"name": "Bone"}]}
 
   Class names are those of ``medsendx.triage.labels`` for the modality (CT: Air / Soft
   tissue / Bone; MG: Background / Fatty / Dense), ordered dark to bright as displayed, so
-  the quality flags, density and priority rules read them as they read the k-means'.
-  ``category``/``type`` (code value, scheme, meaning) name the classes in the SEG; without
-  them the k-means classes' codes are used.
+  the quality flags, density and priority rules read them as they read the k-means', and
+  the SEG and SR code them as the k-means classes (``dicom_results.CLASS_CODES``; other
+  names are coded SCT 85756007 Tissue with the name as the segment label). Other keys of
+  a class are ignored.
 - Input: the model's first input, float32, shape (1, 1, rows, cols): the frame's pixels in
   modality units (HU for CT; stored value x slope + intercept otherwise), as displayed
   (MONOCHROME1 is NOT inverted: the values are the modality's). Pixels that are not part
@@ -65,7 +64,6 @@ class OnnxSegmenter:
         if not isinstance(classes, list) or not classes or not all(isinstance(c, dict) and c.get("name") for c in classes):
             raise ModelError("the model's class file lists no classes with names")
         self.names = [str(c["name"]) for c in classes]
-        self.codes = [(c.get("category"), c.get("type")) for c in classes]
         self.modalities = {str(m).upper() for m in meta.get("modalities", [])}
         try:
             import onnxruntime as ort
