@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import re
 import shutil
+import time
 import subprocess
 from pathlib import Path
 
@@ -231,3 +232,48 @@ def test_segment_writes_dicom_results_for_a_series(cli, state_dir, tmp_path, ct_
     again = tmp_path / "again"
     assert cli("segment", deid, "--no-png", "--dicom", again, env=env).returncode == 0
     assert sorted(p.name for p in again.glob("*.dcm")) == [p.name for p in written], "same input, same UIDs"
+
+
+@pytest.mark.slow
+def test_gateway_killed_while_holding_a_study_sends_its_results_once(orthanc, tmp_path, ct_head) -> None:
+    """The gateway's kill test with study hold: killed (SIGKILL) three times while the
+    scanner sends, then the scanner sends again; the PACS ends with every slice and ONE
+    SEG, SR and KOS for the study, the report covering every slice."""
+    import random
+
+    from servers import dcmtk
+    from test_gateway_service import GatewayProcess, push, wait_for
+
+    from medsendx.triage.dicom_results import read_triage_report
+
+    folder = tmp_path / "scanner"
+    folder.mkdir()
+    series = [plant_identity(src, folder / f"{i:03d}.dcm", PATIENTS[0]) for i, src in enumerate(ct_head)]
+    rng = random.Random(14)
+    state = tmp_path / "state"
+    destination = f"dicomweb+{orthanc.dicomweb_url}"
+    # quiet for 4 s: longer than any round lives, so no study is released before the last
+    options = {"extra_args": ["--study-quiet-seconds", "4"], "env": {"MEDSENDX_STATION_ID": STATION}}
+    for _ in range(3):
+        gateway = GatewayProcess(state, destination, **options).start()
+        scanner = subprocess.Popen(
+            [dcmtk("storescu"), "-aet", "CT_VAN", "-aec", "MEDSENDX", "127.0.0.1", str(gateway.dicom_port),
+             *map(str, series)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 2.5))
+        gateway.kill()
+        scanner.wait(timeout=60)
+    gateway = GatewayProcess(state, destination, **options).start()
+    try:
+        assert push(gateway.dicom_port, series).returncode == 0
+        wait_for(lambda: len(orthanc.instance_ids()) == 28 + 3 and gateway.metrics()["queued"] == 0
+                 and gateway.metrics()["held"] == 0, timeout=180, what="the study and its results delivered")
+        figures = gateway.metrics()
+    finally:
+        assert gateway.terminate() == 0
+    stored = orthanc_objects(orthanc)  # fails on an instance stored twice
+    classes = sorted(str(ds.SOPClassUID) for ds in stored.values())
+    assert classes.count(SEG_CLASS) == classes.count(SR_CLASS) == classes.count(KOS_CLASS) == 1
+    (sr,) = [ds for ds in stored.values() if ds.SOPClassUID == SR_CLASS]
+    images = {uid for uid, ds in stored.items() if ds.Modality == "CT"}
+    assert {i["sop_instance_uid"] for i in read_triage_report(sr)["images"]} == images
+    assert figures["results_sr_total"] <= 1 and figures["sent_total"] == 31
