@@ -277,3 +277,31 @@ def test_gateway_killed_while_holding_a_study_sends_its_results_once(orthanc, tm
     images = {uid for uid, ds in stored.items() if ds.Modality == "CT"}
     assert {i["sop_instance_uid"] for i in read_triage_report(sr)["images"]} == images
     assert figures["results_sr_total"] <= 1 and figures["sent_total"] == 31
+
+
+def test_seg_for_a_peer_without_jpeg2000_is_packed_and_the_same(cli, state_dir, tmp_path, ct_head) -> None:
+    """The SEG travels as JPEG 2000; a peer that takes only uncompressed syntaxes gets it
+    decoded, its one-bit pixels packed again (decoding gives a byte per pixel)."""
+    import highdicom as hd
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    from medsendx.transcode import prepare_for_wire
+
+    deid, out, few = tmp_path / "deid", tmp_path / "results", tmp_path / "few"
+    few.mkdir()
+    for src in ct_head[:3]:
+        shutil.copy(src, few / src.name)
+    env = {"MEDSENDX_STATION_ID": STATION}
+    assert cli("anonymize", few, deid, env=env).returncode == 0
+    assert cli("segment", deid, "--no-png", "--dicom", out, env=env).returncode == 0
+    (path,) = [p for p in out.glob("*.dcm") if pydicom.dcmread(p, stop_before_pixels=True).Modality == "SEG"]
+    original = hd.seg.Segmentation.from_dataset(pydicom.dcmread(path))
+    assert original.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
+    sources = [r.ReferencedSOPInstanceUID for r in original.ReferencedSeriesSequence[0].ReferencedInstanceSequence]
+    for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        payload = prepare_for_wire(path, [syntax])
+        assert payload.transfer_syntax == syntax
+        assert dciodvfy_errors(payload.data, tmp_path) == []
+        sent = hd.seg.Segmentation.from_dataset(pydicom.dcmread(io.BytesIO(payload.data)))
+        assert np.array_equal(sent.get_pixels_by_source_instance(sources, segment_numbers=[1, 2, 3]),
+                              original.get_pixels_by_source_instance(sources, segment_numbers=[1, 2, 3]))
