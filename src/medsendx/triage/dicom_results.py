@@ -218,14 +218,35 @@ _TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "Patient
                         "StudyDate", "StudyTime", "ReferringPhysicianName")
 
 
-def save_triaged(path: Path, obj: TriagedObject) -> None:
-    """One file per object (atomic, not fsynced: it can be recomputed from the object)."""
+def head_bytes(ds: Dataset, data: bytes | None) -> bytes | None:
+    """The bytes of the file ``ds`` was read from up to its Pixel Data element: a complete
+    file without pixels (None when that cannot be told: then the header is encoded)."""
+    if data is None:
+        return None
+    try:
+        element = ds.get_item(0x7FE00010)
+        tell = getattr(element, "value_tell", None)
+        if tell is None or ds.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian:
+            return None
+        start = int(tell) - 12  # explicit VR OB/OW: tag, VR, 2 reserved bytes, 4-byte length
+        if start <= 132 or data[start:start + 4] != b"\xe0\x7f\x10\x00":
+            return None
+        return data[:start]
+    except Exception:
+        return None
+
+
+def save_triaged(path: Path, obj: TriagedObject, head: bytes | None = None) -> None:
+    """One file per object (atomic, not fsynced: it can be recomputed from the object).
+    ``head``: the object's file bytes before its pixel data (:func:`head_bytes`)."""
     import pydicom
 
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, obj.header, enforce_file_format=False)
+    if head is None:
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, obj.header, enforce_file_format=False)
+        head = buffer.getvalue()
     arrays: dict[str, Any] = {
-        "header": np.frombuffer(buffer.getvalue(), dtype=np.uint8),
+        "header": np.frombuffer(head, dtype=np.uint8),
         "record": np.frombuffer(json.dumps(obj.record).encode(), dtype=np.uint8),
     }
     if obj.labels is not None:
@@ -245,6 +266,10 @@ def load_triaged(path: Path) -> TriagedObject:
 
     with np.load(io.BytesIO(zlib.decompress(path.read_bytes())), allow_pickle=False) as data:
         header = pydicom.dcmread(io.BytesIO(data["header"].tobytes()), force=True)
+        if "PixelData" in header:  # never expected; the builders reference, never copy, pixels
+            del header.PixelData
+        if header.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian).is_compressed:
+            header.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian  # no pixels left to be compressed
         record = json.loads(data["record"].tobytes())
         labels = data["labels"] if "labels" in data.files else None
     return TriagedObject(header, record, labels)

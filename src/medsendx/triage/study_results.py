@@ -45,20 +45,23 @@ def wanted(settings: Settings) -> bool:
     return bool(t.results_seg or t.results_sr or t.results_kos)
 
 
-def keep(settings: Settings, ds: Any, record: dict[str, Any], label_maps: list[Any] | None) -> Path | None:
-    """Keep one triaged object's header, record and label maps for its study's results.
-    Never raises (advisory: the images go whether or not their results can be built)."""
+def keep(settings: Settings, ds: Any, record: dict[str, Any], label_maps: list[Any] | None,
+         data: bytes | None = None) -> Path | None:
+    """Keep one triaged object's header, record and label maps for its study's results
+    (``data``: the bytes ``ds`` was read from, whose head before the pixel data is kept as
+    it is instead of encoding the header again). Never raises (advisory: the images go
+    whether or not their results can be built)."""
     if record.get("status") != "triaged" or not wanted(settings):
         return None
     try:
         import numpy as np
 
-        from medsendx.triage.dicom_results import TriagedObject, header_of, save_triaged
+        from medsendx.triage.dicom_results import TriagedObject, head_bytes, header_of, save_triaged
 
         study, sop = str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
         labels = np.stack(label_maps).astype(np.int8) if (label_maps and settings.triage.results_seg) else None
         path = store_dir(settings) / _safe(study) / f"{_safe(sop)}.npz"
-        save_triaged(path, TriagedObject(header_of(ds), record, labels))
+        save_triaged(path, TriagedObject(header_of(ds), record, labels), head_bytes(ds, data))
         return path
     except Exception as exc:
         log.warning("triage results input not kept", extra={"fields": {"error": type(exc).__name__}})
