@@ -52,6 +52,8 @@ def test_study_is_held_until_quiet_then_sent(tmp_path, ct_head):
         assert len(rows) == 6 + 2 * 3 and {r.state for r in rows} == {"sent"}
         assert all(r.priority is not None for r in rows)  # queued with their triage priority
         assert service.state.held_objects() == []
+        figures = {m.name: m.value for m in service.metrics()}
+        assert (figures["results_seg_total"], figures["results_sr_total"], figures["results_kos_total"]) == (2, 2, 2)
     finally:
         service.stop()
     delivered = [p for p in Path(tmp_path / "hq").rglob("*") if p.is_file()]
