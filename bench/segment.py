@@ -208,7 +208,8 @@ def dicom_results_bench(files: list[Path], repeat: int) -> int:
 
     from medsendx.triage import dicom_results as R
 
-    datasets = [read_dataset(p) for p in files]
+    raw = [p.read_bytes() for p in files]
+    datasets = [pydicom.dcmread(io.BytesIO(data)) for data in raw]
     for ds in datasets:
         ds.pixel_array  # decoded once, untimed: the pipeline shares one decode too
     n = len(datasets)
@@ -223,8 +224,9 @@ def dicom_results_bench(files: list[Path], repeat: int) -> int:
 
     def keep_all() -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            for i, (ds, record, labels) in enumerate(kept):
-                R.save_triaged(Path(tmp) / f"{i}.npz", R.TriagedObject(R.header_of(ds), record, labels))
+            for i, (ds, record, labels) in enumerate(kept):  # as the pipeline does (study_results.keep)
+                R.save_triaged(Path(tmp) / f"{i}.npz", R.TriagedObject(R.header_of(ds), record, labels),
+                               R.head_bytes(ds, raw[i]))
 
     def encoded(ds) -> int:
         buffer = io.BytesIO()
