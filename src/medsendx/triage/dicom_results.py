@@ -321,6 +321,10 @@ _DEID_RECORD = ("PatientIdentityRemoved", "DeidentificationMethod", "Deidentific
 
 def _finish(out: Dataset, source: Dataset, station: str, description: str) -> Dataset:
     _set_dates(out, source)
+    for item in out.get("ContributingEquipmentSequence", []):
+        # highdicom stamps its contribution with the clock (Type 3): the real day
+        if "ContributionDateTime" in item:
+            del item.ContributionDateTime
     for keyword in _DEID_RECORD:
         if keyword in source:
             out[keyword] = source[keyword]
