@@ -131,6 +131,21 @@ class GatewaySettings:
 
 
 @dataclass
+class TriageSettings:
+    """On-device triage and the DICOM results shipped with each study (issue 14)."""
+
+    # Each result kind can be turned off: a Segmentation per series, a TID 1500 report and
+    # a Key Object Selection per study (see medsendx.triage.dicom_results).
+    results_seg: bool = True
+    results_sr: bool = True
+    results_kos: bool = True
+    key_images: int = 8  # at most this many images referenced by the KOS
+    # A learned segmenter (ONNX; contract in medsendx.triage.onnx_segmenter); empty: the
+    # exact k-means. A model that cannot be loaded or run falls back to k-means (logged).
+    model_path: str = ""
+
+
+@dataclass
 class HubSettings:
     """The HQ hub (``medsendx hub``): worklist and fleet dashboard in the browser."""
 
@@ -169,6 +184,7 @@ class Settings:
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     s3: S3Settings = field(default_factory=S3Settings)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    triage: TriageSettings = field(default_factory=TriageSettings)
     hub: HubSettings = field(default_factory=HubSettings)
 
     @property
