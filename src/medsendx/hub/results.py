@@ -1,11 +1,9 @@
 """Reading the results a truck sends with each study: the TID 1500 Measurement Report
 (SR), the Key Object Selection (KOS) and the Segmentation (SEG).
 
-The SR is read by walking its content tree with pydicom, keyed on what the standard fixes
-(value types, the TID 1500 measurement groups, DCM codes such as 111046 Percent
-Fibroglandular Tissue and 111031 Breast Composition) and on concept names for our private
-concepts (the workflow priority and its reasons, for which no standard concept exists).
-That keeps the hub reading reports from any sender that follows TID 1500, not only ours.
+The SR is read by the gateway's own reader (medsendx.triage.dicom_results), so the two
+ends cannot drift apart; the KOS and SEG readers here need only what the standard fixes
+(document title codes, per-frame functional groups).
 """
 
 from __future__ import annotations
@@ -21,15 +19,9 @@ KOS_MODALITY = "KO"
 SEG_MODALITY = "SEG"
 DERIVED_MODALITIES = (SR_MODALITY, KOS_MODALITY, SEG_MODALITY)
 
-PERCENT_FIBROGLANDULAR = ("111046", "DCM")
-BREAST_COMPOSITION = ("111031", "DCM")
-MEASUREMENT_GROUP = ("125007", "DCM")
-TRACKING_ID = ("112039", "DCM")
 # KOS document titles (CID 7010)
 KOS_QUALITY_ISSUE = ("113010", "DCM")
 KOS_REJECTED_FOR_QUALITY = ("113001", "DCM")
-# Qualitative values that mean "nothing found" (an evaluation per flag may say so).
-NEGATIVE_VALUES = {"no", "absent", "normal", "acceptable", "good", "none", "not present", "false"}
 
 
 def _concept(item: Dataset) -> tuple[str, str, str]:
@@ -41,145 +33,32 @@ def _concept(item: Dataset) -> tuple[str, str, str]:
             str(code.get("CodeMeaning", "")))
 
 
-def _code_value(item: Dataset) -> tuple[str, str, str]:
-    seq = item.get("ConceptCodeSequence")
-    if not seq:
-        return "", "", ""
-    code = seq[0]
-    return (str(code.get("CodeValue", code.get("LongCodeValue", ""))), str(code.get("CodingSchemeDesignator", "")),
-            str(code.get("CodeMeaning", "")))
+def summarize_report(ds: Dataset) -> dict[str, Any]:
+    """A truck's TID 1500 report -> the study's worklist values, read with the gateway's own
+    reader (medsendx.triage.dicom_results.read_triage_report, one reader for both ends).
 
-
-def _walk(items: Any, group: dict[str, Any] | None, groups: list[dict[str, Any]], loose: dict[str, Any]) -> None:
-    for item in items or []:
-        value_type = str(item.get("ValueType", ""))
-        code, scheme, meaning = _concept(item)
-        target = group if group is not None else loose
-        if value_type == "CONTAINER" and (code, scheme) == MEASUREMENT_GROUP:
-            new = {"tracking_id": "", "images": [], "measurements": [], "evaluations": [], "texts": []}
-            groups.append(new)
-            _walk(item.get("ContentSequence"), new, groups, loose)
-            continue
-        if value_type == "NUM":
-            measured = item.get("MeasuredValueSequence")
-            if measured:
-                mv = measured[0]
-                units = mv.get("MeasurementUnitsCodeSequence")
-                unit = str(units[0].get("CodeValue", "")) if units else ""
-                try:
-                    value = float(mv.NumericValue)
-                except (AttributeError, TypeError, ValueError):
-                    value = None
-                if value is not None:
-                    target["measurements"].append(
-                        {"name": meaning, "code": code, "scheme": scheme, "value": value, "unit": unit}
-                    )
-        elif value_type == "CODE":
-            v_code, v_scheme, v_meaning = _code_value(item)
-            target["evaluations"].append(
-                {"name": meaning, "code": code, "scheme": scheme, "value": v_meaning, "value_code": v_code,
-                 "value_scheme": v_scheme}
-            )
-        elif value_type == "TEXT":
-            text = str(item.get("TextValue", ""))
-            if (code, scheme) == TRACKING_ID and group is not None:
-                group["tracking_id"] = text
-            else:
-                target["texts"].append({"name": meaning, "value": text})
-        elif value_type == "IMAGE" and group is not None:
-            for ref in item.get("ReferencedSOPSequence") or []:
-                uid = str(ref.get("ReferencedSOPInstanceUID", ""))
-                if uid and uid not in group["images"]:
-                    group["images"].append(uid)
-        _walk(item.get("ContentSequence"), group, groups, loose)
-
-
-def _is_priority(name: str) -> bool:
-    return "priority" in name.lower()
-
-
-def _is_reason(name: str) -> bool:
-    return "reason" in name.lower()
-
-
-def _is_quality(name: str) -> bool:
-    lowered = name.lower()
-    return "quality" in lowered or "repeat" in lowered
-
-
-def read_triage_report(ds: Dataset) -> dict[str, Any]:
-    """A TID 1500 Measurement Report -> the study's triage summary.
-
-    Returns ``priority`` (highest over the images, or None), ``reasons``, ``flags``
-    (quality findings, "name: value"), ``breast_density_percent`` (the highest Percent
-    Fibroglandular Tissue), ``breast_composition``, ``groups`` (per image: referenced SOP
-    Instance UIDs, measurements, evaluations, its own priority) and ``top_image`` (the SOP
-    Instance UID of the highest-priority image).
+    ``priority`` (highest over the images), ``reasons`` (of the highest-priority image),
+    ``flags`` ("image quality: <flag>"), ``breast_density_percent``, ``breast_composition``,
+    ``top_image`` (its SOP Instance UID) and ``images`` (per image, as the reader gives
+    them). Raises ValueError for a structured report that is not a MedSendX triage report.
     """
-    groups: list[dict[str, Any]] = []
-    loose: dict[str, Any] = {"measurements": [], "evaluations": [], "texts": []}
-    _walk(ds.get("ContentSequence"), None, groups, loose)
-    reasons_by_group: list[tuple[float | None, list[str]]] = []
-    flags: list[str] = []
-    priority: float | None = None
-    density: float | None = None
-    composition: str | None = None
-    top_image: str | None = None
-    top_priority = -1.0
-    for group in groups + [loose]:
-        group_priority = None
-        reasons: list[str] = []
-        for m in group["measurements"]:
-            if _is_priority(m["name"]):
-                group_priority = m["value"] if group_priority is None else max(group_priority, m["value"])
-            if (m["code"], m["scheme"]) == PERCENT_FIBROGLANDULAR or "fibroglandular" in m["name"].lower():
-                density = m["value"] if density is None else max(density, m["value"])
-        for e in group["evaluations"]:
-            if (e["code"], e["scheme"]) == BREAST_COMPOSITION or "breast composition" in e["name"].lower():
-                composition = e["value"]
-            elif _is_reason(e["name"]):
-                reasons.append(e["value"])
-            elif _is_quality(e["name"]) and e["value"].strip().lower() not in NEGATIVE_VALUES:
-                flags.append(f"{e['name']}: {e['value']}")
-        for t in group["texts"]:
-            if _is_reason(t["name"]):
-                reasons.append(t["value"])
-            elif _is_quality(t["name"]):
-                flags.append(f"{t['name']}: {t['value']}")
-        group["priority"] = group_priority
-        reasons_by_group.append((group_priority, reasons))
-        if group_priority is not None:
-            priority = group_priority if priority is None else max(priority, group_priority)
-            if group_priority > top_priority and group.get("images"):
-                top_priority, top_image = group_priority, group["images"][0]
-    # The study's reasons are those of its highest-priority images (a routine slice's
-    # "nothing found" is not a reason to read a study with a metal artefact first).
-    top_reasons = [r for p, rs in reasons_by_group if p is not None and p == priority for r in rs]
-    reasons = top_reasons or [r for _p, rs in reasons_by_group for r in rs]
-    if top_image is None:
-        top_image = next((g["images"][0] for g in groups if g["images"]), None)
+    from medsendx.triage.dicom_results import read_triage_report
+
+    info = read_triage_report(ds)
+    images = info["images"]
+    top = max(images, key=lambda i: i["priority"] if i["priority"] is not None else -1) if images else None
+    composition = next((i["breast_composition"] for i in ([top] if top else []) + images if i.get("breast_composition")), None)
+    density = info.get("breast_density_percent")
     return {
-        "priority": int(round(priority)) if priority is not None else None,
-        "reasons": _unique(reasons),
-        "flags": _unique(flags),
-        "breast_density_percent": round(density, 1) if density is not None else None,
+        "priority": info["priority"],
+        "reasons": list(info["reasons"]),
+        "flags": [f"image quality: {f}" for f in info["flags"]],
+        "breast_density_percent": round(float(density), 1) if density is not None else None,
         "breast_composition": composition,
-        "top_image": top_image,
-        "groups": [g for g in groups],
-        "title": _concept_meaning(ds),
+        "top_image": top["sop_instance_uid"] if top else None,
+        "images": images,
+        "disclaimer": info.get("disclaimer", ""),
     }
-
-
-def _concept_meaning(ds: Dataset) -> str:
-    return _concept(ds)[2]
-
-
-def _unique(values: list[str]) -> list[str]:
-    seen: list[str] = []
-    for v in values:
-        if v and v not in seen:
-            seen.append(v)
-    return seen
 
 
 def read_key_objects(ds: Dataset) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from medsendx.hub.results import (
     SEG_MODALITY,
     SR_MODALITY,
     read_key_objects,
-    read_triage_report,
+    summarize_report,
 )
 from medsendx.hub.source import Source, SourceError, StudyInfo
 
@@ -254,7 +254,10 @@ def build_row(source: Source, info: StudyInfo) -> dict[str, Any]:
                 continue
             ds = source.instance(info.study_uid, s.series_uid, sop)
             if s.modality == SR_MODALITY:
-                summary = read_triage_report(ds)
+                try:
+                    summary = summarize_report(ds)
+                except ValueError:
+                    continue  # another sender's SR: not a triage report, nothing for the worklist
                 # several reports (a re-send): the highest priority is what the reader must see
                 if report is None or (summary["priority"] or -1) > (report["priority"] or -1):
                     report = summary | {"sop_uid": sop, "series_uid": s.series_uid}
