@@ -53,6 +53,14 @@ def test_demo_hub_serves_the_scan_day_with_a_one_time_login(tmp_path: Path) -> N
         assert worklist["total"] == 3
         assert {s["station"] for s in worklist["studies"]} == {"REMOTE_MOBILE_CLINIC_01"}
         assert sum(s["objects"] for s in worklist["studies"]) >= 12
+        # each study came with its triage report (the demo holds studies for their results)
+        assert all(s["priority"] is not None and s["reasons"] for s in worklist["studies"])
+        summary = __import__("json").loads((tmp_path / "day" / "summary.json").read_text())
+        assert sorted(s["priority"] for s in worklist["studies"]) == sorted(
+            _study_priorities(tmp_path / "day" / "hq"))
+        overlay = client.get(f"/study/{worklist['studies'][0]['study_uid']}/overlay.png")
+        assert overlay.status_code == 200 and overlay.content[:4] == b"\x89PNG"
+        assert summary["objects_delivered"] > 12  # the images and their SEG / SR / KOS
         stations = client.get("/api/stations").json()
         assert "CT_VAN_EAST" in {a["station"] for a in client.get("/api/alerts").json()}  # the drifting van
         assert any(s["station"] == "REMOTE_MOBILE_CLINIC_01" for s in stations["stations"])
@@ -71,6 +79,21 @@ def test_demo_hub_serves_the_scan_day_with_a_one_time_login(tmp_path: Path) -> N
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+def _study_priorities(hq: Path) -> list[int]:
+    """Per study, the highest priority the truck gave its images -- read from the reports in
+    the HQ folder with the gateway's own reader, not through the hub."""
+    import pydicom
+
+    from medsendx.triage.dicom_results import read_triage_report
+
+    out = []
+    for path in hq.rglob("*.dcm"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        if ds.Modality == "SR":
+            out.append(read_triage_report(ds)["priority"])
+    return out
 
 
 def test_trusted_proxy_header_only_from_the_proxy(tmp_path: Path) -> None:

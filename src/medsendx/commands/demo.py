@@ -34,7 +34,8 @@ def demo_cmd(out_dir: str, destination: str | None, timeout: float, with_hub: bo
     out = Path(out_dir)
     try:
         with console.status("playing the scan day...") as status:
-            summary = run_demo(out, destination, report=lambda line: console.print(f"  {line}"), timeout=timeout)
+            summary = run_demo(out, destination, report=lambda line: console.print(f"  {line}"), timeout=timeout,
+                               results=with_hub)
             status.stop()
     except DemoError as exc:
         err_console.print(f"[red]demo:[/] {exc}")
