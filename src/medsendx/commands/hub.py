@@ -27,7 +27,7 @@ def hub_cmd(ctx: click.Context, host: str | None, port: int | None, source: str 
         return
     settings = settings_from_context(ctx, {"hub": {"host": host, "port": port, "source": source,
                                                    "feature_store": feature_store}})
-    from medsendx.hub.app import Hub, hub_paths, serve
+    from medsendx.hub.app import hub_paths, serve
     from medsendx.hub.auth import UserStore, file_mode_ok
 
     location, store, users_file, cache = hub_paths(settings)
@@ -36,8 +36,10 @@ def hub_cmd(ctx: click.Context, host: str | None, port: int | None, source: str 
     if not file_mode_ok(users_file):
         err_console.print(f"[red]hub:[/] {users_file} is readable by others; chmod 600 it")
         raise SystemExit(2)
-    console.print(f"hub: studies from {'DICOMweb' if '://' in location and not location.startswith('s3') else 'folder'} "
-                  f"{location}, QC features from {store}")
+    from medsendx.transport.base import redact_url
+
+    kind = "DICOMweb" if location.startswith(("dicomweb+", "http://", "https://")) else "folder"
+    console.print(f"hub: studies from {kind} {redact_url(location)}, QC features from {redact_url(store)}")
     console.print(f"hub: http://{settings.hub.host}:{settings.hub.port}/")
     serve(settings)
 
