@@ -157,8 +157,11 @@ def queue_study(settings: Settings, outbox: Any, destination: str, study_uid: st
         # a pid-named temp: the outbox's stale-temp sweep removes it after a kill
         path = outbox.spool_dir / f"{TEMP_PREFIX}{os.getpid()}-results-{uid}.dcm"
         try:
-            pydicom.dcmwrite(path, ds, enforce_file_format=True)
-            os.chmod(path, 0o600)
+            # durable before the outbox row exists (as the de-identified images are)
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
+                pydicom.dcmwrite(fh, ds, enforce_file_format=True)
+                fh.flush()
+                os.fsync(fh.fileno())
             fresh = outbox.enqueue(path, sop_instance_uid=uid, study_instance_uid=study_uid,
                                    destination=destination, priority=priority)
         except Exception as exc:
