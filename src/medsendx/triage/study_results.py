@@ -103,6 +103,8 @@ def build_study(
     only = set(sop_uids) if sop_uids is not None else None
     objects = []
     for path in sorted(folder.glob("*.npz")):
+        if path.name.startswith("."):
+            continue  # a temp a killed writer left (pathlib's glob matches dot names)
         if only is not None and path.stem not in only:
             continue
         try:
