@@ -477,6 +477,21 @@ def build_segmentation(objects: Sequence[TriagedObject], *, station: str = "", c
 # --------------------------------------------------------------------------- SR
 
 
+_CONCEPTS: dict[tuple[str, str, str], Any] = {}
+
+
+def _cc(code: Any) -> Any:
+    """One highdicom CodedConcept per code, shared by every item that uses it: highdicom
+    converts (and validates) each Code it is given, a fifth of the report's build time."""
+    import highdicom as hd
+
+    key = (str(code.value), str(code.scheme_designator), str(code.meaning))
+    concept = _CONCEPTS.get(key)
+    if concept is None:
+        concept = _CONCEPTS[key] = hd.sr.CodedConcept(*key)
+    return concept
+
+
 def _frames(obj: TriagedObject) -> list[dict[str, Any]]:
     return list(obj.record.get("frames") or [])
 
@@ -494,28 +509,28 @@ def _image_groups(hd: Any, obj: TriagedObject, algorithm: Any) -> list[Any]:
     frames = _frames(obj)
     for frame in frames:
         where = f"image {_instance_number(obj)}" + (f" frame {frame['frame'] + 1}" if len(frames) > 1 else "")
-        measurements = [hd.sr.Measurement(name=PRIORITY, value=float(frame["priority"]), unit=UNIT_SCORE)]
+        measurements = [hd.sr.Measurement(name=_cc(PRIORITY), value=float(frame["priority"]), unit=_cc(UNIT_SCORE))]
         evaluations = []
         density = frame.get("breast_density_percent")
         if density is not None:
-            measurements.append(hd.sr.Measurement(name=codes.DCM.PercentFibroglandularTissue, value=float(density),
-                                                  unit=UNIT_PERCENT))
-            evaluations.append(hd.sr.QualitativeEvaluation(codes.DCM.BreastComposition, breast_composition(density)))
+            measurements.append(hd.sr.Measurement(name=_cc(codes.DCM.PercentFibroglandularTissue), value=float(density),
+                                                  unit=_cc(UNIT_PERCENT)))
+            evaluations.append(hd.sr.QualitativeEvaluation(_cc(codes.DCM.BreastComposition), _cc(breast_composition(density))))
         for flag in frame.get("flags") or []:
             code, meaning = FLAG_CODES.get(flag["code"], (flag["code"].upper()[:16], flag["code"]))
-            evaluations.append(hd.sr.QualitativeEvaluation(codes.DCM.ImageQuality, Code(code, PRIVATE_SCHEME, meaning)))
+            evaluations.append(hd.sr.QualitativeEvaluation(_cc(codes.DCM.ImageQuality), _cc(Code(code, PRIVATE_SCHEME, meaning))))
         for reason in frame.get("reasons") or []:
             code = reason_code(reason)
-            evaluations.append(hd.sr.QualitativeEvaluation(REASON, Code(code, PRIVATE_SCHEME, REASON_CODES[code])))
+            evaluations.append(hd.sr.QualitativeEvaluation(_cc(REASON), _cc(Code(code, PRIVATE_SCHEME, REASON_CODES[code]))))
         group = hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
                 uid=derived_uid("sr-tracking", obj.sop_instance_uid, str(frame["frame"])), identifier=f"triage {where}"),
-            finding_type=TRIAGE_FINDING, algorithm_id=algorithm, measurements=measurements,
+            finding_type=_cc(TRIAGE_FINDING), algorithm_id=algorithm, measurements=measurements,
             qualitative_evaluations=evaluations or None, source_images=[_source_image(hd, obj, frame)],
         )
         container = group[0]
         for reason in frame.get("reasons") or []:
-            container.ContentSequence.append(hd.sr.TextContentItem(COMMENT, reason[:1024], "CONTAINS"))
+            container.ContentSequence.append(hd.sr.TextContentItem(_cc(COMMENT), reason[:1024], "CONTAINS"))
         groups.append(group)
         for cls in frame.get("classes") or []:
             _, kind = _class_codes(cls["label"], modality)
@@ -523,10 +538,10 @@ def _image_groups(hd: Any, obj: TriagedObject, algorithm: Any) -> list[Any]:
                 tracking_identifier=hd.sr.TrackingIdentifier(
                     uid=derived_uid("sr-class", obj.sop_instance_uid, str(frame["frame"]), cls["label"]),
                     identifier=f"class {cls['label']} {where}"),
-                finding_type=kind,  # the algorithm is named once, in the image's group
+                finding_type=_cc(kind),  # the algorithm is named once, in the image's group
                 measurements=[
-                    hd.sr.Measurement(name=codes.SCT.Mean, value=float(cls["centre"]), unit=unit),
-                    hd.sr.Measurement(name=CLASS_SHARE, value=round(100.0 * float(cls["fraction"]), 4), unit=UNIT_PERCENT),
+                    hd.sr.Measurement(name=_cc(codes.SCT.Mean), value=float(cls["centre"]), unit=_cc(unit)),
+                    hd.sr.Measurement(name=_cc(CLASS_SHARE), value=round(100.0 * float(cls["fraction"]), 4), unit=_cc(UNIT_PERCENT)),
                 ],
                 source_images=[_source_image(hd, obj, frame)],
             )

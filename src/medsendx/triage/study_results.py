@@ -103,6 +103,8 @@ def build_study(
     only = set(sop_uids) if sop_uids is not None else None
     objects = []
     for path in sorted(folder.glob("*.npz")):
+        if path.name.startswith("."):
+            continue  # a temp a killed writer left (pathlib's glob matches dot names)
         if only is not None and path.stem not in only:
             continue
         try:
@@ -157,8 +159,11 @@ def queue_study(settings: Settings, outbox: Any, destination: str, study_uid: st
         # a pid-named temp: the outbox's stale-temp sweep removes it after a kill
         path = outbox.spool_dir / f"{TEMP_PREFIX}{os.getpid()}-results-{uid}.dcm"
         try:
-            pydicom.dcmwrite(path, ds, enforce_file_format=True)
-            os.chmod(path, 0o600)
+            # durable before the outbox row exists (as the de-identified images are)
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
+                pydicom.dcmwrite(fh, ds, enforce_file_format=True)
+                fh.flush()
+                os.fsync(fh.fileno())
             fresh = outbox.enqueue(path, sop_instance_uid=uid, study_instance_uid=study_uid,
                                    destination=destination, priority=priority)
         except Exception as exc:
