@@ -21,6 +21,8 @@ command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)  # compiles triage's inne
 command -v podman >/dev/null 2>&1 || need+=(podman)
 command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# the hub's browser tests drive Debian's chromium through Playwright (never `playwright install`)
+[ -e /usr/bin/chromium ] || need+=(chromium chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing system packages: ${need[*]}"
   $SUDO apt-get update -qq

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+
+import pydicom
 from pathlib import Path
 
 from medsendx.config import Settings
@@ -44,12 +46,18 @@ def test_study_is_held_until_quiet_then_sent(tmp_path, ct_head):
         assert len(service.state.held_objects()) == 6
         assert len({o.study_instance_uid for o in service.state.held_objects()}) == 2
         assert sum(Outbox(settings.outbox_db).counts().values()) == 0
-        while Outbox(settings.outbox_db).counts()["sent"] < 6 and time.monotonic() < deadline:
+        # each released study goes with its triage results: a SEG, a TID 1500 SR and a KOS
+        while Outbox(settings.outbox_db).counts()["sent"] < 6 + 2 * 3 and time.monotonic() < deadline:
             time.sleep(0.2)
         rows = Outbox(settings.outbox_db).items()
-        assert len(rows) == 6 and {r.state for r in rows} == {"sent"}
+        assert len(rows) == 6 + 2 * 3 and {r.state for r in rows} == {"sent"}
         assert all(r.priority is not None for r in rows)  # queued with their triage priority
         assert service.state.held_objects() == []
+        figures = {m.name: m.value for m in service.metrics()}
+        assert (figures["results_seg_total"], figures["results_sr_total"], figures["results_kos_total"]) == (2, 2, 2)
     finally:
         service.stop()
-    assert len([p for p in Path(tmp_path / "hq").rglob("*") if p.is_file()]) == 6
+    delivered = [p for p in Path(tmp_path / "hq").rglob("*") if p.is_file()]
+    assert len(delivered) == 12
+    modalities = sorted(str(pydicom.dcmread(p, stop_before_pixels=True).Modality) for p in delivered)
+    assert modalities == ["CT"] * 6 + ["KO"] * 2 + ["SEG"] * 2 + ["SR"] * 2

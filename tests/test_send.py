@@ -25,11 +25,12 @@ def test_send_deidentifies_delivers_and_resumes_without_resending(cli, orthanc, 
     url = "dicomweb+" + orthanc.dicomweb_url
     first = cli("send", data_dir / "ct-head-ge", "--to", url)
     assert first.returncode == 0, first.stderr
-    assert re.search(r"sent\s*│\s*28", first.stdout)
+    # 28 slices and the study's triage results (SEG, SR, KOS: tests/test_triage_results.py)
+    assert re.search(r"sent\s*│\s*31", first.stdout)
     wire = re.search(r"bytes on the wire vs raw input.*\((\d+\.\d)%\)", first.stdout)
     assert wire and float(wire.group(1)) <= 25.0, "CT on the wire must be at most a quarter of raw"
 
-    stored = orthanc_objects(orthanc)
+    stored = {uid: ds for uid, ds in orthanc_objects(orthanc).items() if ds.Modality == "CT"}
     assert len(stored) == 28
     originals = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in ct_head}
     original_names = {str(pydicom.dcmread(p, stop_before_pixels=True).PatientName) for p in ct_head}
@@ -43,7 +44,7 @@ def test_send_deidentifies_delivers_and_resumes_without_resending(cli, orthanc, 
     assert again.returncode == 0, again.stderr
     assert re.search(r"already queued or sent \(skipped\)\s*│\s*28", again.stdout)
     assert re.search(r"sent\s*│\s*0", again.stdout)
-    assert len(orthanc.instance_ids()) == 28
+    assert len(orthanc.instance_ids()) == 31
 
 
 @pytest.mark.slow
@@ -64,15 +65,15 @@ def test_send_killed_then_run_again_delivers_each_object_once(orthanc, state_dir
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         partial = len(orthanc.instance_ids())
-        assert 0 < partial < 28
+        assert 0 < partial < 31
 
         done = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=240)
         assert done.returncode == 0, done.stderr
     finally:
         proxy.stop()
-    assert len(orthanc_objects(orthanc)) == 28
+    assert len(orthanc_objects(orthanc)) == 28 + 3  # the slices and their SEG, SR, KOS, each once
     counts = Outbox(state_dir / "outbox.sqlite3").counts()
-    assert counts == {"queued": 0, "sending": 0, "sent": 28, "failed": 0}
+    assert counts == {"queued": 0, "sending": 0, "sent": 31, "failed": 0}
 
 
 def test_send_with_the_link_down_times_out_keeps_the_queue_and_resumes(cli, orthanc, state_dir: Path, ct_head, tmp_path: Path) -> None:
@@ -89,14 +90,14 @@ def test_send_with_the_link_down_times_out_keeps_the_queue_and_resumes(cli, orth
         assert "timed out" in stalled.stderr
         status = cli("queue", "status")
         assert status.returncode == 0
-        assert re.search(r"total\s*│\s*4\s*│\s*0\s*│\s*0\s*│\s*0", status.stdout), status.stdout
+        assert re.search(r"total\s*│\s*7\s*│\s*0\s*│\s*0\s*│\s*0", status.stdout), status.stdout  # 4 + SEG/SR/KOS
         proxy.link_up()
         assert cli("queue", "retry").returncode == 0
         resumed = cli("send", inbox, "--to", url)
         assert resumed.returncode == 0, resumed.stderr
     finally:
         proxy.stop()
-    assert len(orthanc_objects(orthanc)) == 4
+    assert len(orthanc_objects(orthanc)) == 4 + 3
 
 
 def test_queue_list_retry_purge(cli, state_dir: Path, ct_head, tmp_path: Path) -> None:

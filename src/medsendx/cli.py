@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "queue": "medsendx.commands.queue:queue_cmd",
     "demo": "medsendx.commands.demo:demo_cmd",
     "config": "medsendx.commands.config:config_cmd",
+    "hub": "medsendx.commands.hub:hub_cmd",
 }
 
 # Subcommands that keep pydicom's value checks: they read no DICOM file (and so need not

@@ -175,6 +175,46 @@ class GatewaySettings:
 
 
 @dataclass
+class TriageSettings:
+    """On-device triage and the DICOM results shipped with each study (issue 14)."""
+
+    # Each result kind can be turned off: a Segmentation per series, a TID 1500 report and
+    # a Key Object Selection per study (see medsendx.triage.dicom_results).
+    results_seg: bool = True
+    results_sr: bool = True
+    results_kos: bool = True
+    key_images: int = 8  # at most this many images referenced by the KOS
+    # A learned segmenter (ONNX; contract in medsendx.triage.onnx_segmenter); empty: the
+    # exact k-means. A model that cannot be loaded or run falls back to k-means (logged).
+    model_path: str = ""
+
+
+@dataclass
+class HubSettings:
+    """The HQ hub (``medsendx hub``): worklist and fleet dashboard in the browser."""
+
+    # Where the studies are: a DICOMweb root (dicomweb+http(s)://host/dicom-web, or plain
+    # http(s)://...) or a folder of DICOM files; empty: the truck's destination setting.
+    source: str = ""
+    feature_store: str = ""  # Parquet folder or s3:// prefix; empty: <state_dir>/features
+    host: str = "127.0.0.1"  # loopback only unless told; put a TLS reverse proxy in front
+    port: int = 8043
+    users_file: Path | None = None  # default: <state_dir>/hub-users.txt ("name:argon2 hash" lines)
+    cache_path: Path | None = None  # default: <state_dir>/hub-cache.sqlite3 (rebuilt at will)
+    # Link to the site's viewer; {study_uid} is replaced, e.g.
+    # "http://pacs:8042/ui/app/#/filtered-studies?StudyInstanceUID={study_uid}".
+    viewer_url: str = ""
+    poll_seconds: float = 10.0  # how often the PACS and the feature store are looked at
+    session_hours: float = 12.0
+    secure_cookies: Literal["auto", "always", "never"] = "auto"  # auto: when the request is HTTPS
+    # Trust an authenticating reverse proxy: the user name in this header, only from these
+    # client addresses (both must be set; empty header = sign-in form only).
+    trusted_user_header: str = ""
+    trusted_proxies: list[str] = field(default_factory=list)
+    verify_tls: bool = True
+
+
+@dataclass
 class Settings:
     """Everything MedSendX can be told. Build it with :func:`load_settings`."""
 
@@ -188,6 +228,8 @@ class Settings:
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     s3: S3Settings = field(default_factory=S3Settings)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    triage: TriageSettings = field(default_factory=TriageSettings)
+    hub: HubSettings = field(default_factory=HubSettings)
 
     @property
     def secret_file(self) -> Path:

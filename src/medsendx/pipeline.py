@@ -154,7 +154,7 @@ class Pipeline:
             ds.pixel_array.flags.writeable = False
         except Exception:
             pass  # no or undecodable pixels: each step below copes on its own
-        self._triage_and_features(ds, finished)
+        self._triage_and_features(ds, finished, data)
         if self.compress:
             from pydicom.uid import JPEGLSLossless
 
@@ -194,18 +194,21 @@ class Pipeline:
             self.flush()
         return result
 
-    def _triage_and_features(self, ds: Any, finished: dict[str, Any]) -> None:
+    def _triage_and_features(self, ds: Any, finished: dict[str, Any], data: bytes | None = None) -> None:
         """Triage and QC features are advisory: a failure there never blocks delivery."""
         sop_uid = str(getattr(ds, "SOPInstanceUID", ""))  # the de-identified UID
         record: dict[str, Any] | None = None
         if self.with_triage:
             try:
-                from medsendx.triage import triage_dataset
+                from medsendx.triage import segmenter_for, study_results, triage_dataset
 
-                triage = triage_dataset(ds)
+                label_maps: list[Any] | None = [] if study_results.wanted(self.settings) else None
+                triage = triage_dataset(ds, segmenter_for(self.settings), label_maps)
                 record = triage.to_dict()
                 finished["priority"] = int(triage.priority)
                 finished["triage"] = record
+                # what the study's SEG / SR / KOS need, kept before the object is committed
+                study_results.keep(self.settings, ds, record, label_maps, data)
             except ImportError:
                 pass
             except Exception as exc:

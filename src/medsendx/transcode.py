@@ -177,6 +177,15 @@ def _as_uncompressed(ds: Dataset, raw_size: int, accepted: set[UID] | None) -> W
     target = next((s for s in UNCOMPRESSED_SYNTAXES if accepted is None or s in accepted), ExplicitVRLittleEndian)
     if ds.file_meta.TransferSyntaxUID.is_compressed:
         ds.decompress(generate_instance_uid=False)
+        if int(ds.get("BitsAllocated", 8)) == 1:
+            # a BINARY Segmentation (JPEG 2000 on our side): decoding gives a byte per
+            # pixel, the uncompressed encoding wants them packed 8 to a byte
+            from pydicom.pixels import pack_bits
+
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+            pixels = np.frombuffer(ds.PixelData, dtype=np.uint8)
+            if pixels.size == frames * int(ds.Rows) * int(ds.Columns):
+                ds.PixelData = pack_bits(pixels)
     if target == ImplicitVRLittleEndian:
         ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     else:

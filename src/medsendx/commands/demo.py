@@ -17,7 +17,9 @@ from medsendx.commands._common import console, err_console
               help="Deliver to a real destination instead of the local HQ folder "
                    "(dicomweb+http(s)://..., dimse://AET@host:port, s3://bucket/prefix).")
 @click.option("--timeout", type=float, default=180.0, show_default=True, help="Give up waiting for delivery after this many seconds.")
-def demo_cmd(out_dir: str, destination: str | None, timeout: float) -> None:
+@click.option("--hub", "with_hub", is_flag=True, help="Then serve the HQ hub over that scan day (prints its URL and a one-time login).")
+@click.option("--hub-port", type=click.IntRange(0, 65535), default=0, help="Port for --hub (default: a free one).")
+def demo_cmd(out_dir: str, destination: str | None, timeout: float, with_hub: bool, hub_port: int) -> None:
     """Play a scan day with no server and no set-up.
 
     Synthetic patients are planted into copies of the bundled real head CT; a simulated
@@ -32,7 +34,8 @@ def demo_cmd(out_dir: str, destination: str | None, timeout: float) -> None:
     out = Path(out_dir)
     try:
         with console.status("playing the scan day...") as status:
-            summary = run_demo(out, destination, report=lambda line: console.print(f"  {line}"), timeout=timeout)
+            summary = run_demo(out, destination, report=lambda line: console.print(f"  {line}"), timeout=timeout,
+                               results=with_hub)
             status.stop()
     except DemoError as exc:
         err_console.print(f"[red]demo:[/] {exc}")
@@ -74,3 +77,7 @@ def demo_cmd(out_dir: str, destination: str | None, timeout: float) -> None:
     if not ok:
         err_console.print("[red]the scan day did not complete: see the figures above[/]")
         raise SystemExit(1)
+    if with_hub:
+        from medsendx.hub.demo import serve_demo_hub
+
+        serve_demo_hub(out, destination, hub_port, report=lambda line: console.print(line, soft_wrap=True))

@@ -25,9 +25,14 @@ from medsendx.commands._common import console, err_console
 )
 @click.option("--no-png", is_flag=True, help="Do not write the overlay PNG.")
 @click.option("--json", "as_json", is_flag=True, help="Print the triage record(s) as JSON on stdout.")
-@click.option("-k", "--classes", "k", type=click.IntRange(2, 8), default=3, show_default=True,
-              help="Number of intensity classes.")
-def segment_cmd(target: str, out_png: str, no_png: bool, as_json: bool, k: int) -> None:
+@click.option("-k", "--classes", "k", type=click.IntRange(2, 8), default=None,
+              help="Number of intensity classes (default 3, or the [triage] model's classes).")
+@click.option("--dicom", "dicom_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write the triage results as DICOM into this folder: a Segmentation per "
+                   "series, a TID 1500 report and a Key Object Selection per study.")
+@click.pass_context
+def segment_cmd(ctx: click.Context, target: str, out_png: str, no_png: bool, as_json: bool, k: int | None,
+                dicom_dir: str | None) -> None:
     """Triage a DICOM FILE, or every file of a SERIES folder, on this machine.
 
     Pixels are split into intensity classes by exact (globally optimal) 1-D k-means: CT in
@@ -41,13 +46,22 @@ def segment_cmd(target: str, out_png: str, no_png: bool, as_json: bool, k: int) 
 
     The overlay PNG shows the windowed image, the colour-coded classes with a legend and
     the histogram with the class boundaries; it contains no identifying text.
+
+    --dicom OUT writes the results a study ships with (SEG, SR, KOS) built from the input
+    as given: they reference it and carry its patient and study. Run it on de-identified
+    files (the output of `anonymize`) for anything that leaves this machine.
     """
     _skip_download_stack()
+    from medsendx.commands._common import settings_from_context
     from medsendx.dicomio import DicomReadError, iter_dicom_files, read_dataset
-    from medsendx.triage import KMeansSegmenter, TriageError, triage_dataset, triage_series
+    from medsendx.triage import KMeansSegmenter, TriageError, segmenter_for, triage_dataset, triage_series
 
-    segmenter = KMeansSegmenter(k=k)
+    settings = settings_from_context(ctx, {})
+    segmenter = KMeansSegmenter(k=k) if k is not None else segmenter_for(settings)
     path = Path(target)
+    if dicom_dir is not None:
+        files = iter_dicom_files(path) if path.is_dir() else [path]
+        _write_dicom_results(files, Path(dicom_dir), segmenter, settings)
     if path.is_dir():
         series = triage_series(iter_dicom_files(path), segmenter)
         if as_json:
@@ -79,6 +93,53 @@ def segment_cmd(target: str, out_png: str, no_png: bool, as_json: bool, k: int) 
         return
     if not no_png:
         _render(ds, record, out_png, segmenter)
+
+
+def _write_dicom_results(files, out_dir: Path, segmenter, settings) -> None:
+    """Triage each file keeping its label maps, then build and write SEG / SR / KOS per
+    series and study (file names: the results' SOP Instance UIDs)."""
+    import warnings
+
+    import numpy as np
+    import pydicom
+
+    from medsendx.dicomio import DicomReadError, read_dataset
+    from medsendx.triage import TriageError, triage_dataset
+    from medsendx.triage import dicom_results as R
+
+    studies: dict[str, list] = {}
+    for file in files:
+        try:
+            ds = read_dataset(file)
+            maps: list = []
+            record = triage_dataset(ds, segmenter, maps)
+        except (DicomReadError, TriageError):
+            continue  # reported by the triage table below
+        if record.status == "triaged" and "StudyInstanceUID" in ds:
+            labels = np.stack(maps).astype(np.int8) if maps else None
+            studies.setdefault(str(ds.StudyInstanceUID), []).append(
+                R.TriagedObject(R.header_of(ds), record.to_dict(), labels))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t, station = settings.triage, settings.station_id
+    written = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # highdicom's value warnings would quote the input's values
+        for objects in studies.values():
+            built = []
+            if t.results_seg:
+                by_series: dict[str, list] = {}
+                for obj in objects:
+                    by_series.setdefault(str(obj.header.get("SeriesInstanceUID", "")), []).append(obj)
+                built += [seg for m in by_series.values() for seg in R.build_segmentations(m, station=station)]
+            if t.results_sr:
+                built.append(R.build_report(objects, station=station))
+            if t.results_kos:
+                built.append(R.build_key_objects(objects, station=station, limit=t.key_images))
+            for ds in built:
+                if ds is not None:
+                    pydicom.dcmwrite(out_dir / f"{ds.SOPInstanceUID}.dcm", ds, enforce_file_format=True)
+                    written += 1
+    err_console.print(f"wrote {written} DICOM result object(s) to {out_dir}", soft_wrap=True)
 
 
 def _skip_download_stack() -> None:

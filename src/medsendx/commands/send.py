@@ -35,6 +35,7 @@ class SendTally:
     # de-identified SOP Instance UID -> size of the scanner's file: "raw" in the summary is
     # what the scan weighed before anything (the de-identified copy may already be compressed)
     input_sizes: dict[str, int] = field(default_factory=dict)
+    results: Counter = field(default_factory=Counter)  # triage results queued, per kind
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -130,12 +131,15 @@ def send_cmd(ctx: click.Context, input_path: Path, destination: str | None, comp
     interrupted = False
     timed_out = False
     started = time.monotonic()
+    studies: list[str] = []  # de-identified Study Instance UIDs of this run, in order
     try:
         with progress:
             worker.start()
             for path in files:
                 size = path.stat().st_size if path.is_file() else 0
                 result = pipeline.process(path)
+                if result.study_instance_uid and result.study_instance_uid not in studies:
+                    studies.append(result.study_instance_uid)
                 if result.sop_instance_uid:
                     with tally.lock:
                         tally.input_sizes[result.sop_instance_uid] = size
@@ -150,6 +154,8 @@ def send_cmd(ctx: click.Context, input_path: Path, destination: str | None, comp
                 else:
                     tally.errors.append(f"{path}: {result.reason}")
                 progress.advance(deid_task)
+            _queue_results(settings, pipeline, url, studies, tally, progress, send_task)
+            deliverer.wake()
             pipeline.flush()
             while True:
                 counts = outbox.counts(url)
@@ -178,6 +184,17 @@ def send_cmd(ctx: click.Context, input_path: Path, destination: str | None, comp
         raise SystemExit(1)
 
 
+def _queue_results(settings, pipeline, url: str, studies: list[str], tally: SendTally, progress, task) -> None:
+    """The whole folder is known: each study's SEG / SR / KOS go now, with its images."""
+    from medsendx.triage import study_results
+
+    for study in studies:
+        outcome = study_results.queue_study(settings, pipeline.outbox, url, study)
+        tally.results.update(outcome.queued)
+        if outcome.total:
+            progress.update(task, total=(progress.tasks[task].total or 0) + outcome.total)
+
+
 def _summary(tally: SendTally, counts: dict[str, int], url: str) -> None:
     table = Table(title=f"send to {redact_url(url)}", show_header=False, title_justify="left")
     table.add_column("what")
@@ -186,6 +203,8 @@ def _summary(tally: SendTally, counts: dict[str, int], url: str) -> None:
     table.add_row("de-identified and queued", str(tally.queued))
     table.add_row("already queued or sent (skipped)", str(tally.duplicates))
     table.add_row("quarantined", str(tally.quarantined))
+    table.add_row("triage results queued (SEG / SR / KOS)",
+                  " / ".join(str(tally.results[kind]) for kind in ("seg", "sr", "kos")))
     table.add_row("unreadable / errors", str(len(tally.errors)))
     table.add_row("sent", str(tally.sent))
     table.add_row("retried (objects / attempts)", f"{len(tally.retried)} / {tally.retries}")

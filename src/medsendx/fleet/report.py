@@ -225,8 +225,14 @@ def mine(
         found.cleanup()
 
 
-def analyse(con: duckdb.DuckDBPyConnection, out_dir: Path, found: SourceSet | None = None) -> dict[str, Any]:
+def analyse(
+    con: duckdb.DuckDBPyConnection, out_dir: Path, found: SourceSet | None = None, *, render_png: bool = True
+) -> dict[str, Any]:
     """Mine the rows of the DuckDB relation ``raw`` into the three outputs.
+
+    ``render_png=False`` skips ``mining_report.png`` (the hub draws its own charts) and the
+    report then also carries ``"_charts"`` (one per alert: values, EWMA, baseline) and
+    ``"_scatter"`` (the sampled standardised density/contrast, labels, stations, centres).
 
     Memory stays bounded whatever the fleet's size: DuckDB does the aggregation (baselines,
     per-series spread, samples), and the per-scan work (control charts, cluster labels,
@@ -399,6 +405,17 @@ def analyse(con: duckdb.DuckDBPyConnection, out_dir: Path, found: SourceSet | No
     from medsendx.fsutil import atomic_write_bytes
 
     atomic_write_bytes(out_dir / REPORT_JSON, (json.dumps(report, indent=2) + "\n").encode())
+    if not render_png:
+        report["_charts"] = charts
+        report["_scatter"] = {
+            "points": sample_dc[finite_sample],
+            "labels": sample_labels,
+            "stations": np.asarray(sample["station"], dtype=object)[finite_sample],
+            "centres": centres,
+            "sizes": cluster_sizes.tolist(),
+        }
+        report["_sources"] = found
+        return report
     from medsendx.fleet.plot import render_report
 
     render_report(

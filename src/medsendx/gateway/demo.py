@@ -151,8 +151,10 @@ def plant_scan_day(workdir: Path, sources: list[Path], patients: list[SyntheticP
 
 
 def run_demo(out: Path, to: str | None = None, *, report: Callable[[str], None] = print,
-             timeout: float = 180.0, seed: int = 7) -> DemoSummary:
-    """Play the scan day; returns what happened (also written to ``<out>/summary.json``)."""
+             timeout: float = 180.0, seed: int = 7, results: bool = False) -> DemoSummary:
+    """Play the scan day; returns what happened (also written to ``<out>/summary.json``).
+    ``results``: hold each study until quiet, so that its SEG / SR / KOS go with it (the
+    hub's worklist reads them; ``demo --hub``)."""
     from medsendx.gateway.service import GatewayService
     from medsendx.outbox import Outbox
     from medsendx.transport.base import redact_url
@@ -173,6 +175,8 @@ def run_demo(out: Path, to: str | None = None, *, report: Callable[[str], None] 
     # The user's URL may carry a password or token: only its redacted form is shown or written.
     summary.destination = redact_url(destination) if to else "HQ folder over a flaky link"
     settings = demo_settings(out, destination if transport_factory is None else str(out / "hq"))
+    if results:
+        settings.gateway.study_quiet_seconds = 1.0
 
     scanner_disk = tempfile.TemporaryDirectory(prefix="medsendx-scanner-")  # identities: removed at the end
     try:
@@ -193,7 +197,8 @@ def run_demo(out: Path, to: str | None = None, *, report: Callable[[str], None] 
             while time.monotonic() < deadline:
                 counts = outbox.counts()
                 c = service.state.counters()
-                if counts["sent"] + counts["failed"] + c["quarantined"] >= len(planted) and not service.staging.pending():
+                if (counts["sent"] + counts["failed"] + c["quarantined"] >= len(planted) and not service.staging.pending()
+                        and not service.state.held_objects() and not counts["queued"] + counts["sending"]):
                     break
                 time.sleep(0.2)
         finally:

@@ -85,6 +85,9 @@ def collect(settings: Settings, state: GatewayState | None = None) -> list[Metri
         Metric("retries_total", "counter", "Delivery attempts that failed and were retried", totals.get("retries", 0)),
         Metric("retried_objects", "gauge", "Objects in the outbox that needed more than one attempt", delivery.get("retried_objects", 0)),
     ]
+    for kind, what in (("seg", "Segmentations"), ("sr", "TID 1500 reports"), ("kos", "Key Object Selections")):
+        metrics.append(Metric(f"results_{kind}_total", "counter", f"Triage results queued with their studies: {what}",
+                              counters[f"results_{kind}"]))
     last = delivery.get("last_sent_at")
     since = (time.time() - float(last)) if last else float("nan")
     metrics.append(Metric("seconds_since_last_delivery", "gauge", "Seconds since the last successful delivery (NaN: none yet)", since))

@@ -314,6 +314,7 @@ class GatewayService:
         released = 0
         for study in self.state.quiet_studies(quiet_seconds):
             objects = self.state.held_objects(study)
+            self._queue_results(study)  # before the release: a kill in between builds them again
             for obj in objects:
                 fresh = self.pipeline.outbox.enqueue(
                     obj.path, sop_instance_uid=obj.sop_instance_uid, study_instance_uid=obj.study_instance_uid,
@@ -326,6 +327,17 @@ class GatewayService:
             self._wake_deliverer()
             log_event(log, "quiet study released", study_instance_uid=study, objects=len(objects))
         return released
+
+    def _queue_results(self, study: str) -> None:
+        """The study's SEG / SR / KOS (medsendx.triage.study_results), queued once: their
+        UIDs follow from the images', so building them again queues nothing new."""
+        from medsendx.triage import study_results
+
+        outcome = study_results.queue_study(self.settings, self.pipeline.outbox, self.pipeline.destination, study)
+        if outcome.total:
+            q = outcome.queued
+            self.state.add("results_seg", q["seg"], results_sr=q["sr"], results_kos=q["kos"])
+            log_event(log, "triage results queued", study_instance_uid=study, **outcome.queued)
 
     # --- delivery -----------------------------------------------------------------------------
     def _make_deliverer(self):

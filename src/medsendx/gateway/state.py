@@ -23,6 +23,9 @@ COUNTERS = (
     "duplicates",  # objects that were already queued or sent (a scanner re-sent them)
     "refused",  # C-STORE requests answered with a failure status
     "errors",  # pipeline failures of our own (the staged object is kept and retried)
+    "results_seg",  # triage results queued with released studies: Segmentations,
+    "results_sr",  # TID 1500 reports
+    "results_kos",  # and Key Object Selections
 )
 
 _SCHEMA = """

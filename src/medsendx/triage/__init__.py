@@ -46,11 +46,27 @@ __all__ = [
     "TriageRecord",
     "render_overlay",
     "segment_frame",
+    "segmenter_for",
     "triage_dataset",
     "triage_series",
 ]
 
 DEFAULT_SEGMENTER: Segmenter = KMeansSegmenter(k=3)
+_LOADED: dict[str, Segmenter] = {}
+
+
+def segmenter_for(settings: Any) -> Segmenter:
+    """The segmenter the settings ask for: ``[triage] model_path`` (an ONNX model, with
+    exact k-means as its fallback; see ``onnx_segmenter``) or the exact k-means. Loaded
+    once per process and model."""
+    path = str(getattr(getattr(settings, "triage", None), "model_path", "") or "")
+    if not path:
+        return DEFAULT_SEGMENTER
+    if path not in _LOADED:
+        from medsendx.triage.onnx_segmenter import load_segmenter
+
+        _LOADED[path] = load_segmenter(path)
+    return _LOADED[path]
 
 
 def segment_frame(ds: Dataset, frame: int = 0, segmenter: Segmenter | None = None) -> tuple[FrameInput, Segmentation]:
@@ -59,9 +75,13 @@ def segment_frame(ds: Dataset, frame: int = 0, segmenter: Segmenter | None = Non
     return pixels, (segmenter or DEFAULT_SEGMENTER).segment(pixels)
 
 
-def triage_dataset(ds: Dataset, segmenter: Segmenter | None = None) -> TriageRecord:
+def triage_dataset(
+    ds: Dataset, segmenter: Segmenter | None = None, label_maps: list[Any] | None = None
+) -> TriageRecord:
     """Triage every frame of one DICOM object.
 
+    ``label_maps``, when given, receives each frame's label image (int8, -1 where not part
+    of the image), for the DICOM Segmentation (``medsendx.triage.dicom_results``).
     Objects without a greyscale image (no pixel data, colour) come back with
     ``status == "skipped"`` and priority 0; undecodable pixel data raises
     :class:`TriageError` (a one-line reason in our own words).
@@ -81,12 +101,17 @@ def triage_dataset(ds: Dataset, segmenter: Segmenter | None = None) -> TriageRec
         )
     frames: list[FrameTriage] = []
     units = ""
+    methods: list[str] = []
     for index in range(frame_count(ds)):
         pixels, seg = segment_frame(ds, index, segmenter)
+        if seg.method not in methods:
+            methods.append(seg.method)  # a learned model's fallback names itself
+        if label_maps is not None:
+            label_maps.append(seg.labels)
         units = pixels.units
         sanity = labels.sanity_problems(pixels.modality, seg.centres, seg.fractions)
         frames.append(triage_frame(index, pixels, seg, sanity))
-    return summarise(modality, units, segmenter.name, frames)
+    return summarise(modality, units, "+".join(methods) or segmenter.name, frames)
 
 
 @dataclass

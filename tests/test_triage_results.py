@@ -1,0 +1,312 @@
+"""Triage results as DICOM (issue 14): SEG, TID 1500 SR and KOS shipped with each study.
+
+The real GE head CT series and a mammography phantom (two images: one dense breast, one
+cut off at the detector edge) go through ``medsendx send`` to a real Orthanc. Oracles that
+do not come from the code under test: dciodvfy (validity), highdicom's own parsers (the
+SEG's pixels per source image, the SR's measurement groups), the triage recomputed here
+from the images Orthanc stored, the planted identity and the originals' UIDs (searched
+for in the stored bytes), and Orthanc's DICOMweb listing of each study's series.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import time
+import subprocess
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from delivery_samples import orthanc_objects
+from medsendx.gateway.scanday import PATIENTS, plant_identity
+from medsendx.triage import triage_dataset
+from triage_synthetic import mammography_phantom, save
+
+STATION = "TRUCK_07"  # <= 16 characters: StationName (SH) stays valid for dciodvfy
+MG_PATIENT = PATIENTS[2]
+SEG_CLASS, SR_CLASS, KOS_CLASS = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.59"
+
+
+def dciodvfy_errors(data: bytes, tmp: Path) -> list[str]:
+    path = tmp / f"check-{generate_uid()}.dcm"
+    path.write_bytes(data)
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+def mammography_study(folder: Path) -> list[Path]:
+    """Two MG images of one study and series with a planted identity: a dense breast
+    (priority raised for density) and one cut off at the nipple-side edge (repeat now)."""
+    study, series = generate_uid(), generate_uid()
+    paths = []
+    for number, (dense, cut) in enumerate([(0.6, False), (0.3, True)], start=1):
+        ds, _ = mammography_phantom(dense, "MONOCHROME1", seed=number, cut_off=cut)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"  # MG for presentation
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series  # no Frame of Reference: as on real MG
+        ds.PatientOrientation = ["P", "L"]
+        ds.InstanceNumber, ds.SeriesNumber = number, 1
+        ds.PatientName, ds.PatientID = MG_PATIENT.name, MG_PATIENT.patient_id
+        ds.PatientBirthDate, ds.PatientSex, ds.AccessionNumber = MG_PATIENT.birth_date, "F", MG_PATIENT.accession
+        ds.StudyDate, ds.StudyTime, ds.ContentDate, ds.ContentTime = "20260301", "101500", "20260301", "101700"
+        ds.ReferringPhysicianName, ds.InstitutionName = MG_PATIENT.referring, MG_PATIENT.institution
+        ds.StudyID, ds.ImageLaterality, ds.ViewPosition = "MG1", "L", "CC"
+        paths.append(save(ds, folder / f"mg{number}.dcm"))
+    return paths
+
+
+def secrets(files: list[Path]) -> list[bytes]:
+    values = {v.encode() for p in (PATIENTS[0], MG_PATIENT) for v in p.identifying_values()}
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+            if keyword in ds:
+                values.add(str(ds[keyword].value).encode())
+        values.add(b"20260301")  # the MG study's real date (dates are shifted by default)
+    # nor the day they were built: shifted dates lie in the past, today is the real day
+    import datetime
+
+    for day in (datetime.date.today(), datetime.datetime.now(datetime.timezone.utc).date()):
+        values.add(day.strftime("%Y%m%d").encode())
+    return sorted(values)
+
+
+@pytest.fixture
+def inbox(tmp_path, ct_head) -> tuple[Path, list[Path]]:
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    files = [plant_identity(src, folder / f"ct{i:03d}.dcm", PATIENTS[0]) for i, src in enumerate(ct_head)]
+    files += mammography_study(folder)
+    return folder, files
+
+
+@pytest.mark.slow
+def test_send_delivers_valid_seg_sr_kos_in_each_study(cli, orthanc, state_dir, inbox, tmp_path) -> None:
+    folder, files = inbox
+    url = "dicomweb+" + orthanc.dicomweb_url
+    run = cli("send", folder, "--to", url, env={"MEDSENDX_STATION_ID": STATION})
+    assert run.returncode == 0, run.stderr
+    assert re.search(r"triage results queued \(SEG / SR / KOS\)\s*│\s*3 / 2 / 2", run.stdout), run.stdout
+    stored = orthanc_objects(orthanc)  # fails on an instance stored twice
+    assert len(stored) == len(files) + 7  # CT: one SEG for the series; MG: one per image
+
+    by_study: dict[str, list[pydicom.Dataset]] = {}
+    for ds in stored.values():
+        by_study.setdefault(str(ds.StudyInstanceUID), []).append(ds)
+    assert len(by_study) == 2, "the results join their images' studies"
+    leaks = secrets(files)
+    for study_uid, objects in by_study.items():
+        images = [d for d in objects if d.SOPClassUID not in (SEG_CLASS, SR_CLASS, KOS_CLASS)]
+        segs = [d for d in objects if d.SOPClassUID == SEG_CLASS]
+        assert len(segs) == (1 if images[0].Modality == "CT" else len(images))
+        (sr,) = [d for d in objects if d.SOPClassUID == SR_CLASS]
+        (kos,) = [d for d in objects if d.SOPClassUID == KOS_CLASS]
+        # Orthanc's DICOMweb lists the three new series with readable descriptions
+        series = httpx.get(f"{orthanc.dicomweb_url}/studies/{study_uid}/series", timeout=30).json()
+        modalities = sorted(s["00080060"]["Value"][0] for s in series)
+        assert modalities == sorted([images[0].Modality, "SEG", "SR", "KO"])
+        for result in (*segs, sr, kos):
+            data = orthanc.instance_file(_orthanc_id(orthanc, result.SOPInstanceUID))
+            assert dciodvfy_errors(data, tmp_path) == [], result.SOPClassUID
+            assert not [s for s in leaks if s in data], "an original identifier is in a result"
+            for keyword in ("PatientID", "PatientName", "StudyInstanceUID", "StudyDate"):
+                assert result.get(keyword) == images[0].get(keyword), keyword  # the pseudonymous identity
+            assert result.PatientIdentityRemoved == "YES"
+            assert result.StationName == STATION
+            assert "MedSendX triage" in result.SeriesDescription
+        _check_values(images, segs, sr, kos)
+
+    # a second run builds the same results: nothing new reaches the PACS
+    again = cli("send", folder, "--to", url, env={"MEDSENDX_STATION_ID": STATION})
+    assert again.returncode == 0, again.stderr
+    assert re.search(r"triage results queued \(SEG / SR / KOS\)\s*│\s*0 / 0 / 0", again.stdout)
+    assert len(orthanc.instance_ids()) == len(files) + 7
+
+
+def _orthanc_id(orthanc, sop_uid: str) -> str:
+    found = httpx.post(f"{orthanc.url}/tools/lookup", content=sop_uid, timeout=30).json()
+    return next(f["ID"] for f in found if f["Type"] == "Instance")
+
+
+def _check_values(images: list[pydicom.Dataset], seg_datasets, sr_ds, kos_ds) -> None:
+    """Values read back with highdicom equal the triage of the images Orthanc stored."""
+    import highdicom as hd
+
+    from medsendx.triage.dicom_results import read_triage_report
+
+    records = {}
+    labels = {}
+    for image in images:
+        maps: list = []
+        records[str(image.SOPInstanceUID)] = triage_dataset(image, label_maps=maps).to_dict()
+        labels[str(image.SOPInstanceUID)] = maps[0]
+    modality = images[0].Modality
+
+    # SEG: one binary mask per class and source image, equal to the recomputed labels
+    segs = [hd.seg.Segmentation.from_dataset(d) for d in seg_datasets]
+    covered = {}
+    for seg in segs:
+        assert seg.SegmentationType == "BINARY"
+        names = [s.SegmentLabel for s in seg.SegmentSequence]
+        assert names == (["Air", "Soft tissue", "Bone"] if modality == "CT" else ["Background", "Fatty", "Dense"])
+        family = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmFamilyCodeSequence[0]
+        assert (family.CodeValue, family.CodingSchemeDesignator) == ("123107", "DCM")  # Cluster Analysis
+        assert all(s.SegmentedPropertyCategoryCodeSequence[0].CodingSchemeDesignator == "SCT" for s in seg.SegmentSequence)
+        for ref in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence:
+            covered[str(ref.ReferencedSOPInstanceUID)] = seg
+    assert set(covered) == set(labels)
+    for uid, label in labels.items():
+        masks = covered[uid].get_pixels_by_source_instance(source_sop_instance_uids=[uid], segment_numbers=[1, 2, 3])
+        for i in range(3):
+            assert np.array_equal(masks[0, :, :, i].astype(bool), label == i), (uid, names[i])
+
+    # SR: highdicom's own parse of the TID 1500 tree, then the documented reader
+    sr = hd.sr.ComprehensiveSR.from_dataset(sr_ds)
+    groups = sr.content.get_image_measurement_groups()
+    priority_code = hd.sr.CodedConcept("PRIORITY", "99MEDSENDX", "Workflow priority (0-100)")
+    seen = {}
+    for group in groups:
+        found = group.get_measurements(name=priority_code)
+        if found:
+            seen[group.source_images[0].referenced_sop_instance_uid] = int(found[0].value)
+    assert seen == {uid: r["priority"] for uid, r in records.items()}
+    assert any("private scheme 99MEDSENDX" in str(i.get("TextValue", "")) for i in sr_ds.ContentSequence)
+
+    report = read_triage_report(sr_ds)
+    assert report["priority"] == max(r["priority"] for r in records.values())
+    assert report["patient_id"] == str(images[0].PatientID)
+    assert report["station"] == STATION
+    for image in report["images"]:
+        record = records[image["sop_instance_uid"]]
+        frame = record["frames"][0]
+        assert image["priority"] == record["priority"]
+        assert image["reasons"] == record["reasons"]
+        assert sorted(image["flags"]) == sorted(f["code"] for f in record["flags"])
+        assert [(c["label"], c["centre"], c["share_percent"]) for c in image["classes"]] == [
+            (c["label"], pytest.approx(c["centre"], abs=1e-3), pytest.approx(100 * c["fraction"], abs=1e-3))
+            for c in frame["classes"]]
+        if modality == "MG":
+            assert image["breast_density_percent"] == pytest.approx(record["breast_density_percent"], abs=1e-3)
+    assert len(report["images"]) == len(images)
+
+    # KOS: CT is routine ("Of Interest"); the cut-off mammogram asks for a repeat
+    title = kos_ds.ConceptNameCodeSequence[0].CodeValue
+    referenced = {item.ReferencedSOPInstanceUID for s in kos_ds.CurrentRequestedProcedureEvidenceSequence
+                  for series in s.ReferencedSeriesSequence for item in series.ReferencedSOPSequence}
+    top = max(r["priority"] for r in records.values())
+    assert referenced <= {uid for uid, r in records.items() if r["priority"] == top}
+    description = next(str(i.TextValue) for i in kos_ds.ContentSequence if i.ValueType == "TEXT")
+    assert description.startswith(f"Workflow priority {top}/100")
+    if modality == "MG":
+        assert title == "113010" and top >= 90 and report["flags"] == ["fov_truncated"]
+        assert report["breast_density_percent"] is not None
+    else:
+        assert title == "113000" and len(referenced) == 8
+
+
+def test_results_settings_turn_each_kind_off(cli, state_dir, inbox, tmp_path) -> None:
+    folder, files = inbox
+    hq = tmp_path / "hq"
+    mg_only = tmp_path / "mg"
+    mg_only.mkdir()
+    for f in files[-2:]:
+        shutil.copy(f, mg_only / f.name)
+    run = cli("send", mg_only, "--to", hq, env={"MEDSENDX_TRIAGE__RESULTS_SEG": "false",
+                                                 "MEDSENDX_TRIAGE__RESULTS_KOS": "false"})
+    assert run.returncode == 0, run.stderr
+    classes = sorted(str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID) for p in hq.rglob("*.dcm"))
+    assert classes.count(SR_CLASS) == 1 and SEG_CLASS not in classes and KOS_CLASS not in classes
+
+
+def test_segment_writes_dicom_results_for_a_series(cli, state_dir, tmp_path, ct_head) -> None:
+    deid = tmp_path / "deid"  # what the help text says: de-identified files for anything that leaves
+    env = {"MEDSENDX_STATION_ID": STATION}
+    assert cli("anonymize", ct_head[0].parent, deid, env=env).returncode == 0
+    out = tmp_path / "results"
+    run = cli("segment", deid, "--no-png", "--dicom", out, env=env)
+    assert run.returncode == 0, run.stderr
+    written = sorted(out.glob("*.dcm"))
+    assert len(written) == 3
+    for path in written:
+        assert dciodvfy_errors(path.read_bytes(), tmp_path) == []
+    again = tmp_path / "again"
+    assert cli("segment", deid, "--no-png", "--dicom", again, env=env).returncode == 0
+    assert sorted(p.name for p in again.glob("*.dcm")) == [p.name for p in written], "same input, same UIDs"
+
+
+@pytest.mark.slow
+def test_gateway_killed_while_holding_a_study_sends_its_results_once(orthanc, tmp_path, ct_head) -> None:
+    """The gateway's kill test with study hold: killed (SIGKILL) three times while the
+    scanner sends, then the scanner sends again; the PACS ends with every slice and ONE
+    SEG, SR and KOS for the study, the report covering every slice."""
+    import random
+
+    from servers import dcmtk
+    from test_gateway_service import GatewayProcess, push, wait_for
+
+    from medsendx.triage.dicom_results import read_triage_report
+
+    folder = tmp_path / "scanner"
+    folder.mkdir()
+    series = [plant_identity(src, folder / f"{i:03d}.dcm", PATIENTS[0]) for i, src in enumerate(ct_head)]
+    rng = random.Random(14)
+    state = tmp_path / "state"
+    destination = f"dicomweb+{orthanc.dicomweb_url}"
+    # quiet for 4 s: longer than any round lives, so no study is released before the last
+    options = {"extra_args": ["--study-quiet-seconds", "4"], "env": {"MEDSENDX_STATION_ID": STATION}}
+    for _ in range(3):
+        gateway = GatewayProcess(state, destination, **options).start()
+        scanner = subprocess.Popen(
+            [dcmtk("storescu"), "-aet", "CT_VAN", "-aec", "MEDSENDX", "127.0.0.1", str(gateway.dicom_port),
+             *map(str, series)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 2.5))
+        gateway.kill()
+        scanner.wait(timeout=60)
+    gateway = GatewayProcess(state, destination, **options).start()
+    try:
+        assert push(gateway.dicom_port, series).returncode == 0
+        wait_for(lambda: len(orthanc.instance_ids()) == 28 + 3 and gateway.metrics()["queued"] == 0
+                 and gateway.metrics()["held"] == 0, timeout=180, what="the study and its results delivered")
+        figures = gateway.metrics()
+    finally:
+        assert gateway.terminate() == 0
+    stored = orthanc_objects(orthanc)  # fails on an instance stored twice
+    classes = sorted(str(ds.SOPClassUID) for ds in stored.values())
+    assert classes.count(SEG_CLASS) == classes.count(SR_CLASS) == classes.count(KOS_CLASS) == 1
+    (sr,) = [ds for ds in stored.values() if ds.SOPClassUID == SR_CLASS]
+    images = {uid for uid, ds in stored.items() if ds.Modality == "CT"}
+    assert {i["sop_instance_uid"] for i in read_triage_report(sr)["images"]} == images
+    assert figures["results_sr_total"] <= 1 and figures["sent_total"] == 31
+
+
+def test_seg_for_a_peer_without_jpeg2000_is_packed_and_the_same(cli, state_dir, tmp_path, ct_head) -> None:
+    """The SEG travels as JPEG 2000; a peer that takes only uncompressed syntaxes gets it
+    decoded, its one-bit pixels packed again (decoding gives a byte per pixel)."""
+    import highdicom as hd
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    from medsendx.transcode import prepare_for_wire
+
+    deid, out, few = tmp_path / "deid", tmp_path / "results", tmp_path / "few"
+    few.mkdir()
+    for src in ct_head[:3]:
+        shutil.copy(src, few / src.name)
+    env = {"MEDSENDX_STATION_ID": STATION}
+    assert cli("anonymize", few, deid, env=env).returncode == 0
+    assert cli("segment", deid, "--no-png", "--dicom", out, env=env).returncode == 0
+    (path,) = [p for p in out.glob("*.dcm") if pydicom.dcmread(p, stop_before_pixels=True).Modality == "SEG"]
+    original = hd.seg.Segmentation.from_dataset(pydicom.dcmread(path))
+    assert original.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
+    sources = [r.ReferencedSOPInstanceUID for r in original.ReferencedSeriesSequence[0].ReferencedInstanceSequence]
+    for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        payload = prepare_for_wire(path, [syntax])
+        assert payload.transfer_syntax == syntax
+        assert dciodvfy_errors(payload.data, tmp_path) == []
+        sent = hd.seg.Segmentation.from_dataset(pydicom.dcmread(io.BytesIO(payload.data)))
+        assert np.array_equal(sent.get_pixels_by_source_instance(sources, segment_numbers=[1, 2, 3]),
+                              original.get_pixels_by_source_instance(sources, segment_numbers=[1, 2, 3]))
