@@ -67,16 +67,18 @@ def swallow_next(data: bytes, tag: int) -> bytes:
 
 def nested_sequence(levels: int, *, undefined: bool = True, tag: int = 0x00189321) -> bytes:
     """``levels`` sequences nested in one another (the deepest item is at depth ``levels``).
-    (0018,9321) CT Exposure Sequence: the profile keeps it and walks its items."""
-    inner = b""
-    for _ in range(levels):
-        if undefined:
-            item = struct.pack("<HHI", 0xFFFE, 0xE000, codec.UNDEFINED) + inner + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
-            inner = element(tag, "SQ", item + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0), codec.UNDEFINED)
-        else:
-            item = struct.pack("<HHI", 0xFFFE, 0xE000, len(inner)) + inner
-            inner = element(tag, "SQ", item)
-    return inner
+    (0018,9321) CT Exposure Sequence: the profile keeps it and walks its items. Built in
+    linear time (40,000 levels are 800 KB)."""
+    item_end, seq_end = struct.pack("<HHI", 0xFFFE, 0xE00D, 0), struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    if undefined:
+        opening = element(tag, "SQ", b"", codec.UNDEFINED) + struct.pack("<HHI", 0xFFFE, 0xE000, codec.UNDEFINED)
+        return opening * levels + (item_end + seq_end) * levels
+    # A sequence holding k levels is 20 * k bytes: its 12-byte header, one 8-byte item
+    # header, and the k - 1 levels inside.
+    return b"".join(
+        element(tag, "SQ", b"", 8 + 20 * (k - 1)) + struct.pack("<HHI", 0xFFFE, 0xE000, 20 * (k - 1))
+        for k in range(levels, 0, -1)
+    )
 
 
 def insert_raw(data: bytes, tag: int, raw: bytes) -> bytes:
