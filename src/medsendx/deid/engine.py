@@ -45,7 +45,7 @@ from medsendx.deid.audit import append_audit, append_audit_lines
 from medsendx.deid.codec import Element, Encoding, FormatError
 from medsendx.deid.pixelrisk import IDENTIFYING_KEYWORDS, RISK_KEYWORDS, assess_header_risk, identifying_words
 from medsendx.deid.uids import KeyedMapper, load_or_create_secret, shift_date, shift_datetime
-from medsendx.deid.values import CODE_STRING_FORM, TIME_FORM, UTC_OFFSET_FORM, check_kept
+from medsendx.deid.values import CODE_STRING_FORM, KEPT_CHECKS, TIME_FORM, UTC_OFFSET_FORM, check_kept
 from medsendx.dicomio import DicomReadError
 from medsendx.fsutil import DurableWriter, atomic_write, is_valid_uid, remove_stale_temps
 from medsendx.quarantine import quarantine_file
@@ -431,7 +431,7 @@ class Deidentifier:
         return Dataset(raw)
 
     def _walk(self, elements: list[Element], enc: Encoding, ctx: _Context, depth: int) -> list[tuple[int, bytes | memoryview]]:
-        actions, unlisted, view, buf = self.actions, self._unlisted, ctx.view, ctx.buf
+        actions, unlisted, view, buf, kept_check = self.actions, self._unlisted, ctx.view, ctx.buf, KEPT_CHECKS.get
         out: list[tuple[int, bytes | memoryview]] = []
         append = out.append
         private: list[Element] = []
@@ -446,7 +446,9 @@ class Deidentifier:
             if action is None:
                 action = unlisted.get((tag, vr)) or self._unlisted_action(tag, vr)
             if action == "K" and vr != "SQ" and (depth or tag not in _TOP_UID_TAGS):
-                check_kept(buf, el, vr)  # a damaged value must not leave as it came
+                check = kept_check(vr)  # a damaged value must not leave as it came
+                if check is not None:
+                    check(buf, el)
                 append((tag, view[el[2] : el[4]]))  # the common case, inlined: kept as is
                 continue
             chunk = self._apply(el, vr, action, enc, ctx, depth)

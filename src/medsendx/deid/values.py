@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Callable
 
 from medsendx.deid.codec import UNDEFINED, Element, FormatError
 
@@ -43,46 +44,72 @@ ITEM_SIZE = {
     "AT": 4, "FD": 8, "FL": 4, "OD": 8, "OF": 4, "OL": 4, "OV": 8, "OW": 2,
     "SL": 4, "SS": 2, "SV": 8, "UL": 4, "US": 2, "UV": 8,
 }
-_NUMBER = re.compile(rb" *[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)? *")
 
 
 def _tag_text(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
+def _binary_check(size: int, vr: str) -> Callable[[bytes, Element], None]:
+    def check(buf: bytes, el: Element) -> None:
+        if (el.end - el.value) % size and el.length != UNDEFINED:
+            raise FormatError(f"damaged value in {_tag_text(el.tag)} {vr}: length is not a multiple of {size}")
+
+    return check
+
+
+def _text_check(vr: str) -> Callable[[bytes, Element], None]:
+    limit = FAR * MAX_LENGTH[vr] if vr in MAX_LENGTH else None
+    single = vr in _SINGLE_VALUED
+    number = vr in ("IS", "DS")
+    integer = vr == "IS"
+    search = _BAD_TEXT.search
+
+    def check(buf: bytes, el: Element) -> None:
+        start, end = el.value, el.end
+        while end > start and buf[end - 1] == 0:  # NUL padding (UIDs; some writers pad text so)
+            end -= 1
+        if search(buf, start, end):
+            raise FormatError(f"damaged value in {_tag_text(el.tag)} {vr}: NUL or control bytes inside (not cleanly delimited)")
+        if limit is not None and end - start > limit:
+            values = [buf[start:end]] if single else buf[start:end].split(b"\\")
+            if any(len(value) > limit for value in values):
+                raise FormatError(f"damaged value in {_tag_text(el.tag)} {vr}: far longer than its value representation allows")
+        if number and end > start and not _numbers(buf[start:end], integer):
+            raise FormatError(f"damaged value in {_tag_text(el.tag)} {vr}: not a finite number")
+
+    return check
+
+
+def _numbers(raw: bytes, integer: bool) -> bool:
+    """Every backslash-separated value is empty or a finite number (whole for IS), as
+    pydicom will read it (float() on the text: the same rules)."""
+    for value in raw.split(b"\\"):
+        try:
+            number = float(value)
+        except ValueError:
+            if value.strip(b" "):
+                return False
+            continue
+        if not math.isfinite(number) or (integer and number != int(number)):
+            return False
+    return True
+
+
+# VR -> its check, built once (the engine calls one per kept element).
+KEPT_CHECKS: dict[str, Callable[[bytes, Element], None]] = {
+    **{vr: _binary_check(size, vr) for vr, size in ITEM_SIZE.items()},
+    **{vr: _text_check(vr) for vr in TEXT_VRS},
+}
+CHECKED_VRS = frozenset(KEPT_CHECKS)
+
+
 def check_kept(buf: bytes, el: Element, vr: str) -> None:
     """Raise :class:`FormatError` when the value of ``el`` (of VR ``vr``) cannot be what
     its VR holds; return quietly otherwise (also for VRs with nothing to check)."""
-    size = ITEM_SIZE.get(vr)
-    if size is not None:
-        if el.length != UNDEFINED and (el.end - el.value) % size:
-            raise FormatError(f"damaged value in {_tag_text(el.tag)} {vr}: length is not a multiple of {size}")
-        return
-    if vr not in TEXT_VRS:
-        return
-    start, end = el.value, el.end
-    while end > start and buf[end - 1] == 0:  # NUL padding (UIDs; some writers pad text so)
-        end -= 1
-    if _BAD_TEXT.search(buf, start, end):
-        raise FormatError(f"damaged value in {_tag_text(el.tag)} {vr}: NUL or control bytes inside (not cleanly delimited)")
-    limit = MAX_LENGTH.get(vr)
-    if limit is not None and end - start > FAR * limit:
-        values = [buf[start:end]] if vr in _SINGLE_VALUED else buf[start:end].split(b"\\")
-        if any(len(value) > FAR * limit for value in values):
-            raise FormatError(f"damaged value in {_tag_text(el.tag)} {vr}: far longer than its value representation allows")
-    if vr == "IS" or vr == "DS":
-        for value in buf[start:end].split(b"\\"):
-            if value.strip(b" ") and not _is_number(value, vr == "IS"):
-                raise FormatError(f"damaged value in {_tag_text(el.tag)} {vr}: not a finite number")
-
-
-def _is_number(value: bytes, integer: bool) -> bool:
-    if not _NUMBER.fullmatch(value):
-        return False
-    if b"e" in value or b"E" in value or (integer and b"." in value):
-        number = float(value)
-        return math.isfinite(number) and (not integer or number == int(number))
-    return True
+    check = KEPT_CHECKS.get(vr)
+    if check is not None:
+        check(buf, el)
 
 
 # Exact forms of the values a C action keeps (PS3.5 6.2): times of day, UTC offsets, the
