@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+import tempfile
 from datetime import date
 from pathlib import Path
 
@@ -409,13 +411,61 @@ def test_bad_input_is_quarantined_with_a_reason_and_never_written(tmp_path):
     assert PLANT not in deid.settings.audit_log.read_text()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def _unprivileged(function):
+    """Run ``function()`` in a forked child that, when we are root (as in CI), first drops
+    to the unprivileged user ``nobody`` (root may write anywhere: a permission test run as
+    root would prove nothing, and skipping it under root meant it never ran in CI).
+    Returns what the function returned (pickled back through a pipe)."""
+    import pickle
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            os.close(read_end)
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            with os.fdopen(write_end, "wb") as pipe:
+                pickle.dump(function(), pipe)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "the unprivileged child failed"
+    return pickle.loads(data)
+
+
 def test_unwritable_output_is_an_error_not_a_crash(tmp_path):
-    deid = Deidentifier(settings_for(tmp_path / "state"))
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    outcome = deid.deidentify_file(write(planted_ct(), tmp_path / "a.dcm"), locked / "out")
-    assert outcome.status == "error" and "cannot write the output" in outcome.reason
+    # A world-usable folder for the unprivileged child (pytest's tmp_path is root's, 0700).
+    work = Path(tempfile.mkdtemp(prefix="medsendx-unpriv-"))
+    try:
+        os.chmod(work, 0o777)
+        (work / "state").mkdir(mode=0o777)
+        os.chmod(work / "state", 0o777)
+        source = write(planted_ct(), work / "a.dcm")
+        os.chmod(source, 0o644)
+        locked = work / "locked"
+        locked.mkdir()
+        os.chmod(locked, 0o555)  # nobody (and the owner when not root) cannot create "out"
+        deid = Deidentifier(settings_for(work / "state"), pixel_cleaner=None)  # (reads the secret here)
+        os.chmod(work / "state", 0o777)  # the child writes the quarantine and the audit log
+
+        def attempt():
+            outcome = deid.deidentify_file(source, locked / "out")
+            return outcome.status, outcome.reason, os.geteuid()
+
+        status, reason, uid = _unprivileged(attempt)
+        assert uid != 0
+        assert status == "error" and "cannot write the output" in reason
+        assert not (locked / "out").exists()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def test_output_that_is_a_file_is_an_error_not_a_crash(tmp_path):

@@ -23,31 +23,71 @@ from medsendx.quarantine import list_quarantine
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# sitecustomize for a child process: hold data sync number HOLD_AFTER_SYNCS + 1 (and all
+# after it) for ever, once HOLD_AFTER_RENAMES outputs are renamed; create HOLD_MARKER then.
+HOLD_HOOK = """
+import os, threading
+if os.environ.get("HOLD_MARKER"):
+    _sync, _replace, _state = os.fdatasync, os.replace, threading.Condition()
+    _counts = {"syncs": 0, "renames": 0}
+
+    def _replaced(src, dst, *args, **kwargs):
+        _replace(src, dst, *args, **kwargs)
+        if str(dst).endswith(".dcm"):  # (outputs only)
+            with _state:
+                _counts["renames"] += 1
+                _state.notify_all()
+
+    def _held(fd):
+        with _state:
+            _counts["syncs"] += 1
+            hold = _counts["syncs"] > int(os.environ["HOLD_AFTER_SYNCS"])
+        if hold:
+            with _state:
+                _state.wait_for(lambda: _counts["renames"] >= int(os.environ["HOLD_AFTER_RENAMES"]))
+            open(os.environ["HOLD_MARKER"], "w").close()
+            threading.Event().wait()
+        _sync(fd)
+
+    os.fdatasync, os.replace = _held, _replaced
+"""
+
 
 def temps(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p.name.startswith(TEMP_PREFIX)]
 
 
 def test_an_output_is_renamed_into_place_only_after_its_data_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The order of events decides, not a pause: every rename is logged, and it must come
+    after the end of the (held) data sync of its file."""
     entered, release = threading.Event(), threading.Event()
-    real = os.fdatasync
+    real_sync, real_replace = os.fdatasync, os.replace
+    events: list[str] = []
 
     def held_sync(fd: int) -> None:
+        events.append("sync started")
         entered.set()
         assert release.wait(30)
-        real(fd)
+        real_sync(fd)
+        events.append("sync done")
+
+    def logged_replace(src, dst) -> None:
+        events.append(f"rename to {Path(dst).name}")
+        real_replace(src, dst)
 
     monkeypatch.setattr(os, "fdatasync", held_sync)
+    monkeypatch.setattr(os, "replace", logged_replace)
     writer = DurableWriter(batch=1)
     final = tmp_path / "out.dcm"
     writer.write(final, [b"head", memoryview(b"--pixels--")[2:8], b"tail"], "token")
     assert entered.wait(30)
-    time.sleep(0.1)  # give a wrong implementation time to rename early
-    assert not final.exists() and list(writer.ready()) == []
+    assert list(writer.ready()) == []  # (the sync is still held: nothing can be committed)
     (temp,) = temps(tmp_path)
     assert temp.read_bytes() == b"headpixelstail"
+    events.append("released")
     release.set()
     assert list(writer.close()) == [("token", None)]
+    assert events == ["sync started", "released", "sync done", "rename to out.dcm"]
     assert final.read_bytes() == b"headpixelstail" and temps(tmp_path) == []
     assert oct(final.stat().st_mode & 0o777) == oct(0o644)
 
@@ -92,23 +132,38 @@ def test_bytes_waiting_to_be_written_are_bounded(tmp_path: Path, monkeypatch: py
     memory), and one object larger than the bound alone still goes through."""
     import medsendx.fsutil as fsutil
 
-    release = threading.Event()
+    release, blocked, returned, progress = (threading.Event() for _ in range(4))
     real = fsutil.write_chunks
 
     def slow_disk(fd: int, chunks) -> None:
         assert release.wait(30)
         real(fd, chunks)
 
+    class ObservedCondition(threading.Condition):
+        """The writer's queue bound: says when a caller has to wait (no timing involved)."""
+
+        def wait_for(self, predicate, timeout=None):
+            if not predicate():
+                blocked.set()
+                progress.set()
+            return super().wait_for(predicate, timeout)
+
+    def second_write() -> None:
+        writer.write(tmp_path / "next.dcm", [b"n" * 10], "next")
+        returned.set()
+        progress.set()
+
     monkeypatch.setattr(fsutil, "write_chunks", slow_disk)
     writer = DurableWriter(batch=8, max_queued_bytes=100)
+    writer._queue_room = ObservedCondition()
     writer.write(tmp_path / "big.dcm", [b"b" * 150], "big")  # alone and over the bound: accepted
-    second = threading.Thread(target=writer.write, args=(tmp_path / "next.dcm", [b"n" * 10], "next"))
+    second = threading.Thread(target=second_write)
     second.start()
-    second.join(0.3)
-    assert second.is_alive(), "the second object must wait until the first is written"
+    assert progress.wait(30)  # the second write either returned or had to wait
+    assert blocked.is_set() and not returned.is_set(), "the second object must wait until the first is written"
     release.set()
     second.join(30)
-    assert not second.is_alive()
+    assert returned.is_set()
     assert list(writer.close()) == [("big", None), ("next", None)]
     assert (tmp_path / "big.dcm").read_bytes() == b"b" * 150 and (tmp_path / "next.dcm").read_bytes() == b"n" * 10
 
@@ -189,16 +244,26 @@ def test_a_run_killed_mid_way_leaves_only_complete_outputs(ct_head: list[Path], 
     env = {**os.environ, "MEDSENDX_STATE_DIR": str(tmp_path / "state"), "PYTHONPATH": str(ROOT / "src")}
     command = [sys.executable, "-m", "medsendx", "anonymize", str(inputs)]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*command, str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if killed.is_dir() and any(p.suffix == ".dcm" and not p.name.startswith(".") for p in killed.iterdir()):
-            break
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # The kill lands at a chosen point, not after a pause: a sitecustomize in the child
+    # holds the 101st data sync for ever once the first batch (32 files) is renamed into
+    # place, and says so by creating a marker; then the parent kills it. At that moment
+    # 32..96 outputs are final, others are half-written temps, most are not begun.
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    marker = tmp_path / "held"
+    (hook / "sitecustomize.py").write_text(HOLD_HOOK)
+    held_env = {**env, "PYTHONPATH": f"{hook}{os.pathsep}{env['PYTHONPATH']}", "HOLD_MARKER": str(marker), "HOLD_AFTER_SYNCS": "100", "HOLD_AFTER_RENAMES": "32"}
+    proc = subprocess.Popen([*command, str(killed)], env=held_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300  # (only a bound on waiting for the event)
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert marker.exists(), "the child never reached the held sync"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     finals = [p for p in killed.iterdir() if not p.name.startswith(TEMP_PREFIX)]
-    assert 0 < len(finals) < 224, "the kill must land mid-run for this test to mean anything"
+    assert 32 <= len(finals) <= 96, len(finals)
 
     complete = tmp_path / "complete"
     assert subprocess.run([*command, str(complete)], env=env, capture_output=True).returncode == 0

@@ -79,3 +79,9 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as exc:
+        # The last line of defence: a traceback quotes library messages and local values
+        # (identity from a file) on the terminal. The commands report damaged files in one
+        # line of their own; reaching this is a bug of ours, named by its type only.
+        click.echo(f"medsendx: internal error ({type(exc).__name__}); please report it", err=True)
+        sys.exit(70)

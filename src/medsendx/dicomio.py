@@ -75,7 +75,15 @@ def read_dataset(
 
 
 def frame_count(ds: Dataset) -> int:
-    return int(ds.get("NumberOfFrames", 1) or 1)
+    """NumberOfFrames (1 when absent or empty); :class:`DicomReadError` when the value
+    is not a positive whole number (damaged: "nan", "1e309", "-3")."""
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError, OverflowError):
+        raise DicomReadError("NumberOfFrames is not a whole number (damaged header)") from None
+    if frames < 1:
+        raise DicomReadError("NumberOfFrames is not a positive number (damaged header)")
+    return frames
 
 
 def stored_pixels(ds: Dataset, frame: int | None = None) -> np.ndarray:
@@ -96,7 +104,8 @@ def stored_pixels(ds: Dataset, frame: int | None = None) -> np.ndarray:
     except DicomReadError:
         raise
     except Exception as exc:
-        raise DicomReadError(f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from None
+        # (the type only: library messages can quote values of the file)
+        raise DicomReadError(f"pixel data cannot be decoded ({type(exc).__name__})") from None
 
 
 def modality_pixels(ds: Dataset, frame: int | None = 0) -> np.ndarray:

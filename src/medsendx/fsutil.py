@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import re
 import shutil
 import threading
 import time
@@ -21,6 +22,16 @@ from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 TEMP_PREFIX = ".tmp-"
 _temp_serial = itertools.count()  # temp names: pid + serial (see _create_temp)
+
+
+_UID_FORM = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+
+
+def is_valid_uid(uid: str) -> bool:
+    """A UID as PS3.5 9.1 writes it: digits separated by single dots (never ``.`` or
+    ``..``), at most 64 characters. The one check before a UID becomes a file name, a
+    folder or an object key (with Retain UIDs it is a value read from the file)."""
+    return 0 < len(uid) <= 64 and _UID_FORM.fullmatch(uid) is not None
 
 
 def fsync_dir(path: Path) -> None:

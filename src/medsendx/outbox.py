@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from medsendx.fsutil import fsync_dir, pid_alive, private_dir, remove_stale_temps, sha256_file
+from medsendx.fsutil import fsync_dir, is_valid_uid, pid_alive, private_dir, remove_stale_temps, sha256_file
 
 STATES = ("queued", "sending", "sent", "failed")
 PENDING_STATES = ("queued", "sending")
@@ -300,6 +300,9 @@ class Outbox:
     def _spool_name(self, sop_instance_uid: str, destination: str) -> Path:
         # The name comes from the (new, de-identified) UID only; one file per destination
         # so that deleting after one destination is sent never starves another.
+        # (The de-identifier only makes valid UIDs; this guards any other caller.)
+        if not is_valid_uid(sop_instance_uid):
+            raise ValueError("SOP Instance UID is not a valid UID: refused as a spool file name")
         tag = hashlib.sha256(destination.encode()).hexdigest()[:10]
         return self.spool_dir / f"{sop_instance_uid}.{tag}.dcm"
 

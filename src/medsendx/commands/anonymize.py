@@ -10,7 +10,7 @@ from typing import Iterator
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from medsendx.commands._common import console, err_console, settings_from_context
+from medsendx.commands._common import console, err_console, literal, settings_from_context
 from medsendx.config import Settings
 from medsendx.deid import Deidentifier, FileOutcome
 from medsendx.deid.uids import SecretError
@@ -120,12 +120,12 @@ def anonymize_cmd(
     except FileNotFoundError:
         reason = "input file or folder does not exist"
         quarantine_file(settings.quarantine_dir, input_path, reason, stage="deid")
-        err_console.print(f"[red]error:[/red] {input_path}: {reason}")
+        err_console.print(f"[red]error:[/red] {literal(input_path)}: {reason}", soft_wrap=True)
         raise SystemExit(1)
     try:
         Deidentifier(settings)  # creates the secret once, before any worker starts
     except SecretError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {literal(exc)}", soft_wrap=True)
         raise SystemExit(1)
 
     counts = {"ok": 0, "quarantined": 0, "error": 0}
@@ -140,16 +140,19 @@ def anonymize_cmd(
             counts[outcome.status] += 1
             if outcome.status != "ok":
                 label = "quarantined" if outcome.status == "quarantined" else "error"
-                progress.console.print(f"[yellow]{label}:[/yellow] {_shown(outcome.source, input_path)}: {outcome.reason}", soft_wrap=True)
+                progress.console.print(
+                    f"[yellow]{label}:[/yellow] {literal(_shown(outcome.source, input_path))}: {literal(outcome.reason)}", soft_wrap=True
+                )
             progress.advance(task)
     elapsed = max(time.perf_counter() - started, 1e-9)
     console.print(
         f"{counts['ok']} de-identified, {counts['quarantined']} quarantined, {counts['error']} failed "
-        f"in {elapsed:.1f}s ({len(files) / elapsed:.0f} files/s) -> {output_dir}"
+        f"in {elapsed:.1f}s ({len(files) / elapsed:.0f} files/s) -> {literal(output_dir)}",
+        soft_wrap=True,
     )
     if counts["quarantined"] or counts["error"]:
-        console.print(f"quarantine: {settings.quarantine_dir}")
-    console.print(f"audit log: {settings.audit_log}")
+        console.print(f"quarantine: {literal(settings.quarantine_dir)}", soft_wrap=True)
+    console.print(f"audit log: {literal(settings.audit_log)}", soft_wrap=True)
     raise SystemExit(1 if counts["quarantined"] or counts["error"] else 0)
 
 

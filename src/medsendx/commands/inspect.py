@@ -12,7 +12,7 @@ import click
 import numpy as np
 from rich.table import Table
 
-from medsendx.commands._common import console, err_console
+from medsendx.commands._common import console, err_console, literal
 from medsendx.dicomio import DicomReadError, display_image, frame_count, read_dataset, save_png, stored_pixels
 
 SUMMARY_FIELDS = [
@@ -41,11 +41,18 @@ DEID_FIELDS = [
 
 
 def _value(ds, keyword: str) -> str:
-    if keyword not in ds:
-        return "[dim]absent[/dim]"
-    value = ds.data_element(keyword).value
-    text = str(value) if value not in (None, "") else "[dim]empty[/dim]"
-    return text if len(text) < 80 else text[:77] + "..."
+    """The value as markup-safe text (values are shown literally, control bytes escaped);
+    one that cannot be decoded says so instead of stopping the command."""
+    try:
+        if keyword not in ds:
+            return "[dim]absent[/dim]"
+        value = ds.data_element(keyword).value
+    except Exception as exc:  # e.g. an unknown VR or a number that is not one
+        return f"[red]unreadable ({type(exc).__name__})[/red]"
+    if value in (None, ""):
+        return "[dim]empty[/dim]"
+    text = str(value)
+    return literal(text if len(text) < 80 else text[:77] + "...")
 
 
 @contextlib.contextmanager
@@ -69,32 +76,52 @@ def _load(path: str):
     try:
         return read_dataset(path)
     except DicomReadError as exc:
-        err_console.print(f"[red]error:[/red] {path}: {exc}")
+        err_console.print(f"[red]error:[/red] {literal(path)}: {exc}", soft_wrap=True)
         raise SystemExit(1)
 
 
+@contextlib.contextmanager
+def _damage_is_one_line(path: str) -> Iterator[None]:
+    """A damaged file that pydicom read but cannot interpret (a number that is none, an
+    unknown VR met while printing) ends the command with one line of ours, never a
+    traceback (which would quote values and library internals)."""
+    try:
+        yield
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        err_console.print(f"[red]error:[/red] {literal(path)}: damaged DICOM, cannot be shown ({type(exc).__name__})", soft_wrap=True)
+        raise SystemExit(1) from None
+
+
 def _pixel_rows(ds) -> list[tuple[str, str]]:
-    rows = [("Transfer syntax", f"{ds.file_meta.TransferSyntaxUID.name} ({ds.file_meta.TransferSyntaxUID})")]
+    syntax = ds.file_meta.TransferSyntaxUID
+    rows = [("Transfer syntax", literal(f"{syntax.name} ({syntax})"))]
     if "PixelData" not in ds:
         return rows + [("Pixel data", "none")]
-    rows.append(
-        (
-            "Dimensions",
-            f"{ds.get('Rows', '?')} x {ds.get('Columns', '?')}, {frame_count(ds)} frame(s), "
-            f"{ds.get('SamplesPerPixel', 1)} sample(s), {ds.get('BitsAllocated', '?')}-bit "
-            f"{'signed' if ds.get('PixelRepresentation', 0) else 'unsigned'}, "
-            f"{ds.get('PhotometricInterpretation', '?')}",
-        )
-    )
     try:
+        rows.append(
+            (
+                "Dimensions",
+                literal(
+                    f"{ds.get('Rows', '?')} x {ds.get('Columns', '?')}, {frame_count(ds)} frame(s), "
+                    f"{ds.get('SamplesPerPixel', 1)} sample(s), {ds.get('BitsAllocated', '?')}-bit "
+                    f"{'signed' if ds.get('PixelRepresentation', 0) else 'unsigned'}, "
+                    f"{ds.get('PhotometricInterpretation', '?')}"
+                ),
+            )
+        )
         arr = stored_pixels(ds)
         rows.append(("Pixel range (stored)", f"{arr.min()} .. {arr.max()}"))
         if "RescaleSlope" in ds or "RescaleIntercept" in ds:
             slope, intercept = float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))
             lo, hi = float(np.min(arr)) * slope + intercept, float(np.max(arr)) * slope + intercept
-            rows.append(("Pixel range (modality units)", f"{lo:g} .. {hi:g} {ds.get('RescaleType', 'HU' if ds.get('Modality') == 'CT' else '')}"))
+            units = ds.get("RescaleType", "HU" if ds.get("Modality") == "CT" else "")
+            rows.append(("Pixel range (modality units)", literal(f"{lo:g} .. {hi:g} {units}")))
     except DicomReadError as exc:
-        rows.append(("Pixel data", f"[red]{exc}[/red]"))
+        rows.append(("Pixel data", f"[red]{literal(exc)}[/red]"))
+    except Exception as exc:  # a damaged header value (a rescale slope that is no number...)
+        rows.append(("Pixel data", f"[red]damaged header values ({type(exc).__name__})[/red]"))
     return rows
 
 
@@ -113,7 +140,7 @@ def _render(ds, png: str | None, boxes: bool = False) -> None:
     except DicomReadError as exc:
         err_console.print(f"[red]error:[/red] cannot render: {exc}")
         raise SystemExit(1)
-    console.print(f"wrote {png}")
+    console.print(f"wrote {literal(png)}")
 
 
 @click.command("inspect")
@@ -127,16 +154,16 @@ def inspect_cmd(file: str, show_all: bool, png: str | None, boxes: bool = False)
     The image is rendered as a radiologist would see it: rescale slope/intercept, the
     object's window or VOI LUT, MONOCHROME1 inverted, colour kept, first frame.
     """
-    with _vr_warnings_counted():
+    with _vr_warnings_counted(), _damage_is_one_line(file):
         _inspect(file, show_all, png, boxes)
 
 
 def _inspect(file: str, show_all: bool, png: str | None, boxes: bool = False) -> None:
     ds = _load(file)
     if show_all:
-        console.print(str(ds), markup=False)
+        console.print("\n".join(literal(line) for line in str(ds).splitlines()), soft_wrap=True)
     else:
-        table = Table(title=Path(file).name, show_header=False)
+        table = Table(title=literal(Path(file).name), show_header=False)
         table.add_column("group", style="bold")
         table.add_column("attribute")
         table.add_column("value")
@@ -156,20 +183,20 @@ def _inspect(file: str, show_all: bool, png: str | None, boxes: bool = False) ->
 def view_cmd(file: str, png: str | None, boxes: bool = False) -> None:
     """Confirm at a glance that FILE is de-identified: identity fields, provenance and the
     de-identification options recorded in it; optionally render the image."""
-    with _vr_warnings_counted():
+    with _vr_warnings_counted(), _damage_is_one_line(file):
         _view(file, png, boxes)
 
 
 def _view(file: str, png: str | None, boxes: bool = False) -> None:
     ds = _load(file)
-    table = Table(title=f"de-identification of {Path(file).name}")
+    table = Table(title=f"de-identification of {literal(Path(file).name)}")
     table.add_column("attribute", style="bold")
     table.add_column("value")
     for keyword in DEID_FIELDS:
         table.add_row(keyword, _value(ds, keyword))
     codes = ds.get("DeidentificationMethodCodeSequence", [])
     for item in codes:
-        table.add_row("  method code", f"{item.get('CodeValue', '?')} {item.get('CodeMeaning', '')}")
+        table.add_row("  method code", literal(f"{item.get('CodeValue', '?')} {item.get('CodeMeaning', '')}"))
     private = sum(1 for elem in ds.iterall() if elem.tag.is_private)
     table.add_row("private elements", str(private))
     console.print(table)

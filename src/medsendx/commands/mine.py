@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from medsendx.commands._common import console, err_console, settings_from_context
+from medsendx.commands._common import console, err_console, literal, settings_from_context
 
 
 @click.command("mine")
@@ -55,21 +55,21 @@ def mine_cmd(
     try:
         report = mine(list(sources), out_dir, settings, progress=not no_progress, jobs=jobs)
     except (FileNotFoundError, ValueError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {literal(exc)}", soft_wrap=True)
         raise SystemExit(1) from None
     found = report.pop("_sources")
     for line in found.skipped:
-        err_console.print(f"[yellow]skipped[/yellow] {line}")
+        err_console.print(f"[yellow]skipped[/yellow] {literal(line)}", soft_wrap=True)
     console.print(
         f"read {found.dicom_files} DICOM file(s), {found.parquet_files} Parquet file(s), "
         f"{found.s3_objects} S3 object(s): {report['scans']} scans from {len(report['stations'])} station(s)"
     )
     alerts = [a for s in report["stations"] for a in s["alerts"]]
     for alert in alerts:
-        console.print(f"[red]ALERT[/red] {alert['message']}")
+        console.print(f"[red]ALERT[/red] {literal(alert['message'])}")
     if not alerts:
         console.print("[green]all stations in control[/green]")
     console.print(f"{len(report['outliers'])} outlier scan(s); clusters of {report['clusters']['sizes'][0]} and {report['clusters']['sizes'][1]} scans")
-    console.print(f"wrote {out_dir / REPORT_PNG}, {out_dir / REPORT_JSON}, {out_dir / 'features.parquet'}")
+    console.print(f"wrote {literal(out_dir / REPORT_PNG)}, {literal(out_dir / REPORT_JSON)}, {literal(out_dir / 'features.parquet')}")
     if alerts and fail_on_alert:
         raise SystemExit(3)

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from medsendx.commands._common import console, err_console
+from medsendx.commands._common import console, err_console, literal
 
 
 @click.command("segment")
@@ -69,21 +69,21 @@ def segment_cmd(ctx: click.Context, target: str, out_png: str, no_png: bool, as_
         else:
             _print_series(series)
         for name, reason in series.errors:
-            err_console.print(f"[yellow]skipped[/yellow] {name}: {reason}", soft_wrap=True)
+            err_console.print(f"[yellow]skipped[/yellow] {literal(name)}: {literal(reason)}", soft_wrap=True)
         worst = series.worst
         if worst is None:
-            err_console.print(f"[red]error:[/red] {target}: no file in the folder could be triaged", soft_wrap=True)
+            err_console.print(f"[red]error:[/red] {literal(target)}: no file in the folder could be triaged", soft_wrap=True)
             raise SystemExit(1)
         if not no_png:
             name, record = worst
-            _render(read_dataset(series.sources[name]), record, out_png, segmenter)
+            _render_or_fail(read_dataset(series.sources[name]), record, out_png, segmenter, series.sources[name])
         return
 
     try:
         ds = read_dataset(path)
         record = triage_dataset(ds, segmenter)
     except (DicomReadError, TriageError) as exc:
-        err_console.print(f"[red]error:[/red] {target}: {exc}", soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {literal(target)}: {literal(exc)}", soft_wrap=True)
         raise SystemExit(1)
     if as_json:
         click.echo(json.dumps(record.to_dict(), indent=2))
@@ -92,7 +92,7 @@ def segment_cmd(ctx: click.Context, target: str, out_png: str, no_png: bool, as_
     if record.status != "triaged":
         return
     if not no_png:
-        _render(ds, record, out_png, segmenter)
+        _render_or_fail(ds, record, out_png, segmenter, path)
 
 
 def _write_dicom_results(files, out_dir: Path, segmenter, settings) -> None:
@@ -151,20 +151,28 @@ def _skip_download_stack() -> None:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
-def _render(ds, record, out_png: str, segmenter) -> None:
+def _render_or_fail(ds, record, out_png: str, segmenter, source: Path) -> None:
+    """Write the overlay; a damaged file (or an unwritable PNG) is one line of ours."""
     from medsendx.triage import render_overlay
 
-    written = render_overlay(ds, record, out_png, segmenter=segmenter)
-    err_console.print(f"wrote {written}", soft_wrap=True)
+    try:
+        written = render_overlay(ds, record, out_png, segmenter=segmenter)
+    except OSError as exc:
+        err_console.print(f"[red]error:[/red] cannot write {literal(out_png)} ({exc.strerror or type(exc).__name__})", soft_wrap=True)
+        raise SystemExit(1) from None
+    except Exception as exc:
+        err_console.print(f"[red]error:[/red] {literal(source)}: damaged DICOM, no overlay ({type(exc).__name__})", soft_wrap=True)
+        raise SystemExit(1) from None
+    err_console.print(f"wrote {literal(written)}", soft_wrap=True)
 
 
 def _print_record(name: str, record) -> None:
     if record.status != "triaged":
-        console.print(f"{name}: not triaged ({record.skipped_reason})")
+        console.print(f"{literal(name)}: not triaged ({literal(record.skipped_reason)})")
         return
     for frame in record.frames:
         title = name if len(record.frames) == 1 else f"{name}, frame {frame.frame + 1} of {len(record.frames)}"
-        table = Table(title=f"{title}: {record.modality}, values in {record.units}")
+        table = Table(title=literal(f"{title}: {record.modality}, values in {record.units}"))
         table.add_column("class", style="bold")
         table.add_column(f"centre ({record.units})", justify="right")
         table.add_column(f"range ({record.units})", justify="right")
@@ -180,12 +188,12 @@ def _print_record(name: str, record) -> None:
             shown = f"{frame.noise:.1f} HU" if unit == "HU" else f"{100 * frame.noise:.1f}% {unit}"
             console.print(f"noise: {shown}")
         for flag in frame.flags:
-            console.print(f"[red]{flag.action.upper()}[/red] ({flag.code}): {flag.message}")
+            console.print(f"[red]{flag.action.upper()}[/red] ({flag.code}): {literal(flag.message)}")
         for problem in frame.sanity_problems:
-            console.print(f"[yellow]check[/yellow]: {problem}")
+            console.print(f"[yellow]check[/yellow]: {literal(problem)}")
     console.print(f"[bold]priority {record.priority}/100[/bold]")
     for reason in record.reasons:
-        console.print(f"  - {reason}")
+        console.print(f"  - {literal(reason)}")
     console.print(f"[dim]{record.disclaimer}[/dim]")
 
 
@@ -198,14 +206,14 @@ def _print_series(series) -> None:
     table.add_column("flags")
     for name, record in series.slices:
         if record.status != "triaged":
-            table.add_row(name, record.modality, "-", f"not triaged ({record.skipped_reason})", "")
+            table.add_row(literal(name), literal(record.modality), "-", literal(f"not triaged ({record.skipped_reason})"), "")
             continue
         frame = record.frames[0]
         classes = ", ".join(f"{c.label} {c.centre:.0f} ({100 * c.fraction:.0f}%)" for c in frame.classes)
         if len(record.frames) > 1:
             classes += f" [+{len(record.frames) - 1} frames]"
         flags = ", ".join(f.code for f in record.flags) + (" check" if not record.sanity_ok else "")
-        table.add_row(name, record.modality, str(record.priority), classes, flags.strip())
+        table.add_row(literal(name), literal(record.modality), str(record.priority), literal(classes), flags.strip())
     console.print(table)
     summary = series.summary()
     console.print(
@@ -213,7 +221,7 @@ def _print_series(series) -> None:
         f"{summary['skipped']} without image, {summary['errors']} unreadable"
     )
     for reason in summary["reasons"]:
-        console.print(f"  - {reason}")
+        console.print(f"  - {literal(reason)}")
     if summary["slices_with_flag"]:
         counts = ", ".join(f"{code} on {n}" for code, n in summary["slices_with_flag"].items())
         console.print(f"flags: {counts} slice(s)")

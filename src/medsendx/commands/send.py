@@ -12,7 +12,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from medsendx.commands._common import console, err_console, settings_from_context
+from medsendx.commands._common import console, err_console, literal, settings_from_context
 from medsendx.outbox import OutboxItem
 from medsendx.transport.base import DeliveryResult, TransportError, open_transport, redact_url
 
@@ -216,6 +216,6 @@ def _summary(tally: SendTally, counts: dict[str, int], url: str) -> None:
         table.add_row("bytes on the wire vs raw input", f"{_human(tally.wire_bytes)} / {_human(raw)} ({ratio:.1%})")
     console.print(table)
     for reason, count in tally.failed.most_common():
-        err_console.print(f"[red]failed[/red] {count} object(s): {reason}")
+        err_console.print(f"[red]failed[/red] {count} object(s): {literal(reason)}", soft_wrap=True)
     for line in tally.errors:
-        err_console.print(f"[red]error[/red] {line}")
+        err_console.print(f"[red]error[/red] {literal(line)}", soft_wrap=True)

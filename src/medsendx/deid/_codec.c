@@ -10,6 +10,10 @@
  * _native.py). The dictionary check that Python makes on an implicit-VR element of
  * undefined length ("is this tag a sequence?") needs the data dictionary: such tags are
  * listed in `checks`, in walk order at any depth, and Python checks them.
+ *
+ * Nesting is bounded by `max_depth` (codec.MAX_DEPTH, passed in, so both walks share one
+ * number): the recursion below is one C frame pair per level, and a crafted file of tens
+ * of thousands of nested sequences would otherwise exhaust the stack (SIGSEGV).
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -23,7 +27,7 @@
 enum {
     E_HEADER_TRUNCATED = -1, E_MISPLACED_DELIMITER = -2, E_BAD_VR = -3, E_UNDEFINED_NOT_SEQUENCE = -4,
     E_PAST_END = -5, E_ITEM_TRUNCATED = -6, E_BAD_FRAGMENTS = -7, E_EXPECTED_ITEM = -8,
-    E_ITEM_PAST_END = -9, E_SEQUENCE_TRUNCATED = -10, E_PIXELS_TRUNCATED = -11, E_FULL = -100
+    E_ITEM_PAST_END = -9, E_SEQUENCE_TRUNCATED = -10, E_PIXELS_TRUNCATED = -11, E_TOO_DEEP = -12, E_FULL = -100
 };
 
 /* codec.VR_CODES in this order (code = index + 1; 0 = implicit, no VR), and whether the
@@ -50,6 +54,7 @@ typedef struct {
     const uint8_t *buf;
     uint32_t *checks;
     int64_t checks_cap, n_checks;
+    int64_t max_depth;
 } Walk;
 
 static uint16_t u16(const uint8_t *p, int little) { return little ? (uint16_t)(p[0] | p[1] << 8) : (uint16_t)(p[1] | p[0] << 8); }
@@ -59,17 +64,19 @@ static uint32_t u32(const uint8_t *p, int little) {
 }
 
 static int64_t walk(Walk *w, int64_t pos, int64_t end, int implicit, int little, int until_item_end, int64_t *out,
-                    int64_t cap, int64_t *stop_out);
+                    int64_t cap, int64_t *stop_out, int64_t depth);
 
-/* codec._items: the position after the sequence (or fragments) delimiter, or an error. */
-static int64_t items(Walk *w, int64_t pos, int64_t end, int implicit, int little, int fragments) {
+/* codec._items: the position after the sequence (or fragments) delimiter, or an error.
+ * `depth` is the level of the dataset holding the sequence. */
+static int64_t items(Walk *w, int64_t pos, int64_t end, int implicit, int little, int fragments, int64_t depth) {
     while (pos + 8 <= end) {
         uint32_t tag = (uint32_t)u16(w->buf + pos, little) << 16 | u16(w->buf + pos + 2, little);
         uint32_t length = u32(w->buf + pos + 4, little);
         if (tag == SEQUENCE_END) return pos + 8;
         if (tag != ITEM || (fragments && length == UNDEFINED)) return fragments ? E_BAD_FRAGMENTS : E_EXPECTED_ITEM;
+        if (!fragments && depth >= w->max_depth) return E_TOO_DEEP;
         if (length == UNDEFINED) {
-            int64_t stop, got = walk(w, pos + 8, end, implicit, little, 1, NULL, 0, &stop);
+            int64_t stop, got = walk(w, pos + 8, end, implicit, little, 1, NULL, 0, &stop, depth + 1);
             if (got < 0) return got;
             pos = stop;
         } else {
@@ -82,7 +89,7 @@ static int64_t items(Walk *w, int64_t pos, int64_t end, int implicit, int little
 
 /* codec.parse_dataset. With out == NULL the elements are only counted (a nested item). */
 static int64_t walk(Walk *w, int64_t pos, int64_t end, int implicit, int little, int until_item_end, int64_t *out,
-                    int64_t cap, int64_t *stop_out) {
+                    int64_t cap, int64_t *stop_out, int64_t depth) {
     const uint8_t *buf = w->buf;
     int64_t n = 0;
     while (pos < end) {
@@ -116,13 +123,13 @@ static int64_t walk(Walk *w, int64_t pos, int64_t end, int implicit, int little,
         int64_t stop;
         if (length == UNDEFINED) {
             if (tag == PIXEL_DATA) {
-                stop = items(w, value, end, implicit, little, 1);
+                stop = items(w, value, end, implicit, little, 1, depth);
             } else if (code == 0 || code == CODE_SQ || code == CODE_UN) {
                 if (code == 0) {
                     if (w->n_checks >= w->checks_cap) return E_FULL;
                     w->checks[w->n_checks++] = tag;
                 }
-                stop = code == CODE_UN ? items(w, value, end, 1, 1, 0) : items(w, value, end, implicit, little, 0);
+                stop = code == CODE_UN ? items(w, value, end, 1, 1, 0, depth) : items(w, value, end, implicit, little, 0, depth);
             } else {
                 return E_UNDEFINED_NOT_SEQUENCE;
             }
@@ -146,9 +153,9 @@ static int64_t walk(Walk *w, int64_t pos, int64_t end, int implicit, int little,
 
 int64_t parse_dataset(const uint8_t *buf, int64_t pos, int64_t end, int implicit, int little, int until_item_end,
                       int64_t *out, int64_t cap, uint32_t *checks, int64_t checks_cap, int64_t *n_checks,
-                      int64_t *stop_out) {
-    Walk w = {buf, checks, checks_cap, 0};
-    int64_t got = walk(&w, pos, end, implicit, little, until_item_end, out, cap, stop_out);
+                      int64_t *stop_out, int64_t depth, int64_t max_depth) {
+    Walk w = {buf, checks, checks_cap, 0, max_depth};
+    int64_t got = walk(&w, pos, end, implicit, little, until_item_end, out, cap, stop_out, depth);
     *n_checks = w.n_checks;
     return got;
 }

@@ -16,7 +16,7 @@ from functools import lru_cache, partial
 from pathlib import Path
 from typing import Callable
 
-from medsendx.deid.codec import VR_CODES, Element, Encoding, FormatError
+from medsendx.deid.codec import MAX_DEPTH, TOO_DEEP, VR_CODES, Element, Encoding, FormatError
 from medsendx.native import enabled, load_compiled
 
 SOURCE = Path(__file__).with_name("_codec.c")
@@ -34,6 +34,7 @@ _MESSAGES = {
     -9: "a sequence item runs past the end of the file (truncated)",
     -10: "file ends inside a sequence (truncated)",
     -11: "file ends inside the pixel data (truncated)",
+    -12: TOO_DEEP,
 }
 _VRS = (None, *VR_CODES)  # the C code's VR numbers: 0 = implicit
 _element = partial(tuple.__new__, Element)
@@ -48,7 +49,7 @@ def _library() -> ctypes.CDLL | None:
     except (OSError, subprocess.SubprocessError):
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.parse_dataset.argtypes = [ctypes.c_char_p, i64, i64, ctypes.c_int, ctypes.c_int, ctypes.c_int, ptr, i64, ptr, i64, ptr, ptr]
+    lib.parse_dataset.argtypes = [ctypes.c_char_p, i64, i64, ctypes.c_int, ctypes.c_int, ctypes.c_int, ptr, i64, ptr, i64, ptr, ptr, i64, i64]
     lib.parse_dataset.restype = i64
     return lib
 
@@ -58,7 +59,13 @@ def available() -> bool:
 
 
 def parse_dataset(
-    buf: bytes, pos: int, end: int, enc: Encoding, dict_vr: Callable[[int], str | None] | None, until_item_end: bool
+    buf: bytes,
+    pos: int,
+    end: int,
+    enc: Encoding,
+    dict_vr: Callable[[int], str | None] | None,
+    until_item_end: bool,
+    depth: int = 0,
 ) -> tuple[list[Element], int]:
     """``codec.parse_dataset`` for a ``bytes`` buffer, compiled (call only if :func:`available`)."""
     lib = _library()
@@ -69,7 +76,7 @@ def parse_dataset(
         n_checks, stop = ctypes.c_int64(), ctypes.c_int64()
         got = lib.parse_dataset(
             buf, pos, end, enc.implicit, enc.little, until_item_end, rows, cap, checks, checks_cap,
-            ctypes.byref(n_checks), ctypes.byref(stop),
+            ctypes.byref(n_checks), ctypes.byref(stop), depth, MAX_DEPTH,
         )
         # An implicit-VR element of undefined length must be a sequence by the dictionary;
         # the walk listed such tags in order, all before any error it stopped at.

@@ -11,7 +11,9 @@ endian, deflated explicit VR little endian, sequences and items of defined or un
 length at any depth, UN elements holding sequences, encapsulated pixel data.
 ``FormatError`` means the bytes are damaged (truncated, bad VR, runs past the end) or use
 a structure we refuse (undefined length on an element that is not a sequence or pixel
-data; an implicit-VR item inside an explicit-VR file): such objects go to quarantine.
+data; an implicit-VR item inside an explicit-VR file; sequences nested deeper than
+``MAX_DEPTH``; a transfer syntax we do not know; a deflated dataset that would inflate
+beyond ``inflate_limit``): such objects go to quarantine.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import zlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from pydicom.uid import UID_dictionary
+
 UNDEFINED = 0xFFFFFFFF
 ITEM = 0xFFFEE000
 ITEM_END = 0xFFFEE00D
@@ -28,8 +32,37 @@ SEQUENCE_END = 0xFFFEE0DD
 PIXEL_DATA = 0x7FE00010
 
 IMPLICIT_LE_UID = "1.2.840.10008.1.2"
+IMPLICIT_LE_UIDS = (IMPLICIT_LE_UID, "1.2.840.10008.1.20")  # (the second: retired Papyrus 3)
 EXPLICIT_BE_UID = "1.2.840.10008.1.2.2"
-DEFLATED_UIDS = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
+# Deflated Explicit VR Little Endian: the whole dataset is deflated. (Deflated Image Frame
+# Compression, 1.2.840.10008.1.2.8.1, deflates pixel frames only: an encapsulated syntax.)
+DEFLATED_UIDS = ("1.2.840.10008.1.2.1.99",)
+# Every transfer syntax of the standard's registry (native, deflated, encapsulated). Any
+# other UID (a private or a damaged one) is refused: guessing its encoding could misread
+# where elements end, and the output would declare a syntax we cannot vouch for.
+KNOWN_TRANSFER_SYNTAXES = frozenset(
+    {uid for uid, entry in UID_dictionary.items() if entry[1] == "Transfer Syntax"} | {"1.2.840.10008.1.2.8.1"}
+)
+
+# Deepest nesting of sequence items we walk (the top-level dataset is depth 0, the items
+# of its sequences depth 1). Real objects (SR content trees included) stay far below;
+# the limit keeps both walks (Python and compiled, which share this number) well inside
+# their recursion budgets, so they agree at every depth instead of one of them dying.
+MAX_DEPTH = 64
+TOO_DEEP = f"sequences nested deeper than {MAX_DEPTH} levels"
+
+# What a deflated dataset may inflate to: a zip bomb (a few hundred KB of zeros making
+# gigabytes) must not cost the memory it asks for. Real images deflate by a few times,
+# text-heavy objects by tens; both limits are far above that.
+INFLATE_RATIO = 64
+INFLATE_FLOOR = 32 << 20  # at least this much is always allowed
+INFLATE_MAX = 1 << 30  # and never more than this
+
+
+def inflate_limit(compressed_size: int) -> int:
+    """The most bytes a deflated dataset of ``compressed_size`` bytes may inflate to."""
+    return min(INFLATE_MAX, max(INFLATE_FLOOR, INFLATE_RATIO * compressed_size))
+
 
 LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
 VALID_VRS = LONG_VRS | frozenset(
@@ -119,29 +152,41 @@ def read_part10(data: bytes) -> Part10:
     if not ts_bytes:
         raise FormatError("no transfer syntax in the file meta information")
     ts = ts_bytes.decode("latin-1").strip("\x00 ")
+    if ts not in KNOWN_TRANSFER_SYNTAXES:
+        raise FormatError("unknown transfer syntax (not one of the standard's)")
     if ts in DEFLATED_UIDS:
+        compressed = memoryview(data)[pos:]
+        limit = inflate_limit(len(compressed))
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         try:
-            body = zlib.decompress(data[pos:], -zlib.MAX_WBITS)
+            body = inflater.decompress(compressed, limit)
         except zlib.error:
             raise FormatError("damaged deflated dataset") from None
+        if inflater.unconsumed_tail:
+            raise FormatError(f"deflated dataset inflates beyond {limit >> 20} MB (refused)")
         return Part10(meta, ts, EXPLICIT_LE, True, body, 0)
-    encoding = IMPLICIT_LE if ts == IMPLICIT_LE_UID else (EXPLICIT_BE if ts == EXPLICIT_BE_UID else EXPLICIT_LE)
+    encoding = IMPLICIT_LE if ts in IMPLICIT_LE_UIDS else (EXPLICIT_BE if ts == EXPLICIT_BE_UID else EXPLICIT_LE)
     return Part10(meta, ts, encoding, False, data, pos)
 
 
-def parse_dataset(buf: bytes, pos: int, end: int, enc: Encoding, dict_vr, *, until_item_end: bool = False) -> tuple[list[Element], int]:
+def parse_dataset(
+    buf: bytes, pos: int, end: int, enc: Encoding, dict_vr, *, until_item_end: bool = False, depth: int = 0
+) -> tuple[list[Element], int]:
     """The elements of one dataset between ``pos`` and ``end``, or up to the item
     delimiter when ``until_item_end``. Returns the elements and the position after them
     (after the delimiter). ``dict_vr(tag)`` gives the dictionary VR of a tag or None.
+    ``depth`` is the nesting level of this dataset (0 = top level; see ``MAX_DEPTH``).
 
     The compiled walk (``_native``) does this when it is available; the Python walk
     below is the reference it is tested against, and the fallback."""
     if type(buf) is bytes and _native.available():
-        return _native.parse_dataset(buf, pos, end, enc, dict_vr, until_item_end)
-    return parse_dataset_python(buf, pos, end, enc, dict_vr, until_item_end=until_item_end)
+        return _native.parse_dataset(buf, pos, end, enc, dict_vr, until_item_end, depth)
+    return parse_dataset_python(buf, pos, end, enc, dict_vr, until_item_end=until_item_end, depth=depth)
 
 
-def parse_dataset_python(buf: bytes, pos: int, end: int, enc: Encoding, dict_vr, *, until_item_end: bool = False) -> tuple[list[Element], int]:
+def parse_dataset_python(
+    buf: bytes, pos: int, end: int, enc: Encoding, dict_vr, *, until_item_end: bool = False, depth: int = 0
+) -> tuple[list[Element], int]:
     """:func:`parse_dataset` in Python (the reference)."""
     elements: list[Element] = []
     unpack_i = enc._i.unpack_from
@@ -184,7 +229,7 @@ def parse_dataset_python(buf: bytes, pos: int, end: int, enc: Encoding, dict_vr,
                 content = IMPLICIT_LE if vr == "UN" else enc
                 if vr is None and dict_vr(tag) not in (None, "SQ", "UN"):
                     raise FormatError("undefined length on an element that is not a sequence")
-                stop = skip_sequence(buf, value, end, content, dict_vr)
+                stop = skip_sequence(buf, value, end, content, dict_vr, depth)
             else:
                 raise FormatError("undefined length on an element that is not a sequence")
         else:
@@ -198,10 +243,13 @@ def parse_dataset_python(buf: bytes, pos: int, end: int, enc: Encoding, dict_vr,
     return elements, pos
 
 
-def _items(buf: bytes, pos: int, end: int, enc: Encoding, dict_vr, *, fragments: bool = False) -> tuple[list[tuple[int, int, bool]], int]:
+def _items(
+    buf: bytes, pos: int, end: int, enc: Encoding, dict_vr, *, fragments: bool = False, depth: int = 0
+) -> tuple[list[tuple[int, int, bool]], int]:
     """The items of a sequence (or the fragments of encapsulated pixel data) from ``pos``:
     (start, end, undefined_length) of each item's value, and the position after the
-    sequence delimiter (or ``end`` for a defined-length sequence without one)."""
+    sequence delimiter (or ``end`` for a defined-length sequence without one). ``depth``
+    is the level of the dataset holding the sequence; its items are one level deeper."""
     items: list[tuple[int, int, bool]] = []
     unpack_hhi = enc._hhi.unpack_from
     while pos + 8 <= end:
@@ -211,8 +259,10 @@ def _items(buf: bytes, pos: int, end: int, enc: Encoding, dict_vr, *, fragments:
             return items, pos + 8
         if tag != ITEM or (fragments and length == UNDEFINED):
             raise FormatError("damaged encapsulated pixel data" if fragments else "damaged sequence (expected an item)")
+        if not fragments and depth >= MAX_DEPTH:
+            raise FormatError(TOO_DEEP)
         if length == UNDEFINED:
-            _, stop = parse_dataset(buf, pos + 8, end, enc, dict_vr, until_item_end=True)
+            _, stop = parse_dataset(buf, pos + 8, end, enc, dict_vr, until_item_end=True, depth=depth + 1)
             items.append((pos + 8, stop - 8, True))
             pos = stop
         else:
@@ -223,9 +273,10 @@ def _items(buf: bytes, pos: int, end: int, enc: Encoding, dict_vr, *, fragments:
     return items, -1
 
 
-def skip_sequence(buf: bytes, pos: int, end: int, enc: Encoding, dict_vr) -> int:
-    """Position after the sequence delimiter of an undefined-length sequence at ``pos``."""
-    stop = _items(buf, pos, end, enc, dict_vr)[1]
+def skip_sequence(buf: bytes, pos: int, end: int, enc: Encoding, dict_vr, depth: int = 0) -> int:
+    """Position after the sequence delimiter of an undefined-length sequence at ``pos``
+    (in a dataset at level ``depth``)."""
+    stop = _items(buf, pos, end, enc, dict_vr, depth=depth)[1]
     if stop < 0:
         raise FormatError("file ends inside a sequence (truncated)")
     return stop
@@ -239,9 +290,10 @@ def skip_fragments(buf: bytes, pos: int, end: int, enc: Encoding) -> int:
     return stop
 
 
-def sequence_items(buf: bytes, elem: Element, enc: Encoding, dict_vr) -> list[tuple[int, int, bool]]:
-    """(start, end, undefined_length) of each item's dataset in a sequence element."""
-    return _items(buf, elem.value, elem.end, enc, dict_vr)[0]
+def sequence_items(buf: bytes, elem: Element, enc: Encoding, dict_vr, depth: int = 0) -> list[tuple[int, int, bool]]:
+    """(start, end, undefined_length) of each item's dataset in a sequence element of a
+    dataset at level ``depth``."""
+    return _items(buf, elem.value, elem.end, enc, dict_vr, depth=depth)[0]
 
 
 # ---------------------------------------------------------------- encoding

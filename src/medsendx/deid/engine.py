@@ -45,8 +45,9 @@ from medsendx.deid.audit import append_audit, append_audit_lines
 from medsendx.deid.codec import Element, Encoding, FormatError
 from medsendx.deid.pixelrisk import IDENTIFYING_KEYWORDS, RISK_KEYWORDS, assess_header_risk, identifying_words
 from medsendx.deid.uids import KeyedMapper, load_or_create_secret, shift_date, shift_datetime
+from medsendx.deid.values import CODE_STRING_FORM, KEPT_CHECKS, TIME_FORM, UTC_OFFSET_FORM, check_kept
 from medsendx.dicomio import DicomReadError
-from medsendx.fsutil import DurableWriter, atomic_write, remove_stale_temps
+from medsendx.fsutil import DurableWriter, atomic_write, is_valid_uid, remove_stale_temps
 from medsendx.quarantine import quarantine_file
 
 # Our implementation UID: 2.25 + the UUID5 of the project name (stable across versions).
@@ -399,7 +400,12 @@ class Deidentifier:
         body: list[bytes | memoryview] = [chunk for _, chunk in out]
         if part.deflated:
             body = [codec.deflate(b"".join(body))]
-        sop_instance = ctx.top_uids[TAG_SOP_INSTANCE]
+        sop_instance = ctx.top_uids.get(TAG_SOP_INSTANCE, "")
+        # These UIDs name the output file, the outbox's spool file, folder and S3 keys; with
+        # Retain UIDs they are the file's own values: nothing but a UID may become a name.
+        for tag, label in ((TAG_SOP_INSTANCE, "SOP Instance"), (TAG_STUDY_UID, "Study Instance"), (TAG_SERIES_UID, "Series Instance")):
+            if (tag == TAG_SOP_INSTANCE or tag in ctx.top_uids) and not is_valid_uid(ctx.top_uids.get(tag, "")):
+                raise QuarantineRequired(f"{label} UID is not a valid UID (digits and dots, at most 64 characters)")
         meta = codec.file_meta(
             sop_class, sop_instance, part.transfer_syntax, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
         )
@@ -427,7 +433,7 @@ class Deidentifier:
         return Dataset(raw)
 
     def _walk(self, elements: list[Element], enc: Encoding, ctx: _Context, depth: int) -> list[tuple[int, bytes | memoryview]]:
-        actions, unlisted, view = self.actions, self._unlisted, ctx.view
+        actions, unlisted, view, buf, kept_check = self.actions, self._unlisted, ctx.view, ctx.buf, KEPT_CHECKS.get
         out: list[tuple[int, bytes | memoryview]] = []
         append = out.append
         private: list[Element] = []
@@ -442,6 +448,9 @@ class Deidentifier:
             if action is None:
                 action = unlisted.get((tag, vr)) or self._unlisted_action(tag, vr)
             if action == "K" and vr != "SQ" and (depth or tag not in _TOP_UID_TAGS):
+                check = kept_check(vr)  # a damaged value must not leave as it came
+                if check is not None:
+                    check(buf, el)
                 append((tag, view[el[2] : el[4]]))  # the common case, inlined: kept as is
                 continue
             chunk = self._apply(el, vr, action, enc, ctx, depth)
@@ -485,6 +494,7 @@ class Deidentifier:
         if action == "K":
             if vr == "SQ":
                 return self._sequence(el, enc, ctx, depth)
+            check_kept(buf, el, vr)
             if tag in (TAG_SOP_INSTANCE, TAG_STUDY_UID, TAG_SERIES_UID) and depth == 0:
                 ctx.top_uids[tag] = "\\".join(codec.ascii_values(buf, el))
             return ctx.view[el.start : el.end]
@@ -503,6 +513,7 @@ class Deidentifier:
                 return self._sequence(el, enc, ctx, depth)
             values = codec.ascii_values(buf, el)
             if action == "UIDCHECK" and all(v in UID_dictionary for v in values):
+                check_kept(buf, el, vr)
                 return ctx.view[el.start : el.end]
             mapped = [self.mapper.uid(v) for v in values]
             if depth == 0 and tag in (TAG_SOP_INSTANCE, TAG_STUDY_UID, TAG_SERIES_UID):
@@ -533,8 +544,17 @@ class Deidentifier:
             if vr == "SQ":
                 return self._sequence(el, enc, ctx, depth)
             if vr == "TM" or vr == "SH":
-                counts["K"] += 1  # times of day and UTC offsets: whole-day shifts keep them
-                return ctx.view[el.start : el.end]
+                # Times of day and UTC offsets (TimezoneOffsetFromUTC, SH): whole-day shifts
+                # keep them, but only in their exact form; any other value is removed.
+                form = TIME_FORM if vr == "TM" else UTC_OFFSET_FORM
+                values = codec.ascii_values(buf, el)
+                valid = [v for v in values if form.fullmatch(v)]
+                if len(valid) == len(values):
+                    check_kept(buf, el, vr)
+                    counts["K"] += 1
+                    return ctx.view[el.start : el.end]
+                counts["C"] += 1
+                return codec.text_element(tag, out_vr, valid, enc)
             counts["X"] += 1  # binary timestamps cannot be shifted
             return None
         if action == "C":
@@ -544,9 +564,12 @@ class Deidentifier:
             if vr == "AE":
                 return codec.text_element(tag, out_vr, DUMMY_TEXT["AE"], enc)
             if vr in CLEANABLE_TEXT_VRS:
+                check_kept(buf, el, vr)  # (a swallowed element's words are not in ctx.words)
                 text = decode_bytes(buf[el.value : el.end], ctx.charset, set()).strip("\x00 ")
-                cleaned = "\\".join(clean_text(part, ctx.words or set()) for part in text.split("\\"))
-                return codec.element(tag, out_vr, encode_string(cleaned, ctx.charset), enc)
+                parts = [clean_text(part, ctx.words or set()) for part in text.split("\\")]
+                if vr == "CS":  # a coded string stays only as one (upper case, digits, _)
+                    parts = [part for part in parts if CODE_STRING_FORM.fullmatch(part)]
+                return codec.element(tag, out_vr, encode_string("\\".join(parts), ctx.charset), enc)
             return None
         if action in (P.NAME, P.PSEUDONYM, P.STATION):
             counts["D"] += 1
@@ -565,11 +588,11 @@ class Deidentifier:
         A UN element holding a sequence keeps VR UN and its implicit-VR items."""
         content = codec.IMPLICIT_LE if el.vr == "UN" else enc
         parts = [codec.header(el.tag, "UN" if el.vr == "UN" else "SQ", codec.UNDEFINED, enc)]
-        for start, end, undefined in codec.sequence_items(ctx.buf, el, content, dict_vr):
+        for start, end, undefined in codec.sequence_items(ctx.buf, el, content, dict_vr, depth):
             if undefined:
-                items, _ = codec.parse_dataset(ctx.buf, start, end + 8, content, dict_vr, until_item_end=True)
+                items, _ = codec.parse_dataset(ctx.buf, start, end + 8, content, dict_vr, until_item_end=True, depth=depth + 1)
             else:
-                items, _ = codec.parse_dataset(ctx.buf, start, end, content, dict_vr)
+                items, _ = codec.parse_dataset(ctx.buf, start, end, content, dict_vr, depth=depth + 1)
             walked = self._walk(items, content, ctx, depth + 1)
             walked.sort(key=_first)
             parts.append(codec.item_start(content))
@@ -609,6 +632,7 @@ class Deidentifier:
                     with contextlib.suppress(KeyError):
                         vr = get_private_entry(el.tag, creator)[0]
                 if vr in P.SAFE_PRIVATE_VRS:
+                    check_kept(ctx.buf, el, vr)
                     keep[el.tag] = ctx.view[el.start : el.end]
                     creator_el = next(c for c in elements if c.tag == creator_tag)
                     keep[creator_tag] = ctx.view[creator_el.start : creator_el.end]

@@ -156,10 +156,13 @@ def shift_datetime(value: str, days: int) -> str:
     """Shift the date part of a DT value; time of day and UTC offset stay as they are.
 
     A DT with only a year (or year and month) cannot be shifted by days without inventing
-    precision, so such values are emptied.
+    precision, so such values are emptied; so is one whose rest is not a time of day and
+    an optional ``+HHMM``/``-HHMM`` offset (the rest is kept: it must be nothing else).
     """
+    from medsendx.deid.values import DATETIME_REST_FORM
+
     value = value.strip()
-    if len(value) < 8 or not value[:8].isdigit():
+    if len(value) < 8 or not value[:8].isdigit() or not DATETIME_REST_FORM.fullmatch(value[8:]):
         return ""
     shifted = shift_date(value[:8], days)
     return shifted + value[8:] if shifted else ""

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol, Sequence
 from urllib.parse import urlsplit
 
+from medsendx.fsutil import is_valid_uid
 from medsendx.outbox import OutboxItem
 
 if TYPE_CHECKING:
@@ -204,5 +205,6 @@ def iter_payloads(
 
 
 def uid_is_safe(uid: str) -> bool:
-    """UIDs become file names and object keys: digits and dots only, max 64 chars."""
-    return 0 < len(uid) <= 64 and all(c.isdigit() or c == "." for c in uid)
+    """UIDs become file names and object keys: digits separated by single dots (so never
+    ``.`` or ``..``), at most 64 characters."""
+    return is_valid_uid(uid)

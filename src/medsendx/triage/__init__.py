@@ -86,7 +86,17 @@ def triage_dataset(
     ``status == "skipped"`` and priority 0; undecodable pixel data raises
     :class:`TriageError` (a one-line reason in our own words).
     """
-    segmenter = segmenter or DEFAULT_SEGMENTER
+    try:
+        return _triage_dataset(ds, segmenter or DEFAULT_SEGMENTER)
+    except TriageError:
+        raise
+    except DicomReadError as exc:  # (our own words)
+        raise TriageError(str(exc)) from None
+    except Exception as exc:  # a damaged header value (a rescale slope that is no number...)
+        raise TriageError(f"damaged header values, cannot be triaged ({type(exc).__name__})") from None
+
+
+def _triage_dataset(ds: Dataset, segmenter: Segmenter) -> TriageRecord:
     modality = str(ds.get("Modality", "OT")).upper()
     if "PixelData" not in ds or int(ds.get("SamplesPerPixel", 1)) != 1:
         reason = "object has no pixel data" if "PixelData" not in ds else "colour images are not triaged"
