@@ -21,8 +21,7 @@ from pydicom.data import get_testdata_files
 from pydicom.uid import UID_dictionary
 
 from deid_helpers import settings_for
-from medsendx.deid import Deidentifier, FileOutcome, codec
-from medsendx.deid.engine import dict_vr
+from medsendx.deid import Deidentifier, FileOutcome
 
 DCIODVFY = "/usr/bin/dciodvfy"
 

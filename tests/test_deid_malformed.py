@@ -6,10 +6,8 @@ damaged value that leaves would carry the name out."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import struct
-import zlib
 from pathlib import Path
 
 import pydicom

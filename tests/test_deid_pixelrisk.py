@@ -16,7 +16,7 @@ from deid_helpers import planted_ct, settings_for
 from medsendx.config import PixelSettings
 from medsendx.deid import Deidentifier, QuarantineRequired, assess_pixel_risk
 from medsendx.deid.engine import _encode
-from medsendx.pixels import PixelCleaner, pixel_risk
+from medsendx.pixels import PixelCleaner
 
 # (SOP class, modality): ordinary slices, screens, ultrasound, X-ray, camera images, a PDF.
 CLASSES = [

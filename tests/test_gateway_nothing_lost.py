@@ -9,7 +9,6 @@ import json
 import time
 from pathlib import Path
 
-import pytest
 from pydicom.data import get_testdata_file
 
 from conftest import run_cli

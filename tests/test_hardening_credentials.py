@@ -17,7 +17,7 @@ from botocore.exceptions import SSLError
 from conftest import run_cli
 from medsendx.config import load_settings
 from medsendx.transport.base import redact_url
-from servers import _stop, _wait_http, free_port
+from servers import _stop, free_port
 from test_transport_dimse_tls import make_ca, make_server_cert
 
 SECRET = "pw-Zq81xK"

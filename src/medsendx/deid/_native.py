@@ -10,7 +10,6 @@ compiled walk takes about half the time (a 91-element CT header: 0.08 instead of
 from __future__ import annotations
 
 import ctypes
-import os
 import subprocess
 from functools import lru_cache, partial
 from pathlib import Path

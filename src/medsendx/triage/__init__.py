@@ -87,7 +87,7 @@ def triage_dataset(
     :class:`TriageError` (a one-line reason in our own words).
     """
     try:
-        return _triage_dataset(ds, segmenter or DEFAULT_SEGMENTER)
+        return _triage_dataset(ds, segmenter or DEFAULT_SEGMENTER, label_maps)
     except TriageError:
         raise
     except DicomReadError as exc:  # (our own words)
@@ -96,7 +96,7 @@ def triage_dataset(
         raise TriageError(f"damaged header values, cannot be triaged ({type(exc).__name__})") from None
 
 
-def _triage_dataset(ds: Dataset, segmenter: Segmenter) -> TriageRecord:
+def _triage_dataset(ds: Dataset, segmenter: Segmenter, label_maps: list[Any] | None) -> TriageRecord:
     modality = str(ds.get("Modality", "OT")).upper()
     if "PixelData" not in ds or int(ds.get("SamplesPerPixel", 1)) != 1:
         reason = "object has no pixel data" if "PixelData" not in ds else "colour images are not triaged"

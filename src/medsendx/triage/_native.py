@@ -11,7 +11,6 @@ uses its numpy code, which gives identical results.
 from __future__ import annotations
 
 import ctypes
-import os
 import subprocess
 from functools import lru_cache
 from pathlib import Path
