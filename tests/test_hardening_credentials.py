@@ -52,7 +52,8 @@ def test_send_keeps_the_password_out_of_the_outbox_and_the_console(orthanc, ct_h
     url = orthanc.dicomweb_url.replace("http://", f"dicomweb+http://truck7:{SECRET}@")
     done = run_cli("send", ct_head[0], "--to", url, env={"MEDSENDX_STATE_DIR": str(state)})
     assert done.returncode == 0, done.stdout + done.stderr
-    assert len(orthanc.instance_ids()) == 1  # delivered: the full URL was used in memory
+    # delivered (the full URL was used in memory): the slice and its study's SEG, SR and KOS
+    assert len(orthanc.instance_ids()) == 4
     listed = run_cli("queue", "list", "--json", env={"MEDSENDX_STATE_DIR": str(state)})
     for text in (done.stdout, done.stderr, listed.stdout, listed.stderr):
         assert SECRET not in text
@@ -75,7 +76,7 @@ def test_destination_from_a_private_file(orthanc, ct_head, tmp_path: Path) -> No
     os.chmod(secret_file, 0o600)
     done = run_cli("send", ct_head[0], env=env)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert len(orthanc.instance_ids()) == 1
+    assert len(orthanc.instance_ids()) == 4  # the slice and its study's SEG, SR and KOS
     assert SECRET not in done.stdout + done.stderr and SECRET.encode() not in _files_text(state)
 
 
@@ -160,4 +161,4 @@ def test_mine_and_send_reach_s3_over_verified_tls(tls_s3, ct_head, tmp_path: Pat
                    env={"MEDSENDX_STATE_DIR": str(tmp_path / "state"), **_s3_env(tls_s3, ca_file=tls_s3["ca"])})
     assert done.returncode == 0, done.stdout + done.stderr
     keys = tls_s3["client"].list_objects_v2(Bucket="fleet", Prefix="station-07/").get("KeyCount", 0)
-    assert keys == 1
+    assert keys == 4  # the slice and its study's SEG, SR and KOS

@@ -61,28 +61,15 @@ def load_or_create_secret(path: Path) -> bytes:
 def _read_secret(path: Path) -> bytes:
     # Checked on every start, on the open file (no race with a swap of the path): whoever
     # can read the key can reverse the pseudonyms, so a key that others may read, or that
-    # someone else owns, is refused rather than used.
+    # someone else owns, is refused rather than used (config.read_private_file's rule).
+    from medsendx.config import ConfigError, read_private_file
+
+    if not os.path.lexists(path):
+        raise FileNotFoundError(path)  # the caller creates it
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise SecretError(f"cannot read the site secret at {path}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if info.st_uid not in (os.getuid(), 0):
-            raise SecretError(f"the site secret at {path} belongs to another user: refused (chown it to this user)")
-        if info.st_mode & 0o077:
-            raise SecretError(
-                f"the site secret at {path} may be read by others (mode {info.st_mode & 0o777:04o}): "
-                f"refused (chmod 600 it)"
-            )
-        with os.fdopen(fd, "r", closefd=False) as fh:
-            text = fh.read().strip()
-    except OSError as exc:
-        raise SecretError(f"cannot read the site secret at {path}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
+        text = read_private_file(path).strip()
+    except ConfigError as exc:
+        raise SecretError(f"the site secret is refused: {exc}") from None
     if len(text) < 32:
         raise SecretError(f"the site secret at {path} is too short (need at least 32 characters)")
     return text.encode()
