@@ -28,14 +28,22 @@ def test_demo_plays_a_scan_day_and_writes_its_outputs(cli, tmp_path):
     for name in ("highlighted_scan.png", "mining_report.png"):
         with Image.open(out / name) as img:
             assert img.width > 300 and img.height > 200
-    # what reached HQ: 12 de-identified objects, none carrying the planted identities
+    # what reached HQ: 12 de-identified objects and, for each of the 3 patients' studies, one
+    # SEG, one TID 1500 SR and one KOS; none carrying the planted identities
     delivered = [p for p in (out / "hq").rglob("*") if p.is_file()]
-    assert len(delivered) == 12
+    assert len(delivered) == 12 + 3 * 3 and summary["results_delivered"] == 9
     planted = [v.encode() for p in PATIENTS for v in p.identifying_values()]
+    headers = []
     for path in delivered:
         data = path.read_bytes()
         assert not [v for v in planted if v in data]
-        assert pydicom.dcmread(path, stop_before_pixels=True).PatientIdentityRemoved == "YES"
+        headers.append(pydicom.dcmread(path, stop_before_pixels=True))
+        assert headers[-1].PatientIdentityRemoved == "YES"
+    image_studies = {ds.StudyInstanceUID for ds in headers if ds.Modality == "CT"}
+    assert len(image_studies) == 3
+    for study in image_studies:
+        assert sorted(ds.Modality for ds in headers if ds.StudyInstanceUID == study and ds.Modality != "CT") == [
+            "KO", "SEG", "SR"]
     # nothing identifying in the demo's own logs either
     log = (out / "gateway.log").read_bytes()
     assert log and not [v for v in planted if v in log]
@@ -62,7 +70,7 @@ def test_demo_to_a_real_pacs(cli, tmp_path, orthanc):
     assert secret not in done.stdout + done.stderr
     assert not [p for p in out.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert "truck7" not in (out / "summary.json").read_text()
-    assert len(orthanc.instance_ids()) == 12
+    assert len(orthanc.instance_ids()) == 12 + 3 * 3  # the images, and SEG + SR + KOS per study
     planted = [v.encode() for p in PATIENTS for v in p.identifying_values()]
     for orthanc_id in orthanc.instance_ids():
         assert not [v for v in planted if v in orthanc.instance_file(orthanc_id)]

@@ -60,7 +60,7 @@ def test_demo_hub_serves_the_scan_day_with_a_one_time_login(tmp_path: Path) -> N
             _study_priorities(tmp_path / "day" / "hq"))
         overlay = client.get(f"/study/{worklist['studies'][0]['study_uid']}/overlay.png")
         assert overlay.status_code == 200 and overlay.content[:4] == b"\x89PNG"
-        assert summary["objects_delivered"] > 12  # the images and their SEG / SR / KOS
+        assert summary["objects_delivered"] == 12 and summary["results_delivered"] == 9  # images; SEG + SR + KOS per study
         stations = client.get("/api/stations").json()
         assert "CT_VAN_EAST" in {a["station"] for a in client.get("/api/alerts").json()}  # the drifting van
         assert any(s["station"] == "REMOTE_MOBILE_CLINIC_01" for s in stations["stations"])

@@ -34,8 +34,7 @@ def demo_cmd(out_dir: str, destination: str | None, timeout: float, with_hub: bo
     out = Path(out_dir)
     try:
         with console.status("playing the scan day...") as status:
-            summary = run_demo(out, destination, report=lambda line: console.print(f"  {line}"), timeout=timeout,
-                               results=with_hub)
+            summary = run_demo(out, destination, report=lambda line: console.print(f"  {line}"), timeout=timeout)
             status.stop()
     except DemoError as exc:
         err_console.print(f"[red]demo:[/] {exc}")
@@ -45,7 +44,8 @@ def demo_cmd(out_dir: str, destination: str | None, timeout: float, with_hub: bo
     console.print(f"[bold]Scan day summary[/] ({summary.seconds:.0f} s)")
     console.print(f"  objects: {summary.objects_scanned} scanned, {summary.objects_received} received, "
                   f"{summary.objects_deidentified} de-identified, {summary.objects_quarantined} quarantined, "
-                  f"{summary.objects_delivered} delivered to {summary.destination}")
+                  f"{summary.objects_delivered} delivered to {summary.destination}, with "
+                  f"{summary.results_delivered} triage results (SEG, TID 1500 report, key images)")
     if not destination:
         console.print(f"  identities removed: {summary.attributes_changed} attributes removed or replaced; "
                       f"of {summary.identities_planted} planted identifying values, "

@@ -47,7 +47,8 @@ class DemoSummary:
     objects_received: int = 0
     objects_deidentified: int = 0
     objects_quarantined: int = 0
-    objects_delivered: int = 0
+    objects_delivered: int = 0  # the scanned objects that reached HQ
+    results_delivered: int = 0  # triage results sent with them: SEG, TID 1500 SR, KOS per study
     destination: str = ""
     identities_planted: int = 0  # identifying values planted across all objects
     identities_found_at_hq: int = 0  # of those, how many reached HQ (must be 0)
@@ -151,10 +152,10 @@ def plant_scan_day(workdir: Path, sources: list[Path], patients: list[SyntheticP
 
 
 def run_demo(out: Path, to: str | None = None, *, report: Callable[[str], None] = print,
-             timeout: float = 180.0, seed: int = 7, results: bool = False) -> DemoSummary:
+             timeout: float = 180.0, seed: int = 7) -> DemoSummary:
     """Play the scan day; returns what happened (also written to ``<out>/summary.json``).
-    ``results``: hold each study until quiet, so that its SEG / SR / KOS go with it (the
-    hub's worklist reads them; ``demo --hub``)."""
+    The gateway holds each study until it is quiet for a second, so that its SEG / SR / KOS
+    go with it (what the radiologist's viewer and the hub's worklist read)."""
     from medsendx.gateway.service import GatewayService
     from medsendx.outbox import Outbox
     from medsendx.transport.base import redact_url
@@ -175,8 +176,7 @@ def run_demo(out: Path, to: str | None = None, *, report: Callable[[str], None] 
     # The user's URL may carry a password or token: only its redacted form is shown or written.
     summary.destination = redact_url(destination) if to else "HQ folder over a flaky link"
     settings = demo_settings(out, destination if transport_factory is None else str(out / "hq"))
-    if results:
-        settings.gateway.study_quiet_seconds = 1.0
+    settings.gateway.study_quiet_seconds = 1.0
 
     scanner_disk = tempfile.TemporaryDirectory(prefix="medsendx-scanner-")  # identities: removed at the end
     try:
@@ -228,7 +228,8 @@ def _finish(settings: Settings, out: Path, summary: DemoSummary, planted_copies:
     summary.objects_received = counters["received"]
     summary.objects_deidentified = counters["deidentified"]
     summary.objects_quarantined = counters["quarantined"]
-    summary.objects_delivered = counts["sent"]
+    summary.results_delivered = min(counts["sent"], counters["results_seg"] + counters["results_sr"] + counters["results_kos"])
+    summary.objects_delivered = counts["sent"] - summary.results_delivered
     summary.raw_bytes = counters["received_bytes"]
     summary.wire_bytes = totals["wire_bytes"]
     summary.delivery_retries = totals["retries"]
