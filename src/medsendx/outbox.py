@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from medsendx.fsutil import fsync_dir, is_valid_uid, pid_alive, private_dir, remove_stale_temps, sha256_file
+from medsendx.sqlitedb import open_sqlite
 
 STATES = ("queued", "sending", "sent", "failed")
 PENDING_STATES = ("queued", "sending")
@@ -192,11 +193,8 @@ class Outbox:
         if conn is not None and self._local.pid == os.getpid():
             return conn
         # (A connection inherited through fork() must not be used: SQLite forbids it.)
-        conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        conn = open_sqlite(self.db_path, synchronous="FULL")
         conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=30000")
         self._local.conn = conn
         self._local.pid = os.getpid()
         self._all_connections.append(conn)

@@ -262,14 +262,11 @@ class FeatureJournal:
     """
 
     def __init__(self, db_path: Path, keep_days: float = 7.0) -> None:
-        import sqlite3
+        from medsendx.sqlitedb import open_sqlite
 
         self._lock = threading.Lock()
         self._keep_seconds = keep_days * 86400
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a committed row survives a power cut
+        self._db = open_sqlite(db_path, synchronous="FULL")  # a committed row survives a power cut
         self._db.executescript(
             """
             CREATE TABLE IF NOT EXISTS batches (

@@ -8,11 +8,12 @@ de-identifier made.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from medsendx.sqlitedb import open_sqlite
 
 # The counters the gateway keeps across restarts (exported on /metrics and by `status`).
 COUNTERS = (
@@ -55,15 +56,11 @@ class GatewayState:
     """Thread-safe access to ``gateway.sqlite3`` (one connection guarded by a lock)."""
 
     def __init__(self, db_path: Path) -> None:
-        db_path = Path(db_path)
-        db_path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: every transaction is atomic, the last few may be lost on a power
         # cut. Fine for counters and hashes (a lost "seen" mark means one harmless re-run
         # that the outbox deduplicates); the scans themselves are made durable elsewhere.
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_sqlite(Path(db_path), synchronous="NORMAL")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:

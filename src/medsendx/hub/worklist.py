@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from medsendx.sqlitedb import open_sqlite
 from medsendx.hub.results import (
     DERIVED_MODALITIES,
     KOS_MODALITY,
@@ -58,11 +59,7 @@ LIST_COLUMNS = ("study_uid", "priority", "reasons", "flags", "repeat_advised", "
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")  # a cache: losing the last write costs a re-read
-    return conn
+    return open_sqlite(path, synchronous="NORMAL")  # a cache: losing the last write costs a re-read
 
 
 class WorklistCache:
