@@ -257,8 +257,12 @@ def test_gateway_killed_while_holding_a_study_sends_its_results_once(orthanc, tm
     rng = random.Random(14)
     state = tmp_path / "state"
     destination = f"dicomweb+{orthanc.dicomweb_url}"
-    # quiet for 4 s: longer than any round lives, so no study is released before the last
-    options = {"extra_args": ["--study-quiet-seconds", "4"], "env": {"MEDSENDX_STATION_ID": STATION}}
+    # Quiet for 20 s: longer than a round plus a restart ever takes, so the study is released
+    # once, after the last push. (With 4 s, a restart slower than the remaining quiet time
+    # released a partial study, whose later slices then made a second SEG and SR with other
+    # UIDs: seen in 2 of 3 runs on a loaded machine. That partial-release case is a known
+    # limit, noted on issue 14; this test is about kills, not about it.)
+    options = {"extra_args": ["--study-quiet-seconds", "20"], "env": {"MEDSENDX_STATION_ID": STATION}}
     for _ in range(3):
         gateway = GatewayProcess(state, destination, **options).start()
         scanner = subprocess.Popen(
