@@ -5,22 +5,17 @@ required when configured)."""
 
 from __future__ import annotations
 
-import datetime
 import logging
 import subprocess
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from medsendx.config import GatewaySettings
 from medsendx.gateway.receiver import Receiver
 from medsendx.gateway.staging import Staging
 from servers import dcmtk
-from test_transport_dimse_tls import Authority, make_ca, make_server_cert
+from pki import make_ca, make_client_cert, make_server_cert
 
 
 def _gateway(**kw) -> GatewaySettings:
@@ -91,24 +86,6 @@ def test_accept_any_is_explicit_and_warns(start, ct_head, caplog) -> None:
 
 
 # --- TLS on the receiving side --------------------------------------------------------------------
-def make_client_cert(ca: Authority, folder: Path, name: str) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca.cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca.key, hashes.SHA256())
-    )
-    key_file, cert_file = folder / f"{name}-key.pem", folder / f"{name}-cert.pem"
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_file, cert_file
-
-
 @pytest.fixture
 def pki(tmp_path: Path):
     folder = tmp_path / "pki"

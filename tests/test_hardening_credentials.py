@@ -18,7 +18,7 @@ from conftest import run_cli
 from medsendx.config import load_settings
 from medsendx.transport.base import redact_url
 from servers import _stop, free_port
-from test_transport_dimse_tls import make_ca, make_server_cert
+from pki import make_ca, make_server_cert
 
 SECRET = "pw-Zq81xK"
 TOKEN = "tok-9f2b77aa"

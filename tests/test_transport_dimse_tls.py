@@ -1,81 +1,23 @@
 """``dimse+tls://``: C-STORE over TLS to dcmtk's storescp (built with OpenSSL), with a
-throwaway CA and server certificate made here. Verification is on: the right CA in
+throwaway CA and server certificate (tests/pki.py). Verification is on: the right CA in
 ``outbox.ca_file`` delivers, a wrong CA is refused with a reason that says what to fix."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from delivery_samples import enqueue_all, real_samples
 from medsendx.config import load_settings
 from medsendx.delivery import Deliverer
 from medsendx.outbox import Outbox
+from pki import make_ca, make_server_cert
 from servers import dcmtk, free_port
-
-
-@dataclass
-class Authority:
-    key: ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
-    pem: Path
-
-
-def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-
-
-def make_ca(folder: Path, name: str) -> Authority:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    pem = folder / f"{name}.pem"
-    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return Authority(key, cert, pem)
-
-
-def make_server_cert(ca: Authority, folder: Path) -> tuple[Path, Path]:
-    """A server certificate for 127.0.0.1 signed by ``ca``: (key file, certificate file)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pacs.test")]))
-        .issuer_name(ca.cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
-        .sign(ca.key, hashes.SHA256())
-    )
-    key_file, cert_file = folder / "server-key.pem", folder / "server-cert.pem"
-    _write_key(key, key_file)
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_file, cert_file
 
 
 @pytest.fixture
