@@ -114,6 +114,21 @@ def test_ordinary_ct_and_mr_pass_with_pixels_untouched_and_no_ocr(
     assert len(paths) >= 50 and calls == []
 
 
+def test_a_scanners_no_is_not_passed_on_as_if_checked(data_dir: Path, tmp_path: Path, cli) -> None:
+    """A CT slice whose header says BurnedInAnnotation NO, and nothing the screen finds: no
+    check of ours backs the "NO", so it does not leave (the attribute is Type 3 for CT)."""
+    (tmp_path / "in").mkdir()
+    ct = read_dataset(sorted((data_dir / "ct-head-ge").glob("*.dcm"))[3])
+    ct.BurnedInAnnotation = "NO"
+    ct.save_as(tmp_path / "in" / "ct.dcm")
+    result = cli("anonymize", tmp_path / "in", tmp_path / "out", env={"MEDSENDX_STATE_DIR": str(tmp_path / "state")})
+    assert result.returncode == 0, result.stdout + result.stderr
+    (output,) = (tmp_path / "out").rglob("*.dcm")
+    out = pydicom.dcmread(output)
+    assert "BurnedInAnnotation" not in out and "113101" not in method_codes(out)
+    assert out.PixelData == ct.PixelData
+
+
 def test_policy_quarantine_sends_screens_to_quarantine_without_ocr(tmp_path: Path, cli) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "dose.dcm").write_bytes(ss.saved_bytes(ss.dose_report_screen().ds))

@@ -684,8 +684,13 @@ class Deidentifier:
             raise QuarantineRequired(getattr(result, "reason", "") or risk_reason)
         if not getattr(result, "attest", True):
             # Nothing claimed (a screen found nothing): no attestation, and the output is
-            # the header-only result unless the cleaner changed pixels.
-            return ([_encode(ds)] if getattr(result, "changed", False) else [blob]), ""
+            # the header-only result unless the cleaner changed pixels. A scanner's "NO"
+            # does not travel on as if our check had backed it: it is removed where the
+            # IOD lets it go (Type 3); where the IOD requires it, it stays the scanner's word.
+            unbacked = str(ds.get("BurnedInAnnotation", "")).strip().upper() == "NO" and not _claim_required(ds)
+            if unbacked:
+                del ds.BurnedInAnnotation
+            return ([_encode(ds)] if unbacked or getattr(result, "changed", False) else [blob]), ""
         ds.BurnedInAnnotation = "NO"
         item = Dataset()
         item.CodeValue, item.CodingSchemeDesignator = P.CODE_CLEAN_PIXELS[0], "DCM"
@@ -746,6 +751,21 @@ def _is_enhanced(sop_class_uid: str) -> bool:
     Type 1 (see ``profile.IOD_TYPES``)."""
     name = UID(sop_class_uid).name if sop_class_uid else ""
     return any(word in name for word in _ENHANCED_WORDS)
+
+
+# SOP classes whose image module makes Burned In Annotation Type 1 (DX, mammography and
+# intra-oral images; the enhanced and whole-slide IODs): the attribute cannot be left out.
+_CLAIM_REQUIRED_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1.1",  # DX for presentation / processing
+    "1.2.840.10008.5.1.4.1.1.1.2", "1.2.840.10008.5.1.4.1.1.1.2.1",  # mammography
+    "1.2.840.10008.5.1.4.1.1.1.3", "1.2.840.10008.5.1.4.1.1.1.3.1",  # intra-oral
+    "1.2.840.10008.5.1.4.1.1.77.1.6",  # VL whole slide microscopy
+})
+
+
+def _claim_required(ds: Dataset) -> bool:
+    sop_class = str(ds.get("SOPClassUID", ""))
+    return sop_class in _CLAIM_REQUIRED_CLASSES or _is_enhanced(sop_class)
 
 
 def _encode(ds: Dataset) -> bytes:
