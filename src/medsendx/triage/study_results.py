@@ -139,7 +139,7 @@ def queue_study(settings: Settings, outbox: Any, destination: str, study_uid: st
                 sop_uids: Iterable[str] | None = None) -> StudyResults:
     """Build one study's results and queue them (priority: the study's highest). Never
     raises: a failure is logged (type only) and the images go on without results."""
-    import pydicom
+    from medsendx.triage import dicom_results as R
 
     outcome = StudyResults()
     if not wanted(settings):
@@ -161,7 +161,7 @@ def queue_study(settings: Settings, outbox: Any, destination: str, study_uid: st
         try:
             # durable before the outbox row exists (as the de-identified images are)
             with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
-                pydicom.dcmwrite(fh, ds, enforce_file_format=True)
+                fh.write(R.encode(ds))
                 fh.flush()
                 os.fsync(fh.fileno())
             fresh = outbox.enqueue(path, sop_instance_uid=uid, study_instance_uid=study_uid,
