@@ -23,6 +23,7 @@ from typing import Any
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 _LONG_LENGTH = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
 _TEXT = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
@@ -87,14 +88,16 @@ def encode_element(elem: Any) -> bytes:
                 or elem.length == 0xFFFFFFFF or len(elem.value or b"") % 2:
             raise Unsupported("raw element")
         data = bytes(elem.value or b"")
-    elif elem.is_empty:
-        data = b""
-    elif vr == "SQ":
-        if elem.is_undefined_length:
-            raise Unsupported("undefined length")
-        data = encode_items(elem.value)
     else:
-        data = _value(vr, elem.value)
+        value = elem.value
+        if value is None or (isinstance(value, (str, bytes, list, MultiValue)) and len(value) == 0):
+            data = b""  # what pydicom's ``is_empty`` means for these types
+        elif vr == "SQ":
+            if elem.is_undefined_length:
+                raise Unsupported("undefined length")
+            data = encode_items(value)
+        else:
+            data = _value(vr, value)
     return _header(tag, vr, len(data)) + data
 
 
