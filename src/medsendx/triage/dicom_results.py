@@ -259,11 +259,22 @@ def head_bytes(ds: Dataset, data: bytes | None) -> bytes | None:
     if data is None:
         return None
     try:
+        if ds.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian:
+            return None
         element = ds.get_item(0x7FE00010)
         tell = getattr(element, "value_tell", None)
-        if tell is None or ds.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian:
-            return None
-        start = int(tell) - 12  # explicit VR OB/OW: tag, VR, 2 reserved bytes, 4-byte length
+        if tell is not None:
+            start = int(tell) - 12  # explicit VR OB/OW: tag, VR, 2 reserved bytes, 4-byte length
+        else:
+            # decoded already (the triage read the pixels): the element is found from the
+            # end, by its tag, VR and a length equal to the value's (as transcode does)
+            expected = len(element.value)
+            start = data.rfind(b"\xe0\x7f\x10\x00", 132)
+            while start > 132:
+                if data[start + 4:start + 8] in (b"OB\0\0", b"OW\0\0") and \
+                        int.from_bytes(data[start + 8:start + 12], "little") in (expected, 0xFFFFFFFF):
+                    break
+                start = data.rfind(b"\xe0\x7f\x10\x00", 132, start)
         if start <= 132 or data[start:start + 4] != b"\xe0\x7f\x10\x00":
             return None
         return data[:start]
