@@ -420,3 +420,40 @@ def _pydicom_bytes_of_dataset(ds: pydicom.Dataset) -> bytes:
     out.is_little_endian, out.is_implicit_VR = True, False
     write_dataset(out, ds)
     return out.getvalue()
+
+def test_a_study_released_in_parts_supersedes_its_earlier_results(cli, state_dir, tmp_path, ct_head) -> None:
+    """The gateway's hold expired, then more images of the study came: the second release
+    covers every image, its SR names the first as predecessor, SR and KOS are numbered by
+    release, and the hub's worklist shows the latest (not the higher of two priorities)."""
+    from medsendx.hub.source import FolderSource
+    from medsendx.hub.worklist import build_row
+    from medsendx.triage.dicom_results import encode, read_triage_report
+
+    hq, first, second = tmp_path / "hq", tmp_path / "first", tmp_path / "second"
+    for folder, part in ((first, ct_head[:3]), (second, ct_head[3:7])):
+        folder.mkdir()
+        for src in part:
+            plant_identity(src, folder / src.name, PATIENTS[0])
+    env = {"MEDSENDX_STATION_ID": STATION}
+    for folder in (first, second):
+        run = cli("send", folder, "--to", hq, env=env)
+        assert run.returncode == 0, run.stderr
+    stored = [pydicom.dcmread(p) for p in hq.rglob("*.dcm")]
+    srs = sorted((d for d in stored if d.SOPClassUID == SR_CLASS), key=lambda d: int(d.InstanceNumber))
+    kos = sorted((d for d in stored if d.SOPClassUID == KOS_CLASS), key=lambda d: int(d.InstanceNumber))
+    assert [int(d.InstanceNumber) for d in srs] == [1, 2] and [int(d.InstanceNumber) for d in kos] == [1, 2]
+    old, new = (read_triage_report(d) for d in srs)
+    assert len(old["images"]) == 3 and len(new["images"]) == 7
+    assert old["predecessors"] == [] and new["predecessors"] == [str(srs[0].SOPInstanceUID)]
+    ref = srs[1].PredecessorDocumentsSequence[0]
+    assert ref.StudyInstanceUID == srs[0].StudyInstanceUID and ref.ReferencedSeriesSequence[0].SeriesInstanceUID == srs[0].SeriesInstanceUID
+    assert dciodvfy_errors(encode(srs[1]), tmp_path) == []
+    # the same release built again (a re-run) keeps its number and predecessors: nothing new
+    assert cli("send", second, "--to", hq, env=env).returncode == 0
+    assert len(list(hq.rglob("*.dcm"))) == len(stored)
+
+    source = FolderSource(hq)
+    (info,) = source.studies().values()
+    row = build_row(source, info)
+    assert row["detail"]["report"]["sop_uid"] == str(srs[1].SOPInstanceUID)
+    assert [k["sop_uid"] for k in row["detail"]["key_objects"]] == [str(kos[1].SOPInstanceUID)]

@@ -20,7 +20,10 @@ and the reader for HQ (the hub's worklist)::
 UIDs are derived (keyed hash) from the de-identified study / series / SOP Instance UIDs
 and the segmentation method, so building again from the same images gives the same
 objects and the outbox, which refuses a SOP Instance UID it holds, sends each once. A study
-that grows (more images later) gets a new SR/KOS/SEG (other images, other UID).
+that grows (released in parts: more images after the gateway's hold expired) gets a new
+SR/KOS/SEG covering every image so far (other images, other UID); the new SR names the
+earlier ones in its Predecessor Documents Sequence, and SR and KOS carry the release's
+number as Instance Number in their per-study series: readers (the hub) take the latest.
 Dates and times are the de-identified source's (ContentDate <- the image's ContentDate,
 else SeriesDate, else StudyDate, else the de-identifier's dummy 19000101): the builder's
 clock would reveal the real, unshifted day of the examination.
@@ -816,10 +819,24 @@ def _observation_context(hd: Any, station: str) -> Any:
         observer_type=codes.cid270.Device, observer_identifying_attributes=device))
 
 
-def build_report(objects: Sequence[TriagedObject], *, station: str = "", fast: bool = True) -> Dataset | None:
+def _release(history: Sequence[str], uid: str) -> tuple[int, list[str]]:
+    """This object's release number (its Instance Number in its per-study series) and the
+    earlier releases' SOP Instance UIDs, from the UIDs of the study's earlier releases in
+    order (``study_results`` records them). Building a release again gives it the same."""
+    earlier = list(history)
+    if uid in earlier:
+        earlier = earlier[:earlier.index(uid)]
+    return len(earlier) + 1, earlier
+
+
+def build_report(objects: Sequence[TriagedObject], *, station: str = "", fast: bool = True,
+                 history: Sequence[str] = ()) -> Dataset | None:
     """One TID 1500 Measurement Report (Comprehensive SR) for a study's triaged images.
     ``fast=False``: highdicom makes every group (the reference the fast path is tested
-    against, byte for byte)."""
+    against, byte for byte). ``history``: the SOP Instance UIDs of the study's earlier
+    reports (a study released in parts: the gateway's hold expired, more images came);
+    this one, covering every image kept so far, lists them in its Predecessor Documents
+    Sequence and is numbered after them (Instance Number), so a reader takes the latest."""
     import highdicom as hd
 
     from medsendx.triage.record import DISCLAIMER
@@ -865,13 +882,22 @@ def build_report(objects: Sequence[TriagedObject], *, station: str = "", fast: b
         if element.keyword != "ContentSequence":
             skeleton.add(element)
     skeleton.ContentSequence = [root.ContentSequence[0]]
+    series_uid, sop_uid = derived_uid("sr-series", study_uid), derived_uid("sr", study_uid, _content_key(usable))
+    number, earlier = _release(history, sop_uid)
+    previous = []
+    for uid in earlier:
+        item = Dataset()
+        item.SOPClassUID, item.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.88.33", uid  # Comprehensive SR
+        item.StudyInstanceUID, item.SeriesInstanceUID = study_uid, series_uid
+        previous.append(item)
     sr = hd.sr.ComprehensiveSR(
         evidence=[o.header for o in usable],
         content=skeleton,
-        series_instance_uid=derived_uid("sr-series", study_uid),
+        series_instance_uid=series_uid,
         series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=derived_uid("sr", study_uid, _content_key(usable)),
-        instance_number=1,
+        sop_instance_uid=sop_uid,
+        instance_number=number,
+        previous_versions=previous or None,
         manufacturer=MANUFACTURER,
         is_complete=True,
     )
@@ -898,8 +924,12 @@ def key_images(objects: Sequence[TriagedObject], limit: int = 8) -> tuple[list[T
     return chosen, repeat
 
 
-def build_key_objects(objects: Sequence[TriagedObject], *, station: str = "", limit: int = 8) -> Dataset | None:
-    """The study's Key Object Selection: "Of Interest", or "Quality Issue" for a repeat."""
+def build_key_objects(objects: Sequence[TriagedObject], *, station: str = "", limit: int = 8,
+                      history: Sequence[str] = ()) -> Dataset | None:
+    """The study's Key Object Selection: "Of Interest", or "Quality Issue" for a repeat.
+    ``history``: the study's earlier selections' SOP Instance UIDs (see
+    :func:`build_report`): this one is numbered after them (the KOS has no predecessor
+    attribute; a reader takes the highest Instance Number of the series)."""
     import highdicom as hd
 
     chosen, repeat = key_images(objects, limit)
@@ -913,13 +943,14 @@ def build_key_objects(objects: Sequence[TriagedObject], *, station: str = "", li
     content = hd.ko.KeyObjectSelection(
         document_title=title, referenced_objects=[o.header for o in chosen], description=description)
     study_uid = str(chosen[0].header.StudyInstanceUID)
+    sop_uid = derived_uid("kos", study_uid, _content_key(chosen), title.value)
     kos = hd.ko.KeyObjectSelectionDocument(
         evidence=[o.header for o in chosen],
         content=content,
         series_instance_uid=derived_uid("kos-series", study_uid),
         series_number=KOS_SERIES_NUMBER,
-        sop_instance_uid=derived_uid("kos", study_uid, _content_key(chosen), title.value),
-        instance_number=1,
+        sop_instance_uid=sop_uid,
+        instance_number=_release(history, sop_uid)[0],
         manufacturer=MANUFACTURER,
     )
     return pack_sequences(_finish(kos, chosen[0].header, station, KOS_DESCRIPTION))
@@ -946,7 +977,8 @@ def read_triage_report(sr_dataset: Dataset) -> dict[str, Any]:
     """The triage values of a MedSendX TID 1500 report (see the module docstring).
 
     Returns ``{"study_instance_uid", "patient_id", "station", "priority", "reasons",
-    "reason_codes", "flags", "breast_density_percent", "disclaimer", "images": [...]}``;
+    "reason_codes", "flags", "breast_density_percent", "disclaimer", "images": [...],
+    "predecessors": [SOP Instance UIDs of the reports this one replaces]}``;
     study values are those of the highest-priority image (``reasons``) or over all images
     (``flags``: sorted union; density: mean over images that have one). Each image:
     ``{"sop_instance_uid", "frame" (1-based or None), "priority", "reasons",
@@ -1020,4 +1052,14 @@ def read_triage_report(sr_dataset: Dataset) -> dict[str, Any]:
         "breast_density_percent": float(np.mean(densities)) if densities else None,
         "disclaimer": next((t for t in root_texts if "NOT a diagnosis" in t), ""),
         "images": listed,
+        "predecessors": predecessors(sr_dataset),
     }
+
+
+def predecessors(ds: Dataset) -> list[str]:
+    """The SOP Instance UIDs an SR's Predecessor Documents Sequence names (reports it
+    replaces: see :func:`build_report`)."""
+    return [str(ref.ReferencedSOPInstanceUID)
+            for study in ds.get("PredecessorDocumentsSequence") or []
+            for series in study.get("ReferencedSeriesSequence") or []
+            for ref in series.get("ReferencedSOPSequence") or [] if "ReferencedSOPInstanceUID" in ref]
