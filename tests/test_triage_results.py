@@ -457,3 +457,31 @@ def test_a_study_released_in_parts_supersedes_its_earlier_results(cli, state_dir
     row = build_row(source, info)
     assert row["detail"]["report"]["sop_uid"] == str(srs[1].SOPInstanceUID)
     assert [k["sop_uid"] for k in row["detail"]["key_objects"]] == [str(kos[1].SOPInstanceUID)]
+
+
+def test_deflated_seg_reaches_orthanc_over_dimse(cli, orthanc, state_dir, tmp_path, ct_head) -> None:
+    """C-STORE proposes the SEG's own syntax (Deflated Explicit VR Little Endian) beside the
+    others; Orthanc takes it and gives back the same masks."""
+    import highdicom as hd
+
+    few = tmp_path / "few"
+    few.mkdir()
+    for src in ct_head[:3]:
+        plant_identity(src, few / src.name, PATIENTS[0])
+    url = f"dimse://{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}"
+    run = cli("send", few, "--to", url, env={"MEDSENDX_STATION_ID": STATION})
+    assert run.returncode == 0, run.stderr
+    stored = orthanc_objects(orthanc)
+    (seg,) = [d for d in stored.values() if d.SOPClassUID == SEG_CLASS]
+    images = [d for d in stored.values() if d.Modality == "CT"]
+    assert len(images) == 3
+    data = orthanc.instance_file(_orthanc_id(orthanc, seg.SOPInstanceUID))
+    assert pydicom.dcmread(io.BytesIO(data)).file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    assert dciodvfy_errors(data, tmp_path) == []
+    masks = hd.seg.Segmentation.from_dataset(seg)
+    for image in images:
+        maps: list = []
+        triage_dataset(image, label_maps=maps)
+        got = masks.get_pixels_by_source_instance([str(image.SOPInstanceUID)], segment_numbers=[1, 2, 3])
+        for i in range(3):
+            assert np.array_equal(got[0, :, :, i].astype(bool), maps[0] == i)

@@ -31,7 +31,7 @@ clock would reveal the real, unshifted day of the examination.
 SEG content
 -----------
 BINARY, one segment per intensity class (label maps from the segmenter; -1 = not part of
-the image = in no segment), empty frames omitted, JPEG 2000 lossless when compression is
+the image = in no segment), empty frames omitted, Deflated Explicit VR LE when compression is
 on. One SEG per series in a patient coordinate system (CT, MR), one per image otherwise
 (MG, DX: highdicom stacks several sources only in a coordinate system). Categories and types (SNOMED CT):
 
@@ -240,16 +240,20 @@ def header_of(ds: Dataset) -> Dataset:
             if element.tag.group != 0x7FE0:
                 header.add(element)
         implicit = False
-    # Type 2 attributes the de-identifier may have removed: present and empty, as the
-    # SEG/SR/KOS modules require (empty says nothing about the patient)
-    for keyword in _TYPE2_PATIENT_STUDY:
-        if keyword not in header:
-            setattr(header, keyword, "")
+    _fill_type2(header)
     header.file_meta = FileMetaDataset()
     header.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
     header.file_meta.MediaStorageSOPClassUID = ds.get("SOPClassUID", "")
     header.file_meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID", "")
     return header
+
+
+def _fill_type2(header: Dataset) -> None:
+    """Type 2 attributes the de-identifier may have removed: present and empty, as the
+    SEG/SR/KOS modules require (empty says nothing about the patient)."""
+    for keyword in _TYPE2_PATIENT_STUDY:
+        if keyword not in header:
+            setattr(header, keyword, "")
 
 
 _TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
@@ -317,6 +321,7 @@ def load_triaged(path: Path) -> TriagedObject:
         header = pydicom.dcmread(io.BytesIO(data["header"].tobytes()), force=True)
         if "PixelData" in header:  # never expected; the builders reference, never copy, pixels
             del header.PixelData
+        _fill_type2(header)  # a head kept as the file's bytes (head_bytes) has only what the file had
         if header.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian).is_compressed:
             header.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian  # no pixels left to be compressed
         record = json.loads(data["record"].tobytes())
