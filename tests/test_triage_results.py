@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
 from delivery_samples import orthanc_objects
 from medsendx.gateway.scanday import PATIENTS, plant_identity
@@ -33,9 +33,22 @@ MG_PATIENT = PATIENTS[2]
 SEG_CLASS, SR_CLASS, KOS_CLASS = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.59"
 
 
+def plain(data: bytes) -> bytes:
+    """A Deflated Explicit VR Little Endian file (our SEG) as Explicit VR Little Endian,
+    re-encoded by pydicom: dicom3tools reads no deflated data, and a search for leaked
+    identifiers in compressed bytes would find nothing whatever they hold."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    if ds.file_meta.TransferSyntaxUID != DeflatedExplicitVRLittleEndian:
+        return data
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
 def dciodvfy_errors(data: bytes, tmp: Path) -> list[str]:
     path = tmp / f"check-{generate_uid()}.dcm"
-    path.write_bytes(data)
+    path.write_bytes(plain(data))
     out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
     return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
 
@@ -113,7 +126,7 @@ def test_send_delivers_valid_seg_sr_kos_in_each_study(cli, orthanc, state_dir, i
         for result in (*segs, sr, kos):
             data = orthanc.instance_file(_orthanc_id(orthanc, result.SOPInstanceUID))
             assert dciodvfy_errors(data, tmp_path) == [], result.SOPClassUID
-            assert not [s for s in leaks if s in data], "an original identifier is in a result"
+            assert not [s for s in leaks if s in plain(data)], "an original identifier is in a result"
             for keyword in ("PatientID", "PatientName", "StudyInstanceUID", "StudyDate"):
                 assert result.get(keyword) == images[0].get(keyword), keyword  # the pseudonymous identity
             assert result.PatientIdentityRemoved == "YES"
@@ -288,11 +301,11 @@ def test_gateway_killed_while_holding_a_study_sends_its_results_once(orthanc, tm
     assert figures["results_sr_total"] <= 1 and figures["sent_total"] == 31
 
 
-def test_seg_for_a_peer_without_jpeg2000_is_packed_and_the_same(cli, state_dir, tmp_path, ct_head) -> None:
-    """The SEG travels as JPEG 2000; a peer that takes only uncompressed syntaxes gets it
-    decoded, its one-bit pixels packed again (decoding gives a byte per pixel)."""
+def test_seg_for_a_peer_without_deflate_is_inflated_and_the_same(cli, state_dir, tmp_path, ct_head) -> None:
+    """The SEG travels deflated (Deflated Explicit VR Little Endian, lossless, a tenth of its
+    size); a peer that takes only uncompressed syntaxes gets it inflated, the same pixels."""
     import highdicom as hd
-    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pydicom.uid import ImplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless
 
     from medsendx.transcode import prepare_for_wire
 
@@ -305,8 +318,12 @@ def test_seg_for_a_peer_without_jpeg2000_is_packed_and_the_same(cli, state_dir, 
     assert cli("segment", deid, "--no-png", "--dicom", out, env=env).returncode == 0
     (path,) = [p for p in out.glob("*.dcm") if pydicom.dcmread(p, stop_before_pixels=True).Modality == "SEG"]
     original = hd.seg.Segmentation.from_dataset(pydicom.dcmread(path))
-    assert original.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
+    assert original.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    assert path.stat().st_size * 4 < len(plain(path.read_bytes())), "deflate made it smaller"
     sources = [r.ReferencedSOPInstanceUID for r in original.ReferencedSeriesSequence[0].ReferencedInstanceSequence]
+    # a DIMSE peer that takes it as it is gets the file unchanged
+    payload = prepare_for_wire(path, [JPEGLSLossless, JPEG2000Lossless, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian])
+    assert payload.data == path.read_bytes() and not payload.transcoded
     for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
         payload = prepare_for_wire(path, [syntax])
         assert payload.transfer_syntax == syntax
@@ -314,3 +331,157 @@ def test_seg_for_a_peer_without_jpeg2000_is_packed_and_the_same(cli, state_dir, 
         sent = hd.seg.Segmentation.from_dataset(pydicom.dcmread(io.BytesIO(payload.data)))
         assert np.array_equal(sent.get_pixels_by_source_instance(sources, segment_numbers=[1, 2, 3]),
                               original.get_pixels_by_source_instance(sources, segment_numbers=[1, 2, 3]))
+
+
+def _triaged(paths: list[Path]) -> list:
+    from medsendx.triage import dicom_results as R
+
+    objects = []
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        maps: list = []
+        record = triage_dataset(ds, label_maps=maps)
+        objects.append(R.TriagedObject(R.header_of(ds), record.to_dict(), np.stack(maps).astype(np.int8)))
+    return objects
+
+
+def _pydicom_bytes(ds: pydicom.Dataset) -> bytes:
+    out = io.BytesIO()
+    pydicom.dcmwrite(out, ds, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_fast_results_are_byte_for_byte_what_highdicom_and_pydicom_make(tmp_path, ct_head) -> None:
+    """The report's groups are made once per frame shape and filled in, and the big
+    sequences encoded by medsendx.triage.fast_encode: the bytes equal highdicom making
+    every group and pydicom writing every element (CT: one shape; MG: density,
+    composition and a quality flag, a shape per image)."""
+    from medsendx.triage import dicom_results as R
+
+    ct = _triaged(ct_head[:5])
+    mg = _triaged(mammography_study(tmp_path))
+    for objects in (ct, mg):
+        fast = R.encode(R.build_report(objects))
+        assert fast == _pydicom_bytes(R.build_report(objects, fast=False))
+        assert R.read_triage_report(pydicom.dcmread(io.BytesIO(fast)))["images"]
+        kos = R.build_key_objects(objects)
+        slow = pydicom.dcmread(io.BytesIO(R.encode(kos)))
+        for segment in R.build_segmentations(objects, compress=False) + [kos]:
+            # the reference: pydicom parses every element back to values and writes them
+            data = R.encode(segment)
+            again = pydicom.dcmread(io.BytesIO(data))
+            for _ in again.iterall():
+                pass
+            again.set_original_encoding(None, None)
+            assert _pydicom_bytes(again) == data
+        assert slow.SOPInstanceUID == kos.SOPInstanceUID
+
+
+def test_fast_encoder_writes_what_pydicom_writes() -> None:
+    """Values at the edges of fast_encode's scope: empty, multi-valued, odd lengths
+    (padding), numbers, tags, nested and empty sequences; and its refusals."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from medsendx.triage import fast_encode
+
+    item = Dataset()
+    item.ImagePositionPatient = [-125.5, "0.25", 1e-7]
+    item.PixelSpacing = ["0.48828125", "0.48828125"]
+    item.ReferencedSOPInstanceUID = "1.2.3"  # odd: padded with NUL
+    item.CodeMeaning = "odd"  # padded with a space
+    item.ReferencedFrameNumber = [1, 2, 30]
+    item.InStackPositionNumber = 7
+    item.FloatingPointValue = -1.5
+    item.DimensionIndexPointer = 0x00209157
+    item.SegmentNumber = 3
+    item.StackID = ""
+    item.ContentSequence = Sequence([])
+    nested = Dataset()
+    nested.CodeValue, nested.CodingSchemeDesignator = "121071", "DCM"
+    item.ConceptNameCodeSequence = [nested, Dataset()]
+    root = Dataset()
+    root.ReferencedSeriesSequence = [item, Dataset()]
+    root.set_original_encoding(False, True)
+    expected = _pydicom_bytes_of_dataset(root)
+    tag = b"\x08\x00\x15\x11SQ\x00\x00"
+    assert expected.startswith(tag)
+    assert fast_encode.encode_items(root.ReferencedSeriesSequence) == expected[len(tag) + 4:]
+    item.PatientName = "Müller"  # non-ASCII: left to pydicom
+    with pytest.raises(fast_encode.Unsupported):
+        fast_encode.encode_items([item])
+
+
+def _pydicom_bytes_of_dataset(ds: pydicom.Dataset) -> bytes:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, False
+    write_dataset(out, ds)
+    return out.getvalue()
+
+def test_a_study_released_in_parts_supersedes_its_earlier_results(cli, state_dir, tmp_path, ct_head) -> None:
+    """The gateway's hold expired, then more images of the study came: the second release
+    covers every image, its SR names the first as predecessor, SR and KOS are numbered by
+    release, and the hub's worklist shows the latest (not the higher of two priorities)."""
+    from medsendx.hub.source import FolderSource
+    from medsendx.hub.worklist import build_row
+    from medsendx.triage.dicom_results import encode, read_triage_report
+
+    hq, first, second = tmp_path / "hq", tmp_path / "first", tmp_path / "second"
+    for folder, part in ((first, ct_head[:3]), (second, ct_head[3:7])):
+        folder.mkdir()
+        for src in part:
+            plant_identity(src, folder / src.name, PATIENTS[0])
+    env = {"MEDSENDX_STATION_ID": STATION}
+    for folder in (first, second):
+        run = cli("send", folder, "--to", hq, env=env)
+        assert run.returncode == 0, run.stderr
+    stored = [pydicom.dcmread(p) for p in hq.rglob("*.dcm")]
+    srs = sorted((d for d in stored if d.SOPClassUID == SR_CLASS), key=lambda d: int(d.InstanceNumber))
+    kos = sorted((d for d in stored if d.SOPClassUID == KOS_CLASS), key=lambda d: int(d.InstanceNumber))
+    assert [int(d.InstanceNumber) for d in srs] == [1, 2] and [int(d.InstanceNumber) for d in kos] == [1, 2]
+    old, new = (read_triage_report(d) for d in srs)
+    assert len(old["images"]) == 3 and len(new["images"]) == 7
+    assert old["predecessors"] == [] and new["predecessors"] == [str(srs[0].SOPInstanceUID)]
+    ref = srs[1].PredecessorDocumentsSequence[0]
+    assert ref.StudyInstanceUID == srs[0].StudyInstanceUID and ref.ReferencedSeriesSequence[0].SeriesInstanceUID == srs[0].SeriesInstanceUID
+    assert dciodvfy_errors(encode(srs[1]), tmp_path) == []
+    # the same release built again (a re-run) keeps its number and predecessors: nothing new
+    assert cli("send", second, "--to", hq, env=env).returncode == 0
+    assert len(list(hq.rglob("*.dcm"))) == len(stored)
+
+    source = FolderSource(hq)
+    (info,) = source.studies().values()
+    row = build_row(source, info)
+    assert row["detail"]["report"]["sop_uid"] == str(srs[1].SOPInstanceUID)
+    assert [k["sop_uid"] for k in row["detail"]["key_objects"]] == [str(kos[1].SOPInstanceUID)]
+
+
+def test_deflated_seg_reaches_orthanc_over_dimse(cli, orthanc, state_dir, tmp_path, ct_head) -> None:
+    """C-STORE proposes the SEG's own syntax (Deflated Explicit VR Little Endian) beside the
+    others; Orthanc takes it and gives back the same masks."""
+    import highdicom as hd
+
+    few = tmp_path / "few"
+    few.mkdir()
+    for src in ct_head[:3]:
+        plant_identity(src, few / src.name, PATIENTS[0])
+    url = f"dimse://{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}"
+    run = cli("send", few, "--to", url, env={"MEDSENDX_STATION_ID": STATION})
+    assert run.returncode == 0, run.stderr
+    stored = orthanc_objects(orthanc)
+    (seg,) = [d for d in stored.values() if d.SOPClassUID == SEG_CLASS]
+    images = [d for d in stored.values() if d.Modality == "CT"]
+    assert len(images) == 3
+    data = orthanc.instance_file(_orthanc_id(orthanc, seg.SOPInstanceUID))
+    assert pydicom.dcmread(io.BytesIO(data)).file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    assert dciodvfy_errors(data, tmp_path) == []
+    masks = hd.seg.Segmentation.from_dataset(seg)
+    for image in images:
+        maps: list = []
+        triage_dataset(image, label_maps=maps)
+        got = masks.get_pixels_by_source_instance([str(image.SOPInstanceUID)], segment_numbers=[1, 2, 3])
+        for i in range(3):
+            assert np.array_equal(got[0, :, :, i].astype(bool), maps[0] == i)

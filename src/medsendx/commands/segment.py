@@ -101,7 +101,6 @@ def _write_dicom_results(files, out_dir: Path, segmenter, settings) -> None:
     import warnings
 
     import numpy as np
-    import pydicom
 
     from medsendx.dicomio import DicomReadError, read_dataset
     from medsendx.triage import TriageError, triage_dataset
@@ -137,7 +136,7 @@ def _write_dicom_results(files, out_dir: Path, segmenter, settings) -> None:
                 built.append(R.build_key_objects(objects, station=station, limit=t.key_images))
             for ds in built:
                 if ds is not None:
-                    pydicom.dcmwrite(out_dir / f"{ds.SOPInstanceUID}.dcm", ds, enforce_file_format=True)
+                    (out_dir / f"{ds.SOPInstanceUID}.dcm").write_bytes(R.encode(ds))
                     written += 1
     err_console.print(f"wrote {written} DICOM result object(s) to {out_dir}", soft_wrap=True)
 

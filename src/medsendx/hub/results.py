@@ -58,6 +58,7 @@ def summarize_report(ds: Dataset) -> dict[str, Any]:
         "top_image": top["sop_instance_uid"] if top else None,
         "images": images,
         "disclaimer": info.get("disclaimer", ""),
+        "predecessors": list(info.get("predecessors", [])),  # the reports this one replaces
     }
 
 
@@ -74,7 +75,8 @@ def read_key_objects(ds: Dataset) -> dict[str, Any]:
             if uid:
                 images.append(uid)
     quality_issue = (code, scheme) in (KOS_QUALITY_ISSUE, KOS_REJECTED_FOR_QUALITY) or "quality" in meaning.lower()
-    return {"title": meaning, "description": description, "images": images, "quality_issue": quality_issue}
+    return {"title": meaning, "description": description, "images": images, "quality_issue": quality_issue,
+            "instance_number": int(ds.get("InstanceNumber") or 0)}  # a study released in parts: the latest is the highest
 
 
 @dataclass

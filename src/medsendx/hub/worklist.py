@@ -241,7 +241,7 @@ def build_row(source: Source, info: StudyInfo) -> dict[str, Any]:
         counts[s.modality] += s.instances
     modality = counts.most_common(1)[0][0] if counts else (info.modalities[0] if info.modalities else "")
     station = next((s.station for s in images if s.station), "") or next((s.station for s in series if s.station), "")
-    report: dict[str, Any] | None = None
+    reports: list[dict[str, Any]] = []
     kos: list[dict[str, Any]] = []
     segs: list[dict[str, str]] = []
     for s in series:
@@ -255,11 +255,24 @@ def build_row(source: Source, info: StudyInfo) -> dict[str, Any]:
                     summary = summarize_report(ds)
                 except ValueError:
                     continue  # another sender's SR: not a triage report, nothing for the worklist
-                # several reports (a re-send): the highest priority is what the reader must see
-                if report is None or (summary["priority"] or -1) > (report["priority"] or -1):
-                    report = summary | {"sop_uid": sop, "series_uid": s.series_uid}
+                reports.append(summary | {"sop_uid": sop, "series_uid": s.series_uid})
             elif s.modality == KOS_MODALITY:
                 kos.append(read_key_objects(ds) | {"sop_uid": sop, "series_uid": s.series_uid})
+    # a study the truck released in parts: each later report names the earlier ones as
+    # predecessors (and covers their images), each later KOS has a higher Instance Number
+    replaced = {uid for r in reports for uid in r.get("predecessors", [])}
+    report: dict[str, Any] | None = None
+    for summary in reports:
+        if summary["sop_uid"] in replaced:
+            continue
+        # several current reports (another sender, a re-send): the highest priority is
+        # what the reader must see
+        if report is None or (summary["priority"] or -1) > (report["priority"] or -1):
+            report = summary
+    latest: dict[str, int] = {}
+    for k in kos:
+        latest[k["series_uid"]] = max(latest.get(k["series_uid"], 0), k.get("instance_number", 0))
+    kos = [k for k in kos if k.get("instance_number", 0) == latest[k["series_uid"]]]
     flags = list(report["flags"]) if report else []
     for k in kos:
         if k["quality_issue"]:

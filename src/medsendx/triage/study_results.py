@@ -12,10 +12,17 @@ its images left the spool, and after a crash. Files older than ``KEEP_DAYS`` go.
 Sent once: the results' UIDs are derived from the de-identified UIDs of the images they
 cover (see ``dicom_results.derived_uid``) and the outbox refuses a SOP Instance UID it
 already holds, so building a study again (a re-run, a restart) queues nothing new.
+
+Released in parts (the gateway's hold expired, then more images of the study came): each
+release covers every image kept so far; ``releases.json`` in the study's folder lists the
+SR and KOS UIDs of the releases, oldest first, so that a later SR names the earlier ones
+as predecessors and SR and KOS are numbered by release (``dicom_results.build_report``).
+It is recorded before the results are queued: a release that was built is never renumbered.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -124,22 +131,58 @@ def build_study(
         for members in series.values():
             out += [("seg", seg) for seg in R.build_segmentations(members, station=station,
                                                                      compress=settings.outbox.compress)]
+    history = releases(settings, study_uid)
     if t.results_sr:
-        sr = R.build_report(objects, station=station)
+        sr = R.build_report(objects, station=station, history=history["sr"])
         if sr is not None:
             out.append(("sr", sr))
     if t.results_kos:
-        kos = R.build_key_objects(objects, station=station, limit=t.key_images)
+        kos = R.build_key_objects(objects, station=station, limit=t.key_images, history=history["kos"])
         if kos is not None:
             out.append(("kos", kos))
     return out, priority
+
+
+RELEASES = "releases.json"  # in the study's folder: its results' UIDs, release by release
+
+
+def releases(settings: Settings, study_uid: str) -> dict[str, list[str]]:
+    """The SOP Instance UIDs of a study's SRs and KOSs built so far, oldest first (a study
+    released in parts has several: each later one covers every image kept so far)."""
+    try:
+        data = json.loads((store_dir(settings) / _safe(study_uid) / RELEASES).read_text())
+        return {kind: [str(u) for u in data.get(kind, []) if isinstance(u, str)] for kind in ("sr", "kos")}
+    except (OSError, ValueError, AttributeError):
+        return {"sr": [], "kos": []}
+
+
+def _record_release(settings: Settings, study_uid: str, built: list[tuple[str, Any]]) -> None:
+    """Append this release's SR / KOS UIDs (atomic; a UID recorded already stays where it is)."""
+    history = releases(settings, study_uid)
+    changed = False
+    for kind, ds in built:
+        uid = str(ds.SOPInstanceUID)
+        if kind in history and uid not in history[kind]:
+            history[kind].append(uid)
+            changed = True
+    if not changed:
+        return
+    path = store_dir(settings) / _safe(study_uid) / RELEASES
+    tmp = path.with_name(f".tmp-{os.getpid()}-{RELEASES}")
+    try:
+        tmp.write_text(json.dumps(history))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("triage results release not recorded", extra={"fields": {"error": type(exc).__name__}})
+        tmp.unlink(missing_ok=True)
 
 
 def queue_study(settings: Settings, outbox: Any, destination: str, study_uid: str,
                 sop_uids: Iterable[str] | None = None) -> StudyResults:
     """Build one study's results and queue them (priority: the study's highest). Never
     raises: a failure is logged (type only) and the images go on without results."""
-    import pydicom
+    from medsendx.triage import dicom_results as R
 
     outcome = StudyResults()
     if not wanted(settings):
@@ -154,6 +197,7 @@ def queue_study(settings: Settings, outbox: Any, destination: str, study_uid: st
         log.warning("triage results not built", extra={"fields": {"error": type(exc).__name__}})
         outcome.skipped["all"] = "the results could not be built"
         return outcome
+    _record_release(settings, study_uid, built)
     for kind, ds in built:
         uid = str(ds.SOPInstanceUID)
         # a pid-named temp: the outbox's stale-temp sweep removes it after a kill
@@ -161,7 +205,7 @@ def queue_study(settings: Settings, outbox: Any, destination: str, study_uid: st
         try:
             # durable before the outbox row exists (as the de-identified images are)
             with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
-                pydicom.dcmwrite(fh, ds, enforce_file_format=True)
+                fh.write(R.encode(ds))
                 fh.flush()
                 os.fsync(fh.fileno())
             fresh = outbox.enqueue(path, sop_instance_uid=uid, study_instance_uid=study_uid,

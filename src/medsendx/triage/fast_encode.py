@@ -1,0 +1,204 @@
+"""Explicit VR Little Endian encoding of the results' big sequences, byte for byte what
+pydicom writes, at a tenth of its cost.
+
+Why: a study's SEG has a Per-Frame Functional Groups item per frame and its TID 1500
+report thousands of content items; pydicom spends ~35 us per element writing them (VR
+correction and character-set lookups repeated at every nesting level), which alone cost
+more than the triage of the slices. The builders (highdicom) still make every item; only
+the encoding of a sequence element is done here and handed to pydicom as a raw element,
+which pydicom writes as it is (and parses back if the dataset is read in memory).
+
+Scope (anything else raises :class:`Unsupported` and the caller leaves the element to
+pydicom): DataElements, raw elements as read from explicit VR little endian, ASCII text, the numeric and byte VRs listed
+below, sequences and items of defined length (what pydicom writes for new datasets).
+``tests/test_triage_results.py`` checks the result against pydicom's own encoding.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+_LONG_LENGTH = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+_TEXT = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
+_NUMBER = {"FD": "d", "FL": "f", "US": "H", "UL": "L", "SS": "h", "SL": "l", "SV": "q", "UV": "Q"}
+_BYTES = frozenset({"OB", "OW", "UN"})
+_ITEM = b"\xfe\xff\x00\xe0"
+_TAG = struct.Struct("<HH")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<L")
+
+
+class Unsupported(Exception):
+    """An element outside this encoder's scope (pydicom encodes it instead)."""
+
+
+def _text(value: object) -> str:
+    original = getattr(value, "original_string", None)  # DS / IS as given (pydicom does the same)
+    return original if isinstance(original, str) else str(value)
+
+
+def _value(vr: str, value: object) -> bytes:
+    if vr in _TEXT:
+        if isinstance(value, str):
+            text = _text(value)
+        elif isinstance(value, (int, float)):  # DSfloat / IS
+            text = _text(value)
+        else:
+            text = "\\".join(_text(v) for v in value)  # type: ignore[attr-defined]
+        try:
+            data = text.encode("ascii")
+        except UnicodeEncodeError:
+            raise Unsupported("non-ASCII text") from None
+        return data + (b"\0" if vr == "UI" else b" ") if len(data) % 2 else data
+    fmt = _NUMBER.get(vr)
+    if fmt is not None:
+        values = [value] if isinstance(value, (int, float)) else list(value)  # type: ignore[call-overload]
+        return struct.pack(f"<{len(values)}{fmt}", *values)
+    if vr == "AT":
+        tags = [value] if isinstance(value, int) else list(value)  # type: ignore[call-overload]
+        return b"".join(_TAG.pack(int(t) >> 16, int(t) & 0xFFFF) for t in tags)
+    if vr in _BYTES and isinstance(value, bytes):
+        return value + b"\0" if len(value) % 2 else value
+    raise Unsupported(vr)
+
+
+def _header(tag: int, vr: str, length: int) -> bytes:
+    head = _TAG.pack(tag >> 16, tag & 0xFFFF) + vr.encode("ascii")
+    if vr in _LONG_LENGTH:
+        return head + b"\0\0" + _U32.pack(length)
+    if length > 0xFFFF:
+        raise Unsupported("value too long for its VR")
+    return head + _U16.pack(length)
+
+
+def encode_element(elem: Any) -> bytes:
+    """One element (tag, VR, length, value) as pydicom writes it in explicit VR LE."""
+    tag, vr = int(elem.tag), elem.VR
+    if isinstance(elem, RawDataElement):
+        # as read from an explicit VR little endian buffer (or made by raw_sequence):
+        # written as it is, as pydicom does
+        if not vr or len(vr) != 2 or elem.is_implicit_VR or not elem.is_little_endian \
+                or elem.length == 0xFFFFFFFF or len(elem.value or b"") % 2:
+            raise Unsupported("raw element")
+        data = bytes(elem.value or b"")
+    else:
+        value = elem.value
+        if value is None or (isinstance(value, (str, bytes, list, MultiValue)) and len(value) == 0):
+            data = b""  # what pydicom's ``is_empty`` means for these types
+        elif vr == "SQ":
+            if elem.is_undefined_length:
+                raise Unsupported("undefined length")
+            data = encode_items(value)
+        else:
+            data = _value(vr, value)
+    return _header(tag, vr, len(data)) + data
+
+
+def _elements(ds: Dataset) -> Iterator[Any]:
+    for elem in ds.elements():
+        tag = int(elem.tag)
+        if tag & 0xFFFF == 0 and tag >> 16 > 6:
+            continue  # retired group lengths: pydicom does not write them either
+        yield elem
+
+
+def encode_dataset(ds: Dataset) -> bytes:
+    """The elements of ``ds`` (an item's body), in tag order, as pydicom writes them."""
+    return b"".join(encode_element(elem) for elem in _elements(ds))
+
+
+def encode_items(items: Iterable[Dataset]) -> bytes:
+    """Sequence items of defined length (the value of an SQ element)."""
+    parts = []
+    for item in items:
+        if getattr(item, "is_undefined_length_sequence_item", False):
+            raise Unsupported("undefined length item")
+        body = encode_dataset(item)
+        parts.append(_ITEM + _U32.pack(len(body)))
+        parts.append(body)
+    return b"".join(parts)
+
+
+class ItemsPlan:
+    """Sequence items whose structure stays and only some elements' values change
+    (``variable``: those elements): everything else is encoded once, here; :meth:`encode`
+    encodes the variable elements with their current values and the lengths around them."""
+
+    def __init__(self, items: Sequence[Dataset], variable: Iterable[Any]) -> None:
+        ids = {id(e) for e in variable}
+        self._plan = [self._dataset(item, ids) for item in items]
+        self.variables = len(ids)
+
+    def _dataset(self, ds: Dataset, ids: set[int]) -> list[Any]:
+        if getattr(ds, "is_undefined_length_sequence_item", False):
+            raise Unsupported("undefined length item")
+        parts: list[Any] = []
+        for elem in _elements(ds):
+            if id(elem) in ids:
+                part: Any = elem
+            elif not isinstance(elem, RawDataElement) and elem.VR == "SQ" and not elem.is_empty:
+                if elem.is_undefined_length:
+                    raise Unsupported("undefined length")
+                items = [self._dataset(item, ids) for item in elem.value]
+                part = (int(elem.tag), items) if any(not isinstance(p, bytes) for i in items for p in i) \
+                    else _header(int(elem.tag), "SQ", sum(len(b"".join(i)) + 8 for i in items)) + \
+                    b"".join(_ITEM + _U32.pack(len(b"".join(i))) + b"".join(i) for i in items)
+            else:
+                part = encode_element(elem)
+            if isinstance(part, bytes) and parts and isinstance(parts[-1], bytes):
+                parts[-1] += part
+            else:
+                parts.append(part)
+        return parts
+
+    def _render(self, parts: list[Any]) -> bytes:
+        out = []
+        for part in parts:
+            if isinstance(part, bytes):
+                out.append(part)
+            elif isinstance(part, tuple):
+                tag, items = part
+                data = b"".join(_ITEM + _U32.pack(len(body)) + body for body in map(self._render, items))
+                out.append(_header(tag, "SQ", len(data)) + data)
+            else:
+                out.append(encode_element(part))
+        return b"".join(out)
+
+    def encode(self) -> bytes:
+        return b"".join(_ITEM + _U32.pack(len(body)) + body for body in map(self._render, self._plan))
+
+
+def raw_sequence(tag: int, items_bytes: bytes) -> RawDataElement:
+    """An SQ element holding already-encoded items: written by pydicom as it is."""
+    return RawDataElement(tag, "SQ", len(items_bytes), items_bytes, 0, False, True, True, False)
+
+
+def pack_sequences(ds: Dataset) -> Dataset:
+    """Encode every top-level sequence of ``ds`` that is in scope (in place), and mark
+    ``ds`` as Explicit VR Little Endian so that pydicom writes the raw sequences as they
+    are. (Unmarked, pydicom's writer "corrects ambiguous VRs" of a new dataset, which
+    parses every raw element back first.) A dataset with an element whose VR is not
+    known yet stays unmarked: pydicom then resolves it, as it always did."""
+    for elem in list(ds.elements()):
+        if isinstance(elem, RawDataElement) or elem.VR != "SQ" or elem.is_undefined_length:
+            continue
+        try:
+            data = encode_items(elem.value)
+        except Unsupported:
+            continue
+        ds[elem.tag] = raw_sequence(int(elem.tag), data)
+    pixels = ds.get_item(0x7FE00010)
+    if pixels is not None and not isinstance(pixels, RawDataElement) and pixels.VR == "OB or OW":
+        # pydicom's rule (explicit VR): OB when encapsulated or 8 bits allocated or fewer
+        pixels.VR = "OW" if not pixels.is_undefined_length and int(ds.get("BitsAllocated", 8)) > 8 else "OB"
+    if all(elem.VR is not None and len(elem.VR) == 2 for elem in ds.elements()):
+        charset = ds.get("SpecificCharacterSet")
+        ds.set_original_encoding(False, True, convert_encodings(charset) if charset else default_encoding)
+    return ds
