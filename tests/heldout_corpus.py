@@ -273,6 +273,24 @@ def mr_siemens_byte255_over_anatomy() -> Case:
     return _case(ds, px, "MR abdomen, over anatomy, Liberation Serif Italic 18, 8-bit 255", "MR", "silent", lines)
 
 
+def mr_siemens_probe_same_font_max_pen() -> Case:
+    """Probe for the case above: same image, font, size and position, pen at 4095 instead of
+    255 (isolates the pen value)."""
+    ds = pydicom.dcmread(get_testdata_file("MR-SIEMENS-DICOM-WithOverlays.dcm"))
+    px, lines = ds.pixel_array.copy(), []
+    _plant(px, 0, ["name", "id"], "liberation-serif-italic", 18, "over anatomy", 4095, "repr-max", lines)
+    return _case(ds, px, "probe: MR abdomen, over anatomy, Liberation Serif Italic 18, 4095", "MR", "silent", lines)
+
+
+def mr_siemens_probe_byte255_over_air() -> Case:
+    """Probe: the same 8-bit 255 pen, font and size, top centre over air (values near 0)
+    instead of over the abdomen (isolates the background)."""
+    ds = pydicom.dcmread(get_testdata_file("MR-SIEMENS-DICOM-WithOverlays.dcm"))
+    px, lines = ds.pixel_array.copy(), []
+    _plant(px, 0, ["name", "id"], "liberation-serif-italic", 18, "top centre", 255, "8-bit 255 in 12-bit", lines)
+    return _case(ds, px, "probe: MR abdomen, top centre over air, Liberation Serif Italic 18, 8-bit 255", "MR", "silent", lines)
+
+
 def mr_siemens_big_bold(data_dir: Path | None = None) -> Case:
     """Siemens MR: DejaVu Serif Bold 28 at 4095 (representable max), bottom centre. Header YES."""
     ds = pydicom.dcmread(get_testdata_file("MR-SIEMENS-DICOM-WithOverlays.dcm"))
@@ -303,6 +321,15 @@ def cr_just_above_min_right_edge() -> Case:
     pen = int(px.min()) + 1
     _plant(px, 0, ["name", "id", "acc", "dob"], "liberation-narrow-bold", 13, "right edge", pen, "just above image min (MONOCHROME1)", lines)
     return _case(ds, px, "CR MONOCHROME1, right edge, Liberation Sans Narrow Bold 13, min+1", "CR", "NO", lines)
+
+
+def cr_bright_pen_over_lung() -> Case:
+    """Chest CR (MONOCHROME1): pen at the crop's 2nd percentile (shown bright, like bone),
+    not an extreme value, DejaVu Serif 20 over the lung."""
+    (ds, px), lines = _cr(500, 250), []
+    pen = int(np.percentile(px, 2))
+    _plant(px, 0, ["name", "id"], "dejavu-serif", 20, "over anatomy", pen, "2nd percentile, not extreme (MONOCHROME1)", lines)
+    return _case(ds, px, "CR MONOCHROME1, over lung, DejaVu Serif 20, 2nd-percentile pen", "CR", "silent", lines)
 
 
 def _texture(rng: np.random.Generator, h: int, w: int, sigma: float, bits: int, grain: float) -> np.ndarray:
@@ -380,6 +407,16 @@ def mammo_black_pen(rng: np.random.Generator) -> Case:
     _plant(px, 0, ["name", "id", "dob"], "dejavu-bold", 12, "left edge", 0, "black (0) on bright texture", lines)
     return _case(ds, px, "MG-like medium 14-bit texture, left edge, DejaVu Sans Bold 12, black pen", "MG-like", "YES",
                  lines)  # fmt: skip
+
+
+def mammo_pen_inside_texture(rng: np.random.Generator) -> Case:
+    """Medium texture (sigma 2), 12 bit: pen at the texture's 99.5th percentile (bright, but
+    values like it occur in the texture), Liberation Sans Narrow 16, over the texture."""
+    px = _texture(rng, 900, 720, 2.0, 12, 0.02)
+    ds, lines = _mammo_ds(12, "R", "MLO"), []
+    pen = int(np.percentile(px[px > 0.3 * 4095], 99.5))
+    _plant(px, 0, ["name", "id", "dob"], "liberation-narrow", 16, "over anatomy", pen, "texture 99.5th percentile", lines)
+    return _case(ds, px, "MG-like 12-bit texture, over texture, Liberation Sans Narrow 16, 99.5th-percentile pen", "MG-like", "NO", lines)
 
 
 def mr_multiframe_some_frames(data_dir: Path) -> Case:
@@ -530,6 +567,8 @@ def build(data_dir: Path, with_text: bool = True, without_text: bool = True) -> 
             ct_signed14_byte200(),
             mr_low_range_below_max(data_dir),
             mr_siemens_byte255_over_anatomy(),
+            mr_siemens_probe_same_font_max_pen(),
+            mr_siemens_probe_byte255_over_air(),
             mr_siemens_big_bold(),
             mr_multiframe_some_frames(data_dir),
             cr_repr_min_top_centre(),
@@ -537,6 +576,8 @@ def build(data_dir: Path, with_text: bool = True, without_text: bool = True) -> 
             mammo_fine_12bit(rng),
             mammo_blobs_14bit_below_max(rng),
             mammo_black_pen(rng),
+            mammo_pen_inside_texture(rng),
+            cr_bright_pen_over_lung(),
             sc_rgb_from_mr(),
             sc_gray8_from_ct(data_dir),
             us_rgb_magenta(),
