@@ -190,6 +190,8 @@ def _repr_range(ds: Dataset) -> tuple[int, int]:
 def _case(ds: Dataset, pixels: np.ndarray, name: str, kind: str, header: str, lines: list[Line], markers=None) -> Case:
     _store(ds, pixels)
     _finish(ds, header)
+    ds.SOPInstanceUID = generate_uid(entropy_srcs=[str(SEED), name])  # the same corpus on every build
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     return Case(name, ds, lines, header, kind, markers or [])
 
 
