@@ -130,6 +130,9 @@ def main() -> None:
     if not data_dir.is_absolute():
         data_dir = (ROOT / data_dir).resolve()
     text_models()  # load (and hash-check) once, outside the timings
+    from medsendx.pixels import tesslib
+
+    tesslib.available()  # tesseract's model, loaded once per process (as a worker does)
     new = PixelSettings()
     old = PixelSettings(policy="redact-identifying", ocr_every_object=True)
 

@@ -49,9 +49,14 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return image if image.ndim == 2 else image.max(axis=2)
 
 
-def renderings(ds: Dataset, frame: np.ndarray) -> list[Rendering]:
+def renderings(ds: Dataset, frame: np.ndarray, pens: list[int] | None = None) -> list[Rendering]:
     """Every rendering of ``frame`` (stored values, H x W or H x W x 3) worth a look.
-    Renderings identical to an earlier one are left out."""
+    Renderings identical to an earlier one are left out.
+
+    ``pens``: the histogram spike values where the screen found strokes (a screened frame);
+    then ``high``, ``low`` and ``byte`` are made only for a pen they show: at the top of the
+    range, at its bottom, inside 0..255. (``window`` and ``full`` always: they show every
+    value.) None: every rendering (a frame searched whole, where text need not be one pen)."""
     out: list[Rendering] = []
     seen: set[bytes] = set()
 
@@ -78,9 +83,11 @@ def renderings(ds: Dataset, frame: np.ndarray) -> list[Rendering]:
     full = stretch(values, lo, hi)
     add("full", 255 - full if inverted else full)
     band = max(1.0, (hi - lo) * EXTREME_SHARE)
-    add("high", np.where(values >= hi - band, 255, 0))
-    add("low", np.where(values <= lo + band, 255, 0))
-    if int(ds.get("BitsStored", 8)) > 8 and (hi > 255 or lo < 0):
+    if pens is None or any(p >= hi - band for p in pens):
+        add("high", np.where(values >= hi - band, 255, 0))
+    if pens is None or any(p <= lo + band for p in pens):
+        add("low", np.where(values <= lo + band, 255, 0))
+    if int(ds.get("BitsStored", 8)) > 8 and (hi > 255 or lo < 0) and (pens is None or any(0 <= p <= 255 for p in pens)):
         add("byte", stretch(values, 0.0, 255.0))
     return out
 

@@ -52,6 +52,9 @@ MIN_BOX_CONTRAST = 24
 MIN_INK_PIXELS = 12
 # The recogniser must read a marker this confidently to leave it in place.
 MARKER_MIN_CONFIDENCE = 0.8
+# Only a box at most this many times as wide as it is tall is read as a possible marker
+# ("R MLO", "LATERAL" are about 4); a wider one is blanked unread (default deny).
+MARKER_MAX_ASPECT = 6.0
 # Second check: the detector at this factor of its first scale.
 VERIFY_SCALE = 0.75
 # Second check, tesseract: words it is this sure of (0-100) with 2+ letters or digits.
@@ -72,6 +75,7 @@ class FrameReport:
     kept: list[Box] = field(default_factory=list)  # allowed markers left in place
     searched: bool = False  # the detector ran on (part of) this frame
     whole: bool = False  # ... on the whole frame
+    renderings: set[str] | None = None  # the renderings searched (the second look uses the same)
 
 
 @dataclass
@@ -110,6 +114,7 @@ class TextCleaner:
         self._models = models
         self.allowed = {a.strip().upper() for a in settings.allowed_markers}
         self.detector_runs = 0
+        self.recogniser_runs = 0
         self.ocr_calls = 0
 
     @property
@@ -120,13 +125,12 @@ class TextCleaner:
         return self._models
 
     # ------------------------------------------------------------------ detection
-    def _detections(self, rendering: Rendering, areas: list[Box], scale_factor: float = 1.0) -> list[tuple[Box, str, float]]:
-        """(box, recognised text or "" when unsure, its confidence) of every plausible text
-        region of ``rendering`` in ``areas``."""
+    def _detections(self, rendering: Rendering, areas: list[Box], scale_factor: float = 1.0) -> list[Box]:
+        """Every plausible text region of ``rendering`` in ``areas`` (not yet read)."""
         image = rendering.image
         height, width = image.shape
         tall = max(MIN_TALL, MAX_LINE_HEIGHT_SHARE * min(height, width))
-        found: list[tuple[Box, str, float]] = []
+        found: list[Box] = []
         for ax0, ay0, ax1, ay1 in areas:
             crop = image[ay0:ay1, ax0:ax1]
             if crop.size == 0 or crop.max() == crop.min():
@@ -145,9 +149,14 @@ class TextCleaner:
                 background = float(np.median(patch))
                 if int((np.abs(patch.astype(np.float32) - background) >= MIN_BOX_CONTRAST).sum()) < MIN_INK_PIXELS:
                     continue  # a few bright specks, not strokes
-                text, confidence = self.models.recognise(image, box)
-                found.append((box, text if confidence >= MARKER_MIN_CONFIDENCE else "", confidence))
+                found.append(box)
         return found
+
+    def _read(self, rendering: Rendering, box: Box) -> str:
+        """What the recogniser reads in ``box``, or "" when it is unsure."""
+        self.recogniser_runs += 1
+        text, confidence = self.models.recognise(rendering.image, box)
+        return text if confidence >= MARKER_MIN_CONFIDENCE else ""
 
     def clean_frame(self, ds: Dataset, frame: np.ndarray, fill: np.ndarray | int, whole: bool) -> FrameReport:
         """Detect and blank text in ``frame`` (in place)."""
@@ -157,9 +166,18 @@ class TextCleaner:
         if not areas:
             return report
         report.searched = True
-        for rendering in renderings(ds, frame):
-            for box, text, _ in self._detections(rendering, areas):
-                if is_allowed_marker(text, self.allowed):
+        # A screened frame: the screen fired on strokes of one stored value (a pen); the
+        # extreme-value renderings are made for the pens found in these areas only.
+        pens = None if whole else sorted({p for x0, y0, x1, y1 in areas for p in spike_values(_grey(frame[y0:y1, x0:x1]))})
+        views = renderings(ds, frame, pens)
+        report.renderings = {r.name for r in views}
+        for rendering in views:
+            for box in self._detections(rendering, areas):
+                # Read only what could be a marker (the recogniser's cost grows with the box's
+                # width; a long line is not "L CC"), and not what is blanked already: the
+                # reading could only keep it, and what overlaps a blanked box is not kept.
+                could_keep = box[2] - box[0] <= MARKER_MAX_ASPECT * (box[3] - box[1]) and not _inside(box, report.blanked, slack=0)
+                if could_keep and is_allowed_marker(self._read(rendering, box), self.allowed):
                     report.kept.append(box)
                 else:
                     report.blanked.append(_grow(box, self.settings.margin, height, width))
@@ -194,13 +212,18 @@ class TextCleaner:
         areas = [(0, 0, width, height)] if report.whole else candidate_regions(frame) + report.blanked
         areas = merge_areas([_grow(a, 16, height, width) for a in areas], height, width)
         for rendering in renderings(ds, frame):
-            for box, text, _ in self._detections(rendering, areas, VERIFY_SCALE):
-                if is_allowed_marker(text, self.allowed) or _inside(box, done, slack=6):
+            if report.renderings is not None and rendering.name not in report.renderings:
+                continue
+            for box in self._detections(rendering, areas, VERIFY_SCALE):
+                if _inside(box, done, slack=6):
+                    continue
+                if any(_overlap(box, b) for b in report.blanked) and _mostly_inside(box, report.blanked):
+                    continue
+                text = self._read(rendering, box)  # (only now: reading is the costly part)
+                if is_allowed_marker(text, self.allowed):
                     continue
                 if sum(c.isalnum() for c in text) < 2:
                     continue  # nothing legible there (a bright speck, the edge of a blanked box)
-                if any(_overlap(box, b) for b in report.blanked) and _mostly_inside(box, report.blanked):
-                    continue
                 log.debug("second look found a region at %s in %s", box, rendering.name)
                 return "text remains after redaction (second look: detector at another scale)"
         return None
@@ -260,6 +283,10 @@ def _extend_along_pen(frame: np.ndarray, boxes: list[Box], kept: list[Box]) -> l
                 right = x + 1
         out.append((max(0, left - 2), y0, min(width, right + 2), y1))
     return out
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    return image if image.ndim == 2 else image.max(axis=2)
 
 
 def _mostly_inside(box: Box, boxes: list[Box]) -> bool:
