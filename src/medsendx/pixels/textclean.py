@@ -55,6 +55,8 @@ MARKER_MIN_CONFIDENCE = 0.8
 # Only a box at most this many times as wide as it is tall is read as a possible marker
 # ("R MLO", "LATERAL" are about 4); a wider one is blanked unread (default deny).
 MARKER_MAX_ASPECT = 6.0
+# A detector crop keeps this many px of flat margin around what it holds.
+CONTEXT = 16
 # Second check: the detector at this factor of its first scale.
 VERIFY_SCALE = 0.75
 # Second check, tesseract: words it is this sure of (0-100) with 2+ letters or digits.
@@ -135,6 +137,10 @@ class TextCleaner:
             crop = image[ay0:ay1, ax0:ax1]
             if crop.size == 0 or crop.max() == crop.min():
                 continue
+            # Rows and columns of one flat value (black air in a window, the empty part of a
+            # binary rendering) more than CONTEXT px from anything else hold no text: not sent.
+            ax0, ay0, ax1, ay1 = _content(crop, ax0, ay0)
+            crop = image[ay0:ay1, ax0:ax1]
             # The scale follows the frame, not the crop: text keeps the size it has on screen.
             scale = min(MAX_UPSCALE, max(1.0, TARGET_SHORT_SIDE / min(height, width))) * scale_factor
             self.detector_runs += 1
@@ -283,6 +289,18 @@ def _extend_along_pen(frame: np.ndarray, boxes: list[Box], kept: list[Box]) -> l
                 right = x + 1
         out.append((max(0, left - 2), y0, min(width, right + 2), y1))
     return out
+
+
+def _content(crop: np.ndarray, ox: int, oy: int) -> Box:
+    """The part of ``crop`` (placed at ox, oy) within CONTEXT px of a pixel that differs
+    from the crop's most common value."""
+    mode = int(np.bincount(crop.reshape(-1)).argmax())
+    other = crop != mode
+    rows, cols = np.flatnonzero(other.any(axis=1)), np.flatnonzero(other.any(axis=0))
+    h, w = crop.shape
+    y0, y1 = max(0, rows[0] - CONTEXT), min(h, rows[-1] + 1 + CONTEXT)
+    x0, x1 = max(0, cols[0] - CONTEXT), min(w, cols[-1] + 1 + CONTEXT)
+    return (ox + x0, oy + y0, ox + x1, oy + y1)
 
 
 def _grey(image: np.ndarray) -> np.ndarray:
