@@ -7,11 +7,14 @@ in a full-range view of a bright image; text over a noisy mammogram stands out o
 8-bit grey image of the same size as the frame (boxes map 1:1 to the stored pixels):
 
 - ``window``: what a viewer shows first (the object's window / VOI LUT, MONOCHROME1
-  inverted; colour as RGB luminance-free channel extremes, see below);
+  inverted; colour as RGB luminance-free channel extremes, see below); left out when the
+  window is just the full range (``full`` shows the same with as much contrast);
 - ``full``: the frame's full stored range, linearly;
 - ``high`` / ``low``: what lies at or near the extreme stored values (white on black);
+  for a screened frame only where a pen the screen found lies there (see ``renderings``);
 - ``byte``: stored values clipped to 0..255, for data of more than 8 bits (what an
-  8-bit-minded tool writes into 16-bit data shows here and nowhere else);
+  8-bit-minded tool writes into 16-bit data shows here and nowhere else); for a screened
+  frame only where a pen lies in 0..255;
 - colour frames: the brightest and the darkest channel per pixel (coloured text is bright
   in *some* channel), each in full range.
 """
@@ -74,11 +77,13 @@ def renderings(ds: Dataset, frame: np.ndarray, pens: list[int] | None = None) ->
         add("window-min-channel", stretch(frame.min(axis=2)))
         return out
     shown = display_array(ds, frame)
-    add("window", _grey(shown))
     if photometric == "PALETTE COLOR":
+        add("window", _grey(shown))
         return out
     values = frame.astype(np.float32, copy=False)
     lo, hi = float(values.min()), float(values.max())
+    if not _window_is_full_range(ds, lo, hi):
+        add("window", _grey(shown))
     inverted = photometric == "MONOCHROME1"
     full = stretch(values, lo, hi)
     add("full", 255 - full if inverted else full)
@@ -90,6 +95,39 @@ def renderings(ds: Dataset, frame: np.ndarray, pens: list[int] | None = None) ->
     if int(ds.get("BitsStored", 8)) > 8 and (hi > 255 or lo < 0) and (pens is None or any(0 <= p <= 255 for p in pens)):
         add("byte", stretch(values, 0.0, 255.0))
     return out
+
+
+# The window is left out when it is the full range at no less than this share of its contrast.
+WINDOW_AS_FULL_CONTRAST = 0.8
+
+
+def _window_is_full_range(ds: Dataset, lo: float, hi: float) -> bool:
+    """The display window is a plain linear map that clips nothing of [lo, hi] (stored values)
+    and spreads it over at least WINDOW_AS_FULL_CONTRAST of the grey scale: then it shows
+    nothing the ``full`` rendering does not show with as much contrast or more (a CR whose
+    window spans its whole range), and the detector need not look at it twice."""
+    if "WindowCenter" not in ds or "WindowWidth" not in ds or hi <= lo:
+        return False
+    if any(k in ds for k in ("VOILUTSequence", "ModalityLUTSequence", "PixelPaddingValue")):
+        return False
+    if str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper() != "LINEAR":
+        return False
+    try:
+        center = float(_first(ds.WindowCenter))
+        width = float(_first(ds.WindowWidth))
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    except (TypeError, ValueError):
+        return False
+    if slope <= 0 or width <= 1:
+        return False
+    mlo, mhi = lo * slope + intercept, hi * slope + intercept
+    wlo, whi = center - width / 2 - 1, center + width / 2 + 1  # (a unit of slack for DICOM's -0.5 / -1 terms)
+    return wlo <= mlo and mhi <= whi and (mhi - mlo) >= WINDOW_AS_FULL_CONTRAST * width
+
+
+def _first(value: object) -> object:
+    return value[0] if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else value
 
 
 def full_range(ds: Dataset, frame: np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from pydicom.dataset import Dataset
+from scipy import ndimage
 
 from medsendx.config import PixelSettings
 from medsendx.pixels import ocr
@@ -133,29 +134,36 @@ class TextCleaner:
         height, width = image.shape
         tall = max(MIN_TALL, MAX_LINE_HEIGHT_SHARE * min(height, width))
         found: list[Box] = []
+        # The scale follows the frame, not the crop: text keeps the size it has on screen.
+        scale = min(MAX_UPSCALE, max(1.0, TARGET_SHORT_SIDE / min(height, width))) * scale_factor
         for ax0, ay0, ax1, ay1 in areas:
             crop = image[ay0:ay1, ax0:ax1]
             if crop.size == 0 or crop.max() == crop.min():
                 continue
-            # Rows and columns of one flat value (black air in a window, the empty part of a
-            # binary rendering) more than CONTEXT px from anything else hold no text: not sent.
-            ax0, ay0, ax1, ay1 = _content(crop, ax0, ay0)
-            crop = image[ay0:ay1, ax0:ax1]
-            # The scale follows the frame, not the crop: text keeps the size it has on screen.
-            scale = min(MAX_UPSCALE, max(1.0, TARGET_SHORT_SIDE / min(height, width))) * scale_factor
-            self.detector_runs += 1
-            for det in self.models.detect(crop, scale):
-                x0, y0, x1, y1 = det.box
-                box = (x0 + ax0, y0 + ay0, x1 + ax0, y1 + ay0)
-                if box[3] - box[1] > tall:
-                    continue
-                patch = image[box[1] : box[3], box[0] : box[2]]
-                if patch.size == 0 or int(patch.max()) - int(patch.min()) < MIN_BOX_CONTRAST:
-                    continue
-                background = float(np.median(patch))
-                if int((np.abs(patch.astype(np.float32) - background) >= MIN_BOX_CONTRAST).sum()) < MIN_INK_PIXELS:
-                    continue  # a few bright specks, not strokes
-                found.append(box)
+            # Parts of one flat value (black air in a window, the empty part of a binary
+            # rendering) more than CONTEXT px from anything else hold no text: not sent.
+            for part in _content(crop, ax0, ay0):
+                found += self._detect_in(image, part, scale, tall)
+        return found
+
+    def _detect_in(self, image: np.ndarray, area: Box, scale: float, tall: float) -> list[Box]:
+        """The detector on one crop of ``image``; boxes in the image's pixels, kept when they
+        look like a line of text (not too tall, some contrast, enough ink)."""
+        ax0, ay0, ax1, ay1 = area
+        self.detector_runs += 1
+        found: list[Box] = []
+        for det in self.models.detect(image[ay0:ay1, ax0:ax1], scale):
+            x0, y0, x1, y1 = det.box
+            box = (x0 + ax0, y0 + ay0, x1 + ax0, y1 + ay0)
+            if box[3] - box[1] > tall:
+                continue
+            patch = image[box[1] : box[3], box[0] : box[2]]
+            if patch.size == 0 or int(patch.max()) - int(patch.min()) < MIN_BOX_CONTRAST:
+                continue
+            background = float(np.median(patch))
+            if int((np.abs(patch.astype(np.float32) - background) >= MIN_BOX_CONTRAST).sum()) < MIN_INK_PIXELS:
+                continue  # a few bright specks, not strokes
+            found.append(box)
         return found
 
     def _read(self, rendering: Rendering, box: Box) -> str:
@@ -291,16 +299,31 @@ def _extend_along_pen(frame: np.ndarray, boxes: list[Box], kept: list[Box]) -> l
     return out
 
 
-def _content(crop: np.ndarray, ox: int, oy: int) -> Box:
-    """The part of ``crop`` (placed at ox, oy) within CONTEXT px of a pixel that differs
-    from the crop's most common value."""
+def _content(crop: np.ndarray, ox: int, oy: int) -> list[Box]:
+    """The parts of ``crop`` (placed at ox, oy) within CONTEXT px of a pixel that differs
+    from the crop's most common value: clusters found on a grid of CONTEXT-px cells, each
+    grown by CONTEXT; one box around them all when they cover most of it anyway."""
     mode = int(np.bincount(crop.reshape(-1)).argmax())
     other = crop != mode
-    rows, cols = np.flatnonzero(other.any(axis=1)), np.flatnonzero(other.any(axis=0))
     h, w = crop.shape
-    y0, y1 = max(0, rows[0] - CONTEXT), min(h, rows[-1] + 1 + CONTEXT)
-    x0, x1 = max(0, cols[0] - CONTEXT), min(w, cols[-1] + 1 + CONTEXT)
-    return (ox + x0, oy + y0, ox + x1, oy + y1)
+    gh, gw = -(-h // CONTEXT), -(-w // CONTEXT)
+    cells = np.zeros((gh * CONTEXT, gw * CONTEXT), dtype=bool)
+    cells[:h, :w] = other
+    cells = cells.reshape(gh, CONTEXT, gw, CONTEXT).any(axis=(1, 3))
+    # Cells one apart join (a word space, a gap between lines), then each part is grown.
+    labels, count = ndimage.label(ndimage.binary_dilation(cells, structure=np.ones((3, 3), bool)))
+    parts: list[Box] = []
+    for ys, xs in ndimage.find_objects(labels):
+        # (the dilation already added one cell, CONTEXT px, on every side)
+        parts.append((ox + xs.start * CONTEXT, oy + ys.start * CONTEXT,
+                      ox + min(w, xs.stop * CONTEXT), oy + min(h, ys.stop * CONTEXT)))  # fmt: skip
+    rows, cols = np.flatnonzero(other.any(axis=1)), np.flatnonzero(other.any(axis=0))
+    whole = (ox + max(0, cols[0] - CONTEXT), oy + max(0, rows[0] - CONTEXT),
+             ox + min(w, cols[-1] + 1 + CONTEXT), oy + min(h, rows[-1] + 1 + CONTEXT))  # fmt: skip
+    area = sum((b[2] - b[0]) * (b[3] - b[1]) for b in parts)
+    if len(parts) <= 1 or area > 0.7 * (whole[2] - whole[0]) * (whole[3] - whole[1]):
+        return [whole]
+    return parts
 
 
 def _grey(image: np.ndarray) -> np.ndarray:
