@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import os
 import threading
+import time
 
 from PIL import Image
 
@@ -123,8 +124,11 @@ def image_to_data(image: Image.Image, timeout_seconds: float) -> dict[str, list]
     monitor = lib.TessMonitorCreate()
     try:
         lib.TessMonitorSetDeadlineMSecs(monitor, int(timeout_seconds * 1000))
-        if lib.TessBaseAPIRecognize(handle, monitor) != 0:
-            raise TessError("tesseract library failed on this image")
+        start = time.monotonic()
+        status = lib.TessBaseAPIRecognize(handle, monitor)
+        # A run stopped at its deadline may keep the words read so far: never a full reading.
+        if status != 0 or time.monotonic() - start >= 0.99 * timeout_seconds:
+            raise TessError("tesseract library failed on this image or did not finish in time")
         iterator = lib.TessBaseAPIGetIterator(handle)
         if not iterator:
             return out

@@ -8,14 +8,20 @@ Per frame (identical frames are done once):
    (:mod:`medsendx.pixels.screen`); where it finds nothing, the frame is not searched
    further and the object is *not* attested clean (nothing was claimed, nothing changed).
 2. *Detect.* The learned detector (:mod:`medsendx.pixels.detector`) runs on every
-   window-independent rendering (:mod:`medsendx.pixels.render`) of those areas.
+   window-independent rendering (:mod:`medsendx.pixels.render`) of those areas; in a
+   screened area, the extreme-value renderings only for the pens (histogram spikes) the
+   area holds. Flat parts of a crop (more than CONTEXT px from anything else) are not sent:
+   the detector's cost follows the pixels it is given.
 3. *Default deny.* Every detected region is blanked with a margin, unless the recogniser
    reads it as allowed markers only (``PixelSettings.allowed_markers``: L, R, CC, MLO...).
+   Only boxes shaped like a marker are read (at most MARKER_MAX_ASPECT times as wide as
+   tall; reading costs in proportion to width); wider ones are blanked unread.
    Regions covering more than ``max_blanked_share`` of a frame cannot be told from
    anatomy: the object goes to quarantine.
 4. *Verify, independently.* After redaction, a second check must find no text outside the
-   allow-list: tesseract (another engine) on the full-range rendering of the whole frame,
-   and the detector again on every rendering at another scale. Only then is the object
+   allow-list: tesseract (another engine, in process: :mod:`medsendx.pixels.tesslib`) on
+   the full-range rendering of the whole frame, and the detector again on the same
+   renderings at another scale. Only then is the object
    attested clean (BurnedInAnnotation NO, code 113101); otherwise it goes to quarantine.
 
 Only pixels inside blanked boxes change.
@@ -79,6 +85,7 @@ class FrameReport:
     searched: bool = False  # the detector ran on (part of) this frame
     whole: bool = False  # ... on the whole frame
     renderings: set[str] | None = None  # the renderings searched (the second look uses the same)
+    pens: list[int] | None = None  # a screened frame's pens (what chose those renderings)
 
 
 @dataclass
@@ -184,7 +191,7 @@ class TextCleaner:
         # extreme-value renderings are made for the pens found in these areas only.
         pens = None if whole else sorted({p for x0, y0, x1, y1 in areas for p in spike_values(_grey(frame[y0:y1, x0:x1]))})
         views = renderings(ds, frame, pens)
-        report.renderings = {r.name for r in views}
+        report.renderings, report.pens = {r.name for r in views}, pens
         for rendering in views:
             for box in self._detections(rendering, areas):
                 # Read only what could be a marker (the recogniser's cost grows with the box's
@@ -225,7 +232,7 @@ class TextCleaner:
         # The detector again, on every rendering of the redacted frame at another scale.
         areas = [(0, 0, width, height)] if report.whole else candidate_regions(frame) + report.blanked
         areas = merge_areas([_grow(a, 16, height, width) for a in areas], height, width)
-        for rendering in renderings(ds, frame):
+        for rendering in renderings(ds, frame, report.pens):
             if report.renderings is not None and rendering.name not in report.renderings:
                 continue
             for box in self._detections(rendering, areas, VERIFY_SCALE):
