@@ -25,7 +25,8 @@ _lib: ctypes.CDLL | None = None
 _lib_failed = False
 _load_lock = threading.Lock()
 _local = threading.local()
-_handles: list[int] = []  # every thread's handle, deleted at exit (else tesseract warns of leaks)
+_handles: set[int] = set()  # live handles (deleted with their thread, or at exit: else tesseract warns of leaks)
+_registered: list[bool] = []
 
 
 class TessError(RuntimeError):
@@ -73,34 +74,54 @@ def _load() -> ctypes.CDLL | None:
         return _lib
 
 
-def _api() -> int:
-    """This thread's initialised API handle (model loaded once per thread)."""
-    handle = getattr(_local, "handle", None)
-    if handle:
-        return handle
-    lib = _load()
-    if lib is None:
-        raise TessError("tesseract library not available")
-    handle = lib.TessBaseAPICreate()
-    datapath = os.environ.get("TESSDATA_PREFIX")
-    if lib.TessBaseAPIInit3(handle, datapath.encode() if datapath else None, b"eng") != 0:
-        raise TessError("tesseract library could not load its English model")
-    lib.TessBaseAPISetPageSegMode(handle, PSM_SPARSE_TEXT)
-    # Its progress notes ("Estimating resolution as ...") went to the command's stderr; here
-    # they would land in our logs.
-    lib.TessBaseAPISetVariable(handle, b"debug_file", os.devnull.encode())
-    _local.handle = handle
+class _Handle:
+    """One thread's API handle; freed when the thread ends (its thread-local goes), or at exit."""
+
+    def __init__(self, pointer: int) -> None:
+        self.pointer = pointer
+
+    def __del__(self) -> None:
+        _delete(self.pointer)
+
+
+def _delete(pointer: int) -> None:
     with _load_lock:
-        if not _handles:
-            atexit.register(_delete_all)
-        _handles.append(handle)
-    return handle
+        if pointer not in _handles:
+            return
+        _handles.remove(pointer)
+    if _lib is not None:
+        _lib.TessBaseAPIDelete(pointer)
 
 
 def _delete_all() -> None:
-    if _lib is not None:
-        while _handles:
-            _lib.TessBaseAPIDelete(_handles.pop())
+    for pointer in list(_handles):
+        _delete(pointer)
+
+
+def _api() -> int:
+    """This thread's initialised API handle (model loaded once per thread)."""
+    handle = getattr(_local, "handle", None)
+    if handle is not None:
+        return handle.pointer
+    lib = _load()
+    if lib is None:
+        raise TessError("tesseract library not available")
+    pointer = lib.TessBaseAPICreate()
+    datapath = os.environ.get("TESSDATA_PREFIX")
+    if lib.TessBaseAPIInit3(pointer, datapath.encode() if datapath else None, b"eng") != 0:
+        lib.TessBaseAPIDelete(pointer)
+        raise TessError("tesseract library could not load its English model")
+    lib.TessBaseAPISetPageSegMode(pointer, PSM_SPARSE_TEXT)
+    # Its progress notes ("Estimating resolution as ...") went to the command's stderr; here
+    # they would land in our logs.
+    lib.TessBaseAPISetVariable(pointer, b"debug_file", os.devnull.encode())
+    with _load_lock:
+        if not _registered:
+            atexit.register(_delete_all)
+            _registered.append(True)
+        _handles.add(pointer)
+    _local.handle = _Handle(pointer)
+    return pointer
 
 
 def available() -> bool:
