@@ -136,7 +136,9 @@ def test_window_left_out_only_when_it_is_the_full_range(data_dir: Path) -> None:
     case.ds.WindowCenter, case.ds.WindowWidth = (lo + hi) / 2, hi - lo + 2  # spans every value
     views = by_name(case.ds, frame)
     assert "window" not in views and (views["full"][case.ink[0]] == 255).all()
-    case.ds.WindowWidth = 3 * (hi - lo)  # every value, at a third of the contrast: kept
+    case.ds.WindowWidth = 3 * (hi - lo)  # every value, at a third of the contrast: full shows more
+    assert "window" not in by_name(case.ds, frame)
+    case.ds.WindowCenter, case.ds.WindowWidth = (lo + hi) / 2, (hi - lo) / 2  # clips both ends: kept
     assert "window" in by_name(case.ds, frame)
 
 

@@ -8,7 +8,7 @@ in a full-range view of a bright image; text over a noisy mammogram stands out o
 
 - ``window``: what a viewer shows first (the object's window / VOI LUT, MONOCHROME1
   inverted; colour as RGB luminance-free channel extremes, see below); left out when the
-  window is just the full range (``full`` shows the same with as much contrast);
+  window clips nothing (then it is ``full`` with less contrast);
 - ``full``: the frame's full stored range, linearly;
 - ``high`` / ``low``: what lies at or near the extreme stored values (white on black);
   for a screened frame only where a pen the screen found lies there (see ``renderings``);
@@ -97,15 +97,11 @@ def renderings(ds: Dataset, frame: np.ndarray, pens: list[int] | None = None) ->
     return out
 
 
-# The window is left out when it is the full range at no less than this share of its contrast.
-WINDOW_AS_FULL_CONTRAST = 0.8
-
-
 def _window_is_full_range(ds: Dataset, lo: float, hi: float) -> bool:
-    """The display window is a plain linear map that clips nothing of [lo, hi] (stored values)
-    and spreads it over at least WINDOW_AS_FULL_CONTRAST of the grey scale: then it shows
-    nothing the ``full`` rendering does not show with as much contrast or more (a CR whose
-    window spans its whole range), and the detector need not look at it twice."""
+    """The display window is a plain linear map that clips nothing of [lo, hi] (stored
+    values): then the ``window`` rendering is the ``full`` one with less (or the same)
+    contrast, plus an offset; it shows nothing ``full`` does not show more plainly, and the
+    detector need not look at it twice (an MR whose window is wider than its values)."""
     if "WindowCenter" not in ds or "WindowWidth" not in ds or hi <= lo:
         return False
     if any(k in ds for k in ("VOILUTSequence", "ModalityLUTSequence", "PixelPaddingValue")):
@@ -123,7 +119,7 @@ def _window_is_full_range(ds: Dataset, lo: float, hi: float) -> bool:
         return False
     mlo, mhi = lo * slope + intercept, hi * slope + intercept
     wlo, whi = center - width / 2 - 1, center + width / 2 + 1  # (a unit of slack for DICOM's -0.5 / -1 terms)
-    return wlo <= mlo and mhi <= whi and (mhi - mlo) >= WINDOW_AS_FULL_CONTRAST * width
+    return wlo <= mlo and mhi <= whi
 
 
 def _first(value: object) -> object:

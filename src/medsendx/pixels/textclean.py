@@ -60,8 +60,9 @@ MIN_INK_PIXELS = 12
 # The recogniser must read a marker this confidently to leave it in place.
 MARKER_MIN_CONFIDENCE = 0.8
 # Only a box at most this many times as wide as it is tall is read as a possible marker
-# ("R MLO", "LATERAL" are about 4); a wider one is blanked unread (default deny).
-MARKER_MAX_ASPECT = 6.0
+# (about 7 characters: "LATERAL", "R LAT", "L XCCL"; a detected "R MLO" measures 3.0); a
+# wider one is blanked unread (default deny: a longer marker line is blanked, not kept).
+MARKER_MAX_ASPECT = 4.5
 # A detector crop keeps this many px of flat margin around what it holds.
 CONTEXT = 16
 # Second check: the detector at this factor of its first scale.
@@ -189,7 +190,13 @@ class TextCleaner:
         report.searched = True
         # A screened frame: the screen fired on strokes of one stored value (a pen); the
         # extreme-value renderings are made for the pens found in these areas only.
-        pens = None if whole else sorted({p for x0, y0, x1, y1 in areas for p in spike_values(_grey(frame[y0:y1, x0:x1]))})
+        pens = None
+        if not whole:
+            per_area = [spike_values(_grey(frame[y0:y1, x0:x1])) for x0, y0, x1, y1 in areas]
+            pens = sorted({p for spikes in per_area for p in spikes})
+            # The screen's areas are whole tiles; its pens' pixels say where in them the
+            # strokes are. The detector gets those, with CONTEXT px around.
+            areas = [_around_values(_grey(frame), area, spikes) for area, spikes in zip(areas, per_area)]
         views = renderings(ds, frame, pens)
         report.renderings, report.pens = {r.name for r in views}, pens
         for rendering in views:
@@ -331,6 +338,18 @@ def _content(crop: np.ndarray, ox: int, oy: int) -> list[Box]:
     if len(parts) <= 1 or area > 0.7 * (whole[2] - whole[0]) * (whole[3] - whole[1]):
         return [whole]
     return parts
+
+
+def _around_values(plane: np.ndarray, area: Box, values: list[int]) -> Box:
+    """The part of ``area`` within CONTEXT px of a pixel holding one of ``values`` (all of
+    ``area`` when none does)."""
+    x0, y0, x1, y1 = area
+    hit = np.isin(plane[y0:y1, x0:x1], values) if values else np.zeros((0, 0), dtype=bool)
+    if not hit.any():
+        return area
+    rows, cols = np.flatnonzero(hit.any(axis=1)), np.flatnonzero(hit.any(axis=0))
+    return (x0 + max(0, int(cols[0]) - CONTEXT), y0 + max(0, int(rows[0]) - CONTEXT),
+            x0 + min(x1 - x0, int(cols[-1]) + 1 + CONTEXT), y0 + min(y1 - y0, int(rows[-1]) + 1 + CONTEXT))  # fmt: skip
 
 
 def _grey(image: np.ndarray) -> np.ndarray:
