@@ -169,6 +169,24 @@ def test_detector_crops_skip_flat_parts_but_cover_all_content() -> None:
     assert covered.mean() < 0.5
 
 
+def test_pens_of_a_screened_area_are_values_forming_strokes(data_dir: Path) -> None:
+    from medsendx.pixels.textclean import _pen_strokes
+
+    case = bc.mr_large_font(data_dir)
+    frame = case.ds.pixel_array.copy()
+    rng = np.random.default_rng(1)
+    pen = int(frame[case.ink[0]][0])
+    flat, speck = pen + 1000, pen + 2000  # values the image does not hold otherwise
+    frame[:100, :100] = flat  # a flat patch of one value...
+    specks = rng.integers(0, frame.shape[0], (200, 2))
+    frame[specks[:, 0], specks[:, 1]] = speck  # ...and scattered specks of another
+    strokes = _pen_strokes(frame, [flat, speck, pen])
+    assert set(strokes) == {pen}
+    ink = case.ink[0]
+    assert strokes[pen][ink].mean() > 0.5  # the text's pixels are strokes; little else of that value is
+    assert strokes[pen][~ink].sum() < 0.1 * strokes[pen][ink].sum()
+
+
 def test_in_process_tesseract_reads_what_the_command_reads(data_dir: Path) -> None:
     from medsendx.pixels import ocr, tesslib
 

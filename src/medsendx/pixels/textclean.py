@@ -65,6 +65,12 @@ MARKER_MIN_CONFIDENCE = 0.8
 MARKER_MAX_ASPECT = 4.5
 # A detector crop keeps this many px of flat margin around what it holds.
 CONTEXT = 16
+# A pen in a screened area: a value with this many stroke pixels in some PEN_TILE px tile
+# (screen.py fires on 30 thin pixels of a 32 px tile), strokes up to 5 px wide (both sides
+# this far away hold another value).
+MIN_STROKE_PIXELS = 20
+PEN_TILE = 32
+STROKE_OFFSETS = (2, 3)
 # Second check: the detector at this factor of its first scale.
 VERIFY_SCALE = 0.75
 # Second check, tesseract: words it is this sure of (0-100) with 2+ letters or digits.
@@ -191,12 +197,27 @@ class TextCleaner:
         # A screened frame: the screen fired on strokes of one stored value (a pen); the
         # extreme-value renderings are made for the pens found in these areas only.
         pens = None
-        if not whole:
-            per_area = [spike_values(_grey(frame[y0:y1, x0:x1])) for x0, y0, x1, y1 in areas]
-            pens = sorted({p for spikes in per_area for p in spikes})
-            # The screen's areas are whole tiles; its pens' pixels say where in them the
-            # strokes are. The detector gets those, with CONTEXT px around.
-            areas = [_around_values(_grey(frame), area, spikes) for area, spikes in zip(areas, per_area)]
+        if not whole and frame.ndim == 2:
+            # The screen fires on strokes of the frame's spike values (screen.candidate_regions);
+            # an area's own spikes are added. Of those, the values that form strokes in the
+            # area are its pens: they choose the extreme-value renderings, and the detector
+            # gets the area around their strokes (CONTEXT px), not the screen's whole tiles.
+            # An area without any (not expected where the screen fired) is searched as is,
+            # in every rendering.
+            frame_spikes = set(spike_values(frame))
+            found_pens: set[int] = set()
+            narrowed: list[Box] = []
+            for x0, y0, x1, y1 in areas:
+                crop = frame[y0:y1, x0:x1]
+                strokes = _pen_strokes(crop, sorted(frame_spikes | set(spike_values(crop))))
+                if not strokes:
+                    found_pens = set()
+                    narrowed = areas
+                    break
+                found_pens |= set(strokes)
+                narrowed.append(_around(np.logical_or.reduce(list(strokes.values())), x0, y0))
+            if found_pens:
+                pens, areas = sorted(found_pens), narrowed
         views = renderings(ds, frame, pens)
         report.renderings, report.pens = {r.name for r in views}, pens
         for rendering in views:
@@ -340,20 +361,42 @@ def _content(crop: np.ndarray, ox: int, oy: int) -> list[Box]:
     return parts
 
 
-def _around_values(plane: np.ndarray, area: Box, values: list[int]) -> Box:
-    """The part of ``area`` within CONTEXT px of a pixel holding one of ``values`` (all of
-    ``area`` when none does)."""
-    x0, y0, x1, y1 = area
-    hit = np.isin(plane[y0:y1, x0:x1], values) if values else np.zeros((0, 0), dtype=bool)
-    if not hit.any():
-        return area
-    rows, cols = np.flatnonzero(hit.any(axis=1)), np.flatnonzero(hit.any(axis=0))
-    return (x0 + max(0, int(cols[0]) - CONTEXT), y0 + max(0, int(rows[0]) - CONTEXT),
-            x0 + min(x1 - x0, int(cols[-1]) + 1 + CONTEXT), y0 + min(y1 - y0, int(rows[-1]) + 1 + CONTEXT))  # fmt: skip
+def _pen_strokes(crop: np.ndarray, values: list[int]) -> dict[int, np.ndarray]:
+    """Of ``values``, those whose pixels in ``crop`` form strokes (MIN_STROKE_PIXELS in some
+    tile, of pixels with both sides, 2 or 3 px away, of another value: across a stroke up to 5 px
+    wide, unlike inside or along the edge of a flat area; and a neighbour of their own
+    value: not a speck); each with its stroke pixels."""
+    out: dict[int, np.ndarray] = {}
+    for value in values:
+        mask = crop == value
+        if int(mask.sum()) < MIN_STROKE_PIXELS:
+            continue
+        stroke = np.zeros_like(mask)
+        for d in STROKE_OFFSETS:
+            padded = np.pad(mask, d, constant_values=False)
+            core = padded[d:-d, d:-d]
+            across_x = ~padded[d:-d, : -2 * d] & ~padded[d:-d, 2 * d :]
+            across_y = ~padded[: -2 * d, d:-d] & ~padded[2 * d :, d:-d]
+            stroke |= core & (across_x | across_y)
+        # ...and continuing into a neighbour of the same value (a stroke, not a speck).
+        padded = np.pad(mask, 1, constant_values=False)
+        stroke &= padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
+        # ...dense somewhere, as the screen asks of a tile (a line of text, not a scattered edge).
+        h, w = stroke.shape
+        th, tw = -(-h // PEN_TILE), -(-w // PEN_TILE)
+        tiles = np.zeros((th * PEN_TILE, tw * PEN_TILE), dtype=np.int32)
+        tiles[:h, :w] = stroke
+        if int(tiles.reshape(th, PEN_TILE, tw, PEN_TILE).sum(axis=(1, 3)).max()) >= MIN_STROKE_PIXELS:
+            out[value] = stroke
+    return out
 
 
-def _grey(image: np.ndarray) -> np.ndarray:
-    return image if image.ndim == 2 else image.max(axis=2)
+def _around(mask: np.ndarray, ox: int, oy: int) -> Box:
+    """The box of ``mask``'s pixels grown by CONTEXT (within the mask's extent), placed at ox, oy."""
+    h, w = mask.shape
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return (ox + max(0, int(cols[0]) - CONTEXT), oy + max(0, int(rows[0]) - CONTEXT),
+            ox + min(w, int(cols[-1]) + 1 + CONTEXT), oy + min(h, int(rows[-1]) + 1 + CONTEXT))  # fmt: skip
 
 
 def _mostly_inside(box: Box, boxes: list[Box]) -> bool:
