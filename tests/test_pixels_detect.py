@@ -128,6 +128,85 @@ def test_every_frame_has_its_own_renderings(data_dir: Path) -> None:
         assert (high[case.ink[index]] == 255).all()
 
 
+def test_window_left_out_only_when_it_is_the_full_range(data_dir: Path) -> None:
+    case = bc.cr_monochrome1(data_dir)  # its window clips the lowest values, where the pen is
+    frame = case.ds.pixel_array
+    assert "window" in by_name(case.ds, frame)
+    lo, hi = int(frame.min()), int(frame.max())
+    case.ds.WindowCenter, case.ds.WindowWidth = (lo + hi) / 2, hi - lo + 2  # spans every value
+    views = by_name(case.ds, frame)
+    assert "window" not in views and (views["full"][case.ink[0]] == 255).all()
+    case.ds.WindowWidth = 3 * (hi - lo)  # every value, at a third of the contrast: full shows more
+    assert "window" not in by_name(case.ds, frame)
+    case.ds.WindowCenter, case.ds.WindowWidth = (lo + hi) / 2, (hi - lo) / 2  # clips both ends: kept
+    assert "window" in by_name(case.ds, frame)
+
+
+def test_screened_frame_gets_extreme_renderings_only_for_its_pens(data_dir: Path) -> None:
+    case = bc.ct_byte_pen_over_anatomy(data_dir)
+    frame = case.ds.pixel_array
+    assert {"high", "low", "byte"} <= set(by_name(case.ds, frame))  # searched whole: all of them
+    names = {r.name for r in renderings(case.ds, frame, pens=[255])}
+    assert "byte" in names and "high" not in names  # the 8-bit pen: byte, not the top of the range
+    names = {r.name for r in renderings(case.ds, frame, pens=[int(frame.max())])}
+    assert "high" in names and "byte" not in names and "low" not in names
+
+
+def test_detector_crops_skip_flat_parts_but_cover_all_content() -> None:
+    from medsendx.pixels.textclean import CONTEXT, _content
+
+    crop = np.zeros((400, 600), dtype=np.uint8)
+    crop[20:40, 30:200] = 255  # two lines far apart on a flat background
+    crop[350:380, 400:590] = 200
+    parts = _content(crop, 10, 5)
+    assert len(parts) == 2
+    covered = np.zeros(crop.shape, dtype=bool)
+    for x0, y0, x1, y1 in parts:
+        covered[y0 - 5 : y1 - 5, x0 - 10 : x1 - 10] = True
+    ys, xs = np.nonzero(crop)
+    for y, x in zip(ys, xs):  # every pixel of content, with CONTEXT px around it
+        assert covered[max(0, y - CONTEXT) : y + CONTEXT + 1, max(0, x - CONTEXT) : x + CONTEXT + 1].all()
+    assert covered.mean() < 0.5
+
+
+def test_pens_of_a_screened_area_are_values_forming_strokes(data_dir: Path) -> None:
+    from medsendx.pixels.textclean import _pen_strokes
+
+    case = bc.mr_large_font(data_dir)
+    frame = case.ds.pixel_array.copy()
+    rng = np.random.default_rng(1)
+    pen = int(frame[case.ink[0]][0])
+    flat, speck = pen + 1000, pen + 2000  # values the image does not hold otherwise
+    frame[:100, :100] = flat  # a flat patch of one value...
+    specks = rng.integers(0, frame.shape[0], (200, 2))
+    frame[specks[:, 0], specks[:, 1]] = speck  # ...and scattered specks of another
+    strokes = _pen_strokes(frame, [flat, speck, pen])
+    assert set(strokes) == {pen}
+    ink = case.ink[0]
+    assert strokes[pen][ink].mean() > 0.5  # the text's pixels are strokes; little else of that value is
+    assert strokes[pen][~ink].sum() < 0.1 * strokes[pen][ink].sum()
+
+
+def test_in_process_tesseract_reads_what_the_command_reads(data_dir: Path) -> None:
+    from medsendx.pixels import ocr, tesslib
+
+    assert tesslib.available()
+    for case in (bc.ct_max_value_corner(data_dir), bc.mammo_noise(3, "L", "CC", "NO"), bc.ultrasound_rgb()):
+        frame = bc.stored_frames(case.ds)[0]
+        image, _ = ocr.prepare_for_ocr(full_range(case.ds, frame))
+        command = pytesseract.image_to_data(image, config=ocr.TESSERACT_CONFIG, output_type=pytesseract.Output.DICT)
+        library = tesslib.image_to_data(image, 60)
+
+        def words(data: dict) -> list:
+            keys = ("text", "left", "top", "width", "height", "block_num", "par_num", "line_num")
+            return [(tuple(data[k][i] for k in keys), float(data["conf"][i]))
+                    for i in range(len(data["text"])) if int(data["level"][i]) == 5 and data["text"][i].strip()]  # fmt: skip
+
+        ours, theirs = words(library), words(command)
+        assert theirs and [w for w, _ in ours] == [w for w, _ in theirs], case.name
+        assert all(abs(a - b) < 1 for (_, a), (_, b) in zip(ours, theirs)), case.name  # (the command prints rounded)
+
+
 # --- the allow-list ------------------------------------------------------------------------
 
 

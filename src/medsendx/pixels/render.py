@@ -7,11 +7,14 @@ in a full-range view of a bright image; text over a noisy mammogram stands out o
 8-bit grey image of the same size as the frame (boxes map 1:1 to the stored pixels):
 
 - ``window``: what a viewer shows first (the object's window / VOI LUT, MONOCHROME1
-  inverted; colour as RGB luminance-free channel extremes, see below);
+  inverted; colour as RGB luminance-free channel extremes, see below); left out when the
+  window clips nothing (then it is ``full`` with less contrast);
 - ``full``: the frame's full stored range, linearly;
 - ``high`` / ``low``: what lies at or near the extreme stored values (white on black);
+  for a screened frame only where a pen the screen found lies there (see ``renderings``);
 - ``byte``: stored values clipped to 0..255, for data of more than 8 bits (what an
-  8-bit-minded tool writes into 16-bit data shows here and nowhere else);
+  8-bit-minded tool writes into 16-bit data shows here and nowhere else); for a screened
+  frame only where a pen lies in 0..255;
 - colour frames: the brightest and the darkest channel per pixel (coloured text is bright
   in *some* channel), each in full range.
 """
@@ -49,9 +52,14 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return image if image.ndim == 2 else image.max(axis=2)
 
 
-def renderings(ds: Dataset, frame: np.ndarray) -> list[Rendering]:
+def renderings(ds: Dataset, frame: np.ndarray, pens: list[int] | None = None) -> list[Rendering]:
     """Every rendering of ``frame`` (stored values, H x W or H x W x 3) worth a look.
-    Renderings identical to an earlier one are left out."""
+    Renderings identical to an earlier one are left out.
+
+    ``pens``: the histogram spike values where the screen found strokes (a screened frame);
+    then ``high``, ``low`` and ``byte`` are made only for a pen they show: at the top of the
+    range, at its bottom, inside 0..255. (``window`` and ``full`` always: they show every
+    value.) None: every rendering (a frame searched whole, where text need not be one pen)."""
     out: list[Rendering] = []
     seen: set[bytes] = set()
 
@@ -69,20 +77,53 @@ def renderings(ds: Dataset, frame: np.ndarray) -> list[Rendering]:
         add("window-min-channel", stretch(frame.min(axis=2)))
         return out
     shown = display_array(ds, frame)
-    add("window", _grey(shown))
     if photometric == "PALETTE COLOR":
+        add("window", _grey(shown))
         return out
     values = frame.astype(np.float32, copy=False)
     lo, hi = float(values.min()), float(values.max())
+    if not _window_is_full_range(ds, lo, hi):
+        add("window", _grey(shown))
     inverted = photometric == "MONOCHROME1"
     full = stretch(values, lo, hi)
     add("full", 255 - full if inverted else full)
     band = max(1.0, (hi - lo) * EXTREME_SHARE)
-    add("high", np.where(values >= hi - band, 255, 0))
-    add("low", np.where(values <= lo + band, 255, 0))
-    if int(ds.get("BitsStored", 8)) > 8 and (hi > 255 or lo < 0):
+    if pens is None or any(p >= hi - band for p in pens):
+        add("high", np.where(values >= hi - band, 255, 0))
+    if pens is None or any(p <= lo + band for p in pens):
+        add("low", np.where(values <= lo + band, 255, 0))
+    if int(ds.get("BitsStored", 8)) > 8 and (hi > 255 or lo < 0) and (pens is None or any(0 <= p <= 255 for p in pens)):
         add("byte", stretch(values, 0.0, 255.0))
     return out
+
+
+def _window_is_full_range(ds: Dataset, lo: float, hi: float) -> bool:
+    """The display window is a plain linear map that clips nothing of [lo, hi] (stored
+    values): then the ``window`` rendering is the ``full`` one with less (or the same)
+    contrast, plus an offset; it shows nothing ``full`` does not show more plainly, and the
+    detector need not look at it twice (an MR whose window is wider than its values)."""
+    if "WindowCenter" not in ds or "WindowWidth" not in ds or hi <= lo:
+        return False
+    if any(k in ds for k in ("VOILUTSequence", "ModalityLUTSequence", "PixelPaddingValue")):
+        return False
+    if str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper() != "LINEAR":
+        return False
+    try:
+        center = float(_first(ds.WindowCenter))
+        width = float(_first(ds.WindowWidth))
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    except (TypeError, ValueError):
+        return False
+    if slope <= 0 or width <= 1:
+        return False
+    mlo, mhi = lo * slope + intercept, hi * slope + intercept
+    wlo, whi = center - width / 2 - 1, center + width / 2 + 1  # (a unit of slack for DICOM's -0.5 / -1 terms)
+    return wlo <= mlo and mhi <= whi
+
+
+def _first(value: object) -> object:
+    return value[0] if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else value
 
 
 def full_range(ds: Dataset, frame: np.ndarray) -> np.ndarray:

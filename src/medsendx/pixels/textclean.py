@@ -8,14 +8,20 @@ Per frame (identical frames are done once):
    (:mod:`medsendx.pixels.screen`); where it finds nothing, the frame is not searched
    further and the object is *not* attested clean (nothing was claimed, nothing changed).
 2. *Detect.* The learned detector (:mod:`medsendx.pixels.detector`) runs on every
-   window-independent rendering (:mod:`medsendx.pixels.render`) of those areas.
+   window-independent rendering (:mod:`medsendx.pixels.render`) of those areas; in a
+   screened area, the extreme-value renderings only for the pens (histogram spikes) the
+   area holds. Flat parts of a crop (more than CONTEXT px from anything else) are not sent:
+   the detector's cost follows the pixels it is given.
 3. *Default deny.* Every detected region is blanked with a margin, unless the recogniser
    reads it as allowed markers only (``PixelSettings.allowed_markers``: L, R, CC, MLO...).
+   Only boxes shaped like a marker are read (at most MARKER_MAX_ASPECT times as wide as
+   tall; reading costs in proportion to width); wider ones are blanked unread.
    Regions covering more than ``max_blanked_share`` of a frame cannot be told from
    anatomy: the object goes to quarantine.
 4. *Verify, independently.* After redaction, a second check must find no text outside the
-   allow-list: tesseract (another engine) on the full-range rendering of the whole frame,
-   and the detector again on every rendering at another scale. Only then is the object
+   allow-list: tesseract (another engine, in process: :mod:`medsendx.pixels.tesslib`) on
+   the full-range rendering of the whole frame, and the detector again on the same
+   renderings at another scale. Only then is the object
    attested clean (BurnedInAnnotation NO, code 113101); otherwise it goes to quarantine.
 
 Only pixels inside blanked boxes change.
@@ -31,6 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from pydicom.dataset import Dataset
+from scipy import ndimage
 
 from medsendx.config import PixelSettings
 from medsendx.pixels import ocr
@@ -52,6 +59,18 @@ MIN_BOX_CONTRAST = 24
 MIN_INK_PIXELS = 12
 # The recogniser must read a marker this confidently to leave it in place.
 MARKER_MIN_CONFIDENCE = 0.8
+# Only a box at most this many times as wide as it is tall is read as a possible marker
+# (about 7 characters: "LATERAL", "R LAT", "L XCCL"; a detected "R MLO" measures 3.0); a
+# wider one is blanked unread (default deny: a longer marker line is blanked, not kept).
+MARKER_MAX_ASPECT = 4.5
+# A detector crop keeps this many px of flat margin around what it holds.
+CONTEXT = 16
+# A pen in a screened area: a value with this many stroke pixels in some PEN_TILE px tile
+# (screen.py fires on 30 thin pixels of a 32 px tile), strokes up to 5 px wide (both sides
+# this far away hold another value).
+MIN_STROKE_PIXELS = 20
+PEN_TILE = 32
+STROKE_OFFSETS = (2, 3)
 # Second check: the detector at this factor of its first scale.
 VERIFY_SCALE = 0.75
 # Second check, tesseract: words it is this sure of (0-100) with 2+ letters or digits.
@@ -72,6 +91,8 @@ class FrameReport:
     kept: list[Box] = field(default_factory=list)  # allowed markers left in place
     searched: bool = False  # the detector ran on (part of) this frame
     whole: bool = False  # ... on the whole frame
+    renderings: set[str] | None = None  # the renderings searched (the second look uses the same)
+    pens: list[int] | None = None  # a screened frame's pens (what chose those renderings)
 
 
 @dataclass
@@ -110,6 +131,7 @@ class TextCleaner:
         self._models = models
         self.allowed = {a.strip().upper() for a in settings.allowed_markers}
         self.detector_runs = 0
+        self.recogniser_runs = 0
         self.ocr_calls = 0
 
     @property
@@ -120,34 +142,49 @@ class TextCleaner:
         return self._models
 
     # ------------------------------------------------------------------ detection
-    def _detections(self, rendering: Rendering, areas: list[Box], scale_factor: float = 1.0) -> list[tuple[Box, str, float]]:
-        """(box, recognised text or "" when unsure, its confidence) of every plausible text
-        region of ``rendering`` in ``areas``."""
+    def _detections(self, rendering: Rendering, areas: list[Box], scale_factor: float = 1.0) -> list[Box]:
+        """Every plausible text region of ``rendering`` in ``areas`` (not yet read)."""
         image = rendering.image
         height, width = image.shape
         tall = max(MIN_TALL, MAX_LINE_HEIGHT_SHARE * min(height, width))
-        found: list[tuple[Box, str, float]] = []
+        found: list[Box] = []
+        # The scale follows the frame, not the crop: text keeps the size it has on screen.
+        scale = min(MAX_UPSCALE, max(1.0, TARGET_SHORT_SIDE / min(height, width))) * scale_factor
         for ax0, ay0, ax1, ay1 in areas:
             crop = image[ay0:ay1, ax0:ax1]
             if crop.size == 0 or crop.max() == crop.min():
                 continue
-            # The scale follows the frame, not the crop: text keeps the size it has on screen.
-            scale = min(MAX_UPSCALE, max(1.0, TARGET_SHORT_SIDE / min(height, width))) * scale_factor
-            self.detector_runs += 1
-            for det in self.models.detect(crop, scale):
-                x0, y0, x1, y1 = det.box
-                box = (x0 + ax0, y0 + ay0, x1 + ax0, y1 + ay0)
-                if box[3] - box[1] > tall:
-                    continue
-                patch = image[box[1] : box[3], box[0] : box[2]]
-                if patch.size == 0 or int(patch.max()) - int(patch.min()) < MIN_BOX_CONTRAST:
-                    continue
-                background = float(np.median(patch))
-                if int((np.abs(patch.astype(np.float32) - background) >= MIN_BOX_CONTRAST).sum()) < MIN_INK_PIXELS:
-                    continue  # a few bright specks, not strokes
-                text, confidence = self.models.recognise(image, box)
-                found.append((box, text if confidence >= MARKER_MIN_CONFIDENCE else "", confidence))
+            # Parts of one flat value (black air in a window, the empty part of a binary
+            # rendering) more than CONTEXT px from anything else hold no text: not sent.
+            for part in _content(crop, ax0, ay0):
+                found += self._detect_in(image, part, scale, tall)
         return found
+
+    def _detect_in(self, image: np.ndarray, area: Box, scale: float, tall: float) -> list[Box]:
+        """The detector on one crop of ``image``; boxes in the image's pixels, kept when they
+        look like a line of text (not too tall, some contrast, enough ink)."""
+        ax0, ay0, ax1, ay1 = area
+        self.detector_runs += 1
+        found: list[Box] = []
+        for det in self.models.detect(image[ay0:ay1, ax0:ax1], scale):
+            x0, y0, x1, y1 = det.box
+            box = (x0 + ax0, y0 + ay0, x1 + ax0, y1 + ay0)
+            if box[3] - box[1] > tall:
+                continue
+            patch = image[box[1] : box[3], box[0] : box[2]]
+            if patch.size == 0 or int(patch.max()) - int(patch.min()) < MIN_BOX_CONTRAST:
+                continue
+            background = float(np.median(patch))
+            if int((np.abs(patch.astype(np.float32) - background) >= MIN_BOX_CONTRAST).sum()) < MIN_INK_PIXELS:
+                continue  # a few bright specks, not strokes
+            found.append(box)
+        return found
+
+    def _read(self, rendering: Rendering, box: Box) -> str:
+        """What the recogniser reads in ``box``, or "" when it is unsure."""
+        self.recogniser_runs += 1
+        text, confidence = self.models.recognise(rendering.image, box)
+        return text if confidence >= MARKER_MIN_CONFIDENCE else ""
 
     def clean_frame(self, ds: Dataset, frame: np.ndarray, fill: np.ndarray | int, whole: bool) -> FrameReport:
         """Detect and blank text in ``frame`` (in place)."""
@@ -157,9 +194,39 @@ class TextCleaner:
         if not areas:
             return report
         report.searched = True
-        for rendering in renderings(ds, frame):
-            for box, text, _ in self._detections(rendering, areas):
-                if is_allowed_marker(text, self.allowed):
+        # A screened frame: the screen fired on strokes of one stored value (a pen); the
+        # extreme-value renderings are made for the pens found in these areas only.
+        pens = None
+        if not whole and frame.ndim == 2:
+            # The screen fires on strokes of the frame's spike values (screen.candidate_regions);
+            # an area's own spikes are added. Of those, the values that form strokes in the
+            # area are its pens: they choose the extreme-value renderings, and the detector
+            # gets the area around their strokes (CONTEXT px), not the screen's whole tiles.
+            # An area without any (not expected where the screen fired) is searched as is,
+            # in every rendering.
+            frame_spikes = set(spike_values(frame))
+            found_pens: set[int] = set()
+            narrowed: list[Box] = []
+            for x0, y0, x1, y1 in areas:
+                crop = frame[y0:y1, x0:x1]
+                strokes = _pen_strokes(crop, sorted(frame_spikes | set(spike_values(crop))))
+                if not strokes:
+                    found_pens = set()
+                    narrowed = areas
+                    break
+                found_pens |= set(strokes)
+                narrowed.append(_around(np.logical_or.reduce(list(strokes.values())), x0, y0))
+            if found_pens:
+                pens, areas = sorted(found_pens), narrowed
+        views = renderings(ds, frame, pens)
+        report.renderings, report.pens = {r.name for r in views}, pens
+        for rendering in views:
+            for box in self._detections(rendering, areas):
+                # Read only what could be a marker (the recogniser's cost grows with the box's
+                # width; a long line is not "L CC"), and not what is blanked already: the
+                # reading could only keep it, and what overlaps a blanked box is not kept.
+                could_keep = box[2] - box[0] <= MARKER_MAX_ASPECT * (box[3] - box[1]) and not _inside(box, report.blanked, slack=0)
+                if could_keep and is_allowed_marker(self._read(rendering, box), self.allowed):
                     report.kept.append(box)
                 else:
                     report.blanked.append(_grow(box, self.settings.margin, height, width))
@@ -193,14 +260,19 @@ class TextCleaner:
         # The detector again, on every rendering of the redacted frame at another scale.
         areas = [(0, 0, width, height)] if report.whole else candidate_regions(frame) + report.blanked
         areas = merge_areas([_grow(a, 16, height, width) for a in areas], height, width)
-        for rendering in renderings(ds, frame):
-            for box, text, _ in self._detections(rendering, areas, VERIFY_SCALE):
-                if is_allowed_marker(text, self.allowed) or _inside(box, done, slack=6):
+        for rendering in renderings(ds, frame, report.pens):
+            if report.renderings is not None and rendering.name not in report.renderings:
+                continue
+            for box in self._detections(rendering, areas, VERIFY_SCALE):
+                if _inside(box, done, slack=6):
+                    continue
+                if any(_overlap(box, b) for b in report.blanked) and _mostly_inside(box, report.blanked):
+                    continue
+                text = self._read(rendering, box)  # (only now: reading is the costly part)
+                if is_allowed_marker(text, self.allowed):
                     continue
                 if sum(c.isalnum() for c in text) < 2:
                     continue  # nothing legible there (a bright speck, the edge of a blanked box)
-                if any(_overlap(box, b) for b in report.blanked) and _mostly_inside(box, report.blanked):
-                    continue
                 log.debug("second look found a region at %s in %s", box, rendering.name)
                 return "text remains after redaction (second look: detector at another scale)"
         return None
@@ -260,6 +332,71 @@ def _extend_along_pen(frame: np.ndarray, boxes: list[Box], kept: list[Box]) -> l
                 right = x + 1
         out.append((max(0, left - 2), y0, min(width, right + 2), y1))
     return out
+
+
+def _content(crop: np.ndarray, ox: int, oy: int) -> list[Box]:
+    """The parts of ``crop`` (placed at ox, oy) within CONTEXT px of a pixel that differs
+    from the crop's most common value: clusters found on a grid of CONTEXT-px cells, each
+    grown by CONTEXT; one box around them all when they cover most of it anyway."""
+    mode = int(np.bincount(crop.reshape(-1)).argmax())
+    other = crop != mode
+    h, w = crop.shape
+    gh, gw = -(-h // CONTEXT), -(-w // CONTEXT)
+    cells = np.zeros((gh * CONTEXT, gw * CONTEXT), dtype=bool)
+    cells[:h, :w] = other
+    cells = cells.reshape(gh, CONTEXT, gw, CONTEXT).any(axis=(1, 3))
+    # Cells one apart join (a word space, a gap between lines), then each part is grown.
+    labels, count = ndimage.label(ndimage.binary_dilation(cells, structure=np.ones((3, 3), bool)))
+    parts: list[Box] = []
+    for ys, xs in ndimage.find_objects(labels):
+        # (the dilation already added one cell, CONTEXT px, on every side)
+        parts.append((ox + xs.start * CONTEXT, oy + ys.start * CONTEXT,
+                      ox + min(w, xs.stop * CONTEXT), oy + min(h, ys.stop * CONTEXT)))  # fmt: skip
+    rows, cols = np.flatnonzero(other.any(axis=1)), np.flatnonzero(other.any(axis=0))
+    whole = (ox + max(0, cols[0] - CONTEXT), oy + max(0, rows[0] - CONTEXT),
+             ox + min(w, cols[-1] + 1 + CONTEXT), oy + min(h, rows[-1] + 1 + CONTEXT))  # fmt: skip
+    area = sum((b[2] - b[0]) * (b[3] - b[1]) for b in parts)
+    if len(parts) <= 1 or area > 0.7 * (whole[2] - whole[0]) * (whole[3] - whole[1]):
+        return [whole]
+    return parts
+
+
+def _pen_strokes(crop: np.ndarray, values: list[int]) -> dict[int, np.ndarray]:
+    """Of ``values``, those whose pixels in ``crop`` form strokes (MIN_STROKE_PIXELS in some
+    tile, of pixels with both sides, 2 or 3 px away, of another value: across a stroke up to 5 px
+    wide, unlike inside or along the edge of a flat area; and a neighbour of their own
+    value: not a speck); each with its stroke pixels."""
+    out: dict[int, np.ndarray] = {}
+    for value in values:
+        mask = crop == value
+        if int(mask.sum()) < MIN_STROKE_PIXELS:
+            continue
+        stroke = np.zeros_like(mask)
+        for d in STROKE_OFFSETS:
+            padded = np.pad(mask, d, constant_values=False)
+            core = padded[d:-d, d:-d]
+            across_x = ~padded[d:-d, : -2 * d] & ~padded[d:-d, 2 * d :]
+            across_y = ~padded[: -2 * d, d:-d] & ~padded[2 * d :, d:-d]
+            stroke |= core & (across_x | across_y)
+        # ...and continuing into a neighbour of the same value (a stroke, not a speck).
+        padded = np.pad(mask, 1, constant_values=False)
+        stroke &= padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
+        # ...dense somewhere, as the screen asks of a tile (a line of text, not a scattered edge).
+        h, w = stroke.shape
+        th, tw = -(-h // PEN_TILE), -(-w // PEN_TILE)
+        tiles = np.zeros((th * PEN_TILE, tw * PEN_TILE), dtype=np.int32)
+        tiles[:h, :w] = stroke
+        if int(tiles.reshape(th, PEN_TILE, tw, PEN_TILE).sum(axis=(1, 3)).max()) >= MIN_STROKE_PIXELS:
+            out[value] = stroke
+    return out
+
+
+def _around(mask: np.ndarray, ox: int, oy: int) -> Box:
+    """The box of ``mask``'s pixels grown by CONTEXT (within the mask's extent), placed at ox, oy."""
+    h, w = mask.shape
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return (ox + max(0, int(cols[0]) - CONTEXT), oy + max(0, int(rows[0]) - CONTEXT),
+            ox + min(w, int(cols[-1]) + 1 + CONTEXT), oy + min(h, int(rows[-1]) + 1 + CONTEXT))  # fmt: skip
 
 
 def _mostly_inside(box: Box, boxes: list[Box]) -> bool:
