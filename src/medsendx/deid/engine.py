@@ -361,20 +361,19 @@ class Deidentifier:
             if media_class == MEDIA_DIRECTORY_SOP_CLASS:
                 raise QuarantineRequired("media directory (DICOMDIR), not an object to send")
             raise QuarantineRequired("not a composite object (no SOP Class or SOP Instance UID)")
+        header = {keyword: text(tag) for keyword, tag in _RISK_TAGS.items() if tag in index}
+        has_pixels = any(tag in index for tag in (codec.PIXEL_DATA, 0x7FE00008, 0x7FE00009))
+        embedded_overlay = any(
+            (g << 16 | 0x0102) in index and (g << 16 | 0x3000) not in index and _us(buf, index[g << 16 | 0x0102], enc) != 0
+            for g in range(0x6000, 0x6020, 2)
+        )
         risk = assess_header_risk(
-            {keyword: text(tag) for keyword, tag in _RISK_TAGS.items() if tag in index},
-            has_pixels=any(tag in index for tag in (codec.PIXEL_DATA, 0x7FE00008, 0x7FE00009)),
-            embedded_overlay=any(
-                (g << 16 | 0x0102) in index and (g << 16 | 0x3000) not in index and _us(buf, index[g << 16 | 0x0102], enc) != 0
-                for g in range(0x6000, 0x6020, 2)
-            ),
-            checker=self.pixel_cleaner is not None,
-            every_object=self._check_every_object,
+            header, has_pixels, embedded_overlay, checker=self.pixel_cleaner is not None, every_object=self._check_every_object
         )
         if risk is not None and (not risk.cleanable or self.pixel_cleaner is None):
             raise QuarantineRequired(risk.reason)
         words = None
-        if self._needs_words or risk is not None:
+        if self._needs_words:  # (otherwise only the pixel cleaner needs them, and only if it runs)
             words = identifying_words(self._header_dataset(buf, elements, enc))
         patient_id = text(0x00100020)
         if patient_id:
@@ -419,9 +418,44 @@ class Deidentifier:
             options=self._options,
         )
         if risk is not None:  # a cleaner is present and the risk is one it can fix
-            chunks, report.pixel_method = self._clean_pixels(b"".join(chunks), words or set(), risk.reason)
+            # Screened only (at risk just because every object is checked): the screen runs on
+            # the pixel bytes as stored; the object is parsed again and decoded only if it fires.
+            screened_only = assess_header_risk(header, has_pixels, embedded_overlay, checker=True) is None
+            if screened_only and self._screen_native(index, buf, enc, text, part.transfer_syntax):
+                return chunks, report  # nothing found, nothing changed, nothing attested
+            if words is None:
+                words = identifying_words(self._header_dataset(buf, elements, enc))
+            chunks, report.pixel_method = self._clean_pixels(b"".join(chunks), words, risk.reason)
             report.pixel_cleaned = bool(report.pixel_method)
         return chunks, report
+
+    def _screen_native(self, index: dict[int, Element], buf: bytes, enc: Encoding, text: Callable[[int], str], syntax: str) -> bool:
+        """True when the cleaner's screen, run on the uncompressed Pixel Data of the input
+        (the output keeps it byte for byte), finds nothing: the full check is then not needed.
+        False whenever it cannot say (no such screen, compressed or unusual pixel data)."""
+        screen = getattr(self.pixel_cleaner, "screen_native", None)
+        pixel = index.get(codec.PIXEL_DATA)
+        if screen is None or pixel is None or pixel.length == codec.UNDEFINED:
+            return False
+        from medsendx.pixels.native import NativeLayout
+
+        values: dict[str, int] = {}
+        for name, tag in _LAYOUT_TAGS.items():
+            el = index.get(tag)
+            value = _us(buf, el, enc) if el is not None else None
+            if value is None:
+                return False
+            values[name] = value
+        try:
+            frames = int(text(0x00280008) or 1)
+        except ValueError:
+            return False
+        layout = NativeLayout(**values, frames=frames, photometric=text(0x00280004), transfer_syntax=syntax)
+        try:
+            result = screen(layout, memoryview(buf)[pixel.value : pixel.end])
+        except Exception:  # the full check decides (and says why)
+            return False
+        return result is not None and bool(result.clean) and not result.attest and not result.changed
 
     def _header_dataset(self, buf: bytes, elements: list[Element], enc: Encoding) -> Dataset:
         """A pydicom Dataset of the top-level elements whose words identify the patient."""
@@ -768,6 +802,13 @@ def clean_text(text: str, words: set[str]) -> str:
 
 def _write_error(exc: OSError) -> str:
     return f"cannot write the output ({exc.strerror or type(exc).__name__})"
+
+
+# The Image Pixel attributes the native screen needs (US values), by NativeLayout field.
+_LAYOUT_TAGS = {
+    "rows": 0x00280010, "columns": 0x00280011, "samples": 0x00280002,
+    "bits_allocated": 0x00280100, "bits_stored": 0x00280101, "pixel_representation": 0x00280103,
+}  # fmt: skip
 
 
 def _us(buf: bytes, el: Element, enc: Encoding) -> int | None:
