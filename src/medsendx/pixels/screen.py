@@ -98,6 +98,8 @@ class _Plane:
     offset in the flat array (no clipping, no up-cast of the whole plane)."""
 
     def __init__(self, plane: np.ndarray) -> None:
+        self.source = plane  # (the contrast threshold is taken from the plane as given)
+        self._threshold: int | None = None
         height, width = plane.shape
         self.th, self.tw = -(-height // TILE), -(-width // TILE)
         if (self.th * TILE, self.tw * TILE) != plane.shape:  # whole tiles; the added pixels hold no pen value
@@ -110,16 +112,38 @@ class _Plane:
             grown[:height, :width] = plane
             plane = grown
         self.plane = plane
-        # (edge replication: a neighbour beyond the border is the border pixel, as clipping would give)
-        self.flat = np.pad(plane, _EDGE, mode="edge").reshape(-1)
         self.stride = plane.shape[1] + 2 * _EDGE
+        self._flat: np.ndarray | None = None
 
-    def thin_tiles(self, value: int, threshold: int) -> np.ndarray:
+    @property
+    def flat(self) -> np.ndarray:
+        """The plane with its edge replicated ``_EDGE`` pixels out, flattened (made on first
+        use: most spikes of a text-free slice have no candidate tile and never need it)."""
+        if self._flat is None:
+            plane, e = self.plane, _EDGE
+            out = np.empty((plane.shape[0] + 2 * e, self.stride), dtype=plane.dtype)
+            out[e:-e, e:-e] = plane
+            out[:e, e:-e] = plane[0]
+            out[-e:, e:-e] = plane[-1]
+            out[:, :e] = out[:, e : e + 1]  # (a neighbour beyond the border is the border pixel,
+            out[:, -e:] = out[:, -e - 1 : -e]  # as clipping the index would give)
+            self._flat = out.reshape(-1)
+        return self._flat
+
+    @property
+    def threshold(self) -> int:
+        if self._threshold is None:
+            self._threshold = contrast_threshold(self.source)
+        return self._threshold
+
+    def thin_tiles(self, value: int) -> np.ndarray:
         """Tiles where pixels holding ``value`` form strokes."""
         th, tw, plane = self.th, self.tw, self.plane
         mask = plane == value
-        # per tile: sum the 32 rows of each band first (contiguous, fast), then the columns
-        counts = mask.reshape(th, TILE, tw * TILE).sum(axis=1, dtype=np.int32).reshape(th, tw, TILE).sum(axis=2)
+        # Per tile: add the 32 rows of each band of tiles first (contiguous rows, in bytes: at
+        # most 32 per column fits), then the 32 columns of each tile.
+        columns = np.add.reduce(mask.view(np.uint8).reshape(th, TILE, tw * TILE), axis=1, dtype=np.uint8)
+        counts = columns.reshape(th, tw, TILE).sum(axis=2, dtype=np.int32)
         # A tile mostly of this value is an area of it (background, padding, a clipped region):
         # text there would be invisible. Only the remaining tiles are looked at closely, and
         # only their pixels are gathered (cost follows the candidate tiles, not the frame).
@@ -135,7 +159,7 @@ class _Plane:
         if step > 1:
             tile, k_tile, y, x = tile[::step], k_tile[::step], y[::step], x[::step]
         at = (ti[k_tile] * TILE + y + _EDGE) * self.stride + (tj[k_tile] * TILE + x + _EDGE)
-        flat, stride = self.flat, self.stride
+        flat, stride, threshold = self.flat, self.stride, self.threshold
         info = np.iinfo(flat.dtype)
         above, below = min(value + threshold, int(info.max)), max(value - threshold, int(info.min))
         # (clamped to the type: nothing is above its maximum, as nothing is above value + threshold)
@@ -165,10 +189,9 @@ def candidate_regions(frame: np.ndarray) -> list[Box]:
         spikes = spike_values(plane, edge_aware=True)
         if not spikes:
             continue
-        threshold = contrast_threshold(plane)
         prepared = _Plane(np.ascontiguousarray(plane))
         for value in spikes:
-            fired |= prepared.thin_tiles(value, threshold)
+            fired |= prepared.thin_tiles(value)
     if not fired.any():
         return []
     labels, _ = ndimage.label(ndimage.binary_dilation(fired, structure=np.ones((3, 3), bool)))
