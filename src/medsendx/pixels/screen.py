@@ -37,18 +37,29 @@ PAD = 16  # grow each firing region by this much before the detector looks
 _EDGE = max(STROKE_OFFSETS)  # the plane is edge-padded this much so neighbours need no clipping
 
 
+HISTOGRAM_BLOCK = 12_000  # pixels per bincount call (see _histogram)
+
+
 def _histogram(sample: np.ndarray) -> tuple[np.ndarray, int]:
-    """(counts per stored value from the lowest, the lowest value) of an integer array."""
-    flat = sample.reshape(-1)
-    if flat.dtype == np.int16:  # offset binary: order-preserving and non-negative, no up-cast
-        shifted = flat.view(np.uint16) ^ np.uint16(0x8000)
-        lo = int(shifted.min())
-        return np.bincount(shifted)[lo:], lo - 0x8000
-    if flat.dtype in (np.uint8, np.uint16):
-        lo = int(flat.min())
-        return np.bincount(flat)[lo:], lo
-    lo = int(flat.min())
-    return np.bincount(flat.astype(np.int64) - lo), lo
+    """(counts per stored value from the lowest, the lowest value) of an integer array.
+
+    Counted in blocks of rows: ``np.bincount`` copies its input to 8-byte integers, and one
+    call over a whole slice needs a fresh megabyte each time (in a process that reads files,
+    that memory is mapped anew per slice: page faults cost more than the counting)."""
+    lo, hi = int(sample.min()), int(sample.max())
+    counts = np.zeros(hi - lo + 1, dtype=np.int64)
+    height = sample.shape[0]
+    rows = max(1, HISTOGRAM_BLOCK // max(1, sample[:1].size))
+    for start in range(0, height, rows):
+        block = sample[start : start + rows].reshape(-1)
+        if block.dtype == np.int16:  # offset binary: order-preserving and non-negative, no up-cast
+            index = (block.view(np.uint16) ^ np.uint16(0x8000)) - np.uint16(lo + 0x8000)
+        elif block.dtype in (np.uint8, np.uint16):
+            index = block - block.dtype.type(lo)  # (>= 0: lo is the minimum)
+        else:
+            index = block.astype(np.int64) - lo
+        counts += np.bincount(index, minlength=counts.size)
+    return counts, lo
 
 
 def spike_values(plane: np.ndarray, *, edge_aware: bool = False) -> list[int]:
