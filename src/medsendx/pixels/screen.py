@@ -43,22 +43,28 @@ HISTOGRAM_BLOCK = 12_000  # pixels per bincount call (see _histogram)
 def _histogram(sample: np.ndarray) -> tuple[np.ndarray, int]:
     """(counts per stored value from the lowest, the lowest value) of an integer array.
 
-    Counted in blocks of rows: ``np.bincount`` copies its input to 8-byte integers, and one
-    call over a whole slice needs a fresh megabyte each time (in a process that reads files,
-    that memory is mapped anew per slice: page faults cost more than the counting)."""
-    lo, hi = int(sample.min()), int(sample.max())
-    counts = np.zeros(hi - lo + 1, dtype=np.int64)
-    height = sample.shape[0]
+    Counted in blocks of rows, in one pass: ``np.bincount`` copies its input to 8-byte
+    integers, and one call over a whole slice needs a fresh megabyte each time (in a
+    process that reads files, that memory is mapped anew per slice: page faults cost more
+    than the counting); each block is offset by its own minimum while it is in cache."""
     rows = max(1, HISTOGRAM_BLOCK // max(1, sample[:1].size))
-    for start in range(0, height, rows):
+    parts: list[tuple[int, np.ndarray]] = []
+    for start in range(0, sample.shape[0], rows):
         block = sample[start : start + rows].reshape(-1)
         if block.dtype == np.int16:  # offset binary: order-preserving and non-negative, no up-cast
-            index = (block.view(np.uint16) ^ np.uint16(0x8000)) - np.uint16(lo + 0x8000)
+            block = block.view(np.uint16) ^ np.uint16(0x8000)
+            low = int(block.min())
+            parts.append((low - 0x8000, np.bincount(block - np.uint16(low))))
         elif block.dtype in (np.uint8, np.uint16):
-            index = block - block.dtype.type(lo)  # (>= 0: lo is the minimum)
+            low = int(block.min())
+            parts.append((low, np.bincount(block - block.dtype.type(low))))
         else:
-            index = block.astype(np.int64) - lo
-        counts += np.bincount(index, minlength=counts.size)
+            low = int(block.min())
+            parts.append((low, np.bincount(block.astype(np.int64) - low)))
+    lo = min(low for low, _ in parts)
+    counts = np.zeros(max(low + part.size for low, part in parts) - lo, dtype=np.int64)
+    for low, part in parts:
+        counts[low - lo : low - lo + part.size] += part
     return counts, lo
 
 
