@@ -17,6 +17,9 @@ Then the latency from receipt to delivery for one slice on an idle link, from th
 own log timestamps ("object staged" -> "object delivered"), over several single pushes.
 
 Targets (issue 6): gateway path within 1.5x of the direct path; receipt -> delivery < 1 s.
+Issue 12: with the pixel check on (the default: every slice screened for burned-in text,
+printed at the start), the gateway still processes CT faster than a 20 Mbit/s link
+carries it (what the gateway sends, compressed; printed after the table).
 
 Usage: python bench/gateway.py [--copies N] [--latency-samples N]
 """
@@ -177,6 +180,8 @@ def log_times(log: Path, event: str) -> list[float]:
     return times
 
 
+LINK_MBIT = 20  # the uplink the gateway must outpace with checking on (issue 12)
+
 STAGES = ("stage raw + fsync", "de-identify", "parse", "triage", "QC features", "JPEG-LS + verify",
           "write + fsync + audit", "feature journal", "outbox enqueue")
 
@@ -265,6 +270,11 @@ def main() -> None:
         load_before = os.getloadavg()[0]
         console.print(f"{n} objects per path ({raw / 1e6:.1f} MB), Orthanc on loopback, {os.cpu_count()} cores, "
                       f"load average {load_before:.1f} at start (other work on the machine slows both paths)")
+        from medsendx.config import load_settings
+
+        pixels = load_settings(environ=dict(os.environ, MEDSENDX_STATE_DIR=str(work / "state"))).pixels
+        console.print(f"pixel check in the gateway: policy {pixels.policy}, "
+                      f"{'every object with pixels screened' if pixels.checks_every_object() else 'only objects the header puts at risk'}")
 
         direct = timed_push(orthanc.dicom_port, direct_files, orthanc.aet, orthanc, n, {"Orthanc": orthanc.proc.pid})
         orthanc.reset()
@@ -320,6 +330,19 @@ def main() -> None:
                   f"of the direct wall time (the direct path waits on Orthanc's disk, not on CPU)")
     console.print(f"  target: gateway path within 1.5x of direct (wall) -> {ratio:.2f}x "
                   f"{'MET' if ratio <= 1.5 else 'NOT met'}")
+    # Issue 12: with the pixel check on, the gateway must still outpace a 20 Mbit/s uplink.
+    link = LINK_MBIT * 1e6 / 8  # bytes/s
+    link_rate = link / (wire / n)  # objects/s the link carries, at the bytes we actually send
+    gateway_cpu = sum(sec for name, sec in through.cpu.items() if name.startswith("gateway"))
+    capacity = cores * n / gateway_cpu  # objects/s the gateway's own CPU work allows on this machine's cores
+    console.print(f"  vs a {LINK_MBIT} Mbit/s link: it carries {link_rate:.0f} CT objects/s as the gateway sends them "
+                  f"({wire / raw:.2f} of raw), {link / (raw / n):.1f} objects/s uncompressed")
+    console.print(f"    end to end the gateway path ran {n / through.wall:.0f} objects/s ({n / direct.wall:.0f} direct: Orthanc on "
+                  f"the same cores bounds both) -> {n / through.wall / link_rate:.2f}x the link "
+                  f"{'MET' if n / through.wall > link_rate else 'NOT met'}")
+    console.print(f"    the gateway's own CPU: {gateway_cpu / n * 1000:.0f} ms per object -> {capacity:.0f} objects/s on {cores} "
+                  f"cores = {capacity / link_rate:.2f}x the link {'MET' if capacity > link_rate else 'NOT met'} "
+                  f"(CPU time rises with the machine's load; load average {load_after:.1f})")
     med = statistics.median(latencies)
     console.print(f"receipt -> delivery, one slice on an idle link: median {med * 1000:.0f} ms, "
                   f"max {max(latencies) * 1000:.0f} ms over {len(latencies)} pushes "
@@ -332,10 +355,11 @@ def main() -> None:
     for name, (wall_ms, cpu_ms) in stages.items():
         table.add_row(name, f"{wall_ms:.1f}", f"{cpu_ms:.1f}")
     total_cpu = sum(c for _, c in stages.values())
-    table.add_row("total", f"{sum(w for w, _ in stages.values()):.1f}", f"{total_cpu:.1f}")
+    table.add_row("total", f"{sum(w for w, _ in stages.values()):.1f}", f"{total_cpu:.1f}")  # (de-identify: with the pixel check)
     console.print(table)
     console.print(f"  -> at most {os.cpu_count() * 1000 / total_cpu:.0f} objects/s of pipeline work on "
-                  f"{os.cpu_count()} cores (receiving and delivering come on top)")
+                  f"{os.cpu_count()} cores (receiving and delivering come on top); on one core {1000 / total_cpu:.0f} "
+                  f"objects/s = {1000 / total_cpu / link_rate:.1f}x what a {LINK_MBIT} Mbit/s link carries")
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ _SPACES = re.compile(r"\s{2,}")
 
 TAG_SOP_CLASS, TAG_SOP_INSTANCE = 0x00080016, 0x00080018
 TAG_STUDY_UID, TAG_SERIES_UID = 0x0020000D, 0x0020000E
+TAG_BURNED_IN = 0x00280301
 TAG_CHARSET = 0x00080005
 _TOP_UID_TAGS = frozenset({TAG_SOP_INSTANCE, TAG_STUDY_UID, TAG_SERIES_UID})
 # Top-level attributes the engine reads before walking (decisions, patient key, words).
@@ -361,20 +362,19 @@ class Deidentifier:
             if media_class == MEDIA_DIRECTORY_SOP_CLASS:
                 raise QuarantineRequired("media directory (DICOMDIR), not an object to send")
             raise QuarantineRequired("not a composite object (no SOP Class or SOP Instance UID)")
+        header = {keyword: text(tag) for keyword, tag in _RISK_TAGS.items() if tag in index}
+        has_pixels = any(tag in index for tag in (codec.PIXEL_DATA, 0x7FE00008, 0x7FE00009))
+        embedded_overlay = any(
+            (g << 16 | 0x0102) in index and (g << 16 | 0x3000) not in index and _us(buf, index[g << 16 | 0x0102], enc) != 0
+            for g in range(0x6000, 0x6020, 2)
+        )
         risk = assess_header_risk(
-            {keyword: text(tag) for keyword, tag in _RISK_TAGS.items() if tag in index},
-            has_pixels=any(tag in index for tag in (codec.PIXEL_DATA, 0x7FE00008, 0x7FE00009)),
-            embedded_overlay=any(
-                (g << 16 | 0x0102) in index and (g << 16 | 0x3000) not in index and _us(buf, index[g << 16 | 0x0102], enc) != 0
-                for g in range(0x6000, 0x6020, 2)
-            ),
-            checker=self.pixel_cleaner is not None,
-            every_object=self._check_every_object,
+            header, has_pixels, embedded_overlay, checker=self.pixel_cleaner is not None, every_object=self._check_every_object
         )
         if risk is not None and (not risk.cleanable or self.pixel_cleaner is None):
             raise QuarantineRequired(risk.reason)
         words = None
-        if self._needs_words or risk is not None:
+        if self._needs_words:  # (otherwise only the pixel cleaner needs them, and only if it runs)
             words = identifying_words(self._header_dataset(buf, elements, enc))
         patient_id = text(0x00100020)
         if patient_id:
@@ -395,6 +395,11 @@ class Deidentifier:
             charset=charset,
         )
         out = self._walk(elements, enc, ctx, 0)
+        if risk is not None and text(TAG_BURNED_IN).upper() == "NO" and not _claim_required(sop_class):
+            # The pixels are ours to check: a scanner's "NO" does not travel on as if our check
+            # had backed it (the cleaner writes "NO" again when it attests). Where the IOD
+            # requires the attribute it stays, the scanner's word.
+            out = [(tag, chunk) for tag, chunk in out if tag != TAG_BURNED_IN]
         out.extend(self._identity_and_provenance(key, enc))
         out.sort(key=_first)
         body: list[bytes | memoryview] = [chunk for _, chunk in out]
@@ -419,9 +424,44 @@ class Deidentifier:
             options=self._options,
         )
         if risk is not None:  # a cleaner is present and the risk is one it can fix
-            chunks, report.pixel_method = self._clean_pixels(b"".join(chunks), words or set(), risk.reason)
+            # Screened only (at risk just because every object is checked): the screen runs on
+            # the pixel bytes as stored; the object is parsed again and decoded only if it fires.
+            screened_only = assess_header_risk(header, has_pixels, embedded_overlay, checker=True) is None
+            if screened_only and self._screen_native(index, buf, enc, text, part.transfer_syntax):
+                return chunks, report  # nothing found, nothing changed, nothing attested
+            if words is None:
+                words = identifying_words(self._header_dataset(buf, elements, enc))
+            chunks, report.pixel_method = self._clean_pixels(b"".join(chunks), words, risk.reason)
             report.pixel_cleaned = bool(report.pixel_method)
         return chunks, report
+
+    def _screen_native(self, index: dict[int, Element], buf: bytes, enc: Encoding, text: Callable[[int], str], syntax: str) -> bool:
+        """True when the cleaner's screen, run on the uncompressed Pixel Data of the input
+        (the output keeps it byte for byte), finds nothing: the full check is then not needed.
+        False whenever it cannot say (no such screen, compressed or unusual pixel data)."""
+        screen = getattr(self.pixel_cleaner, "screen_native", None)
+        pixel = index.get(codec.PIXEL_DATA)
+        if screen is None or pixel is None or pixel.length == codec.UNDEFINED:
+            return False
+        from medsendx.pixels.native import NativeLayout
+
+        values: dict[str, int] = {}
+        for name, tag in _LAYOUT_TAGS.items():
+            el = index.get(tag)
+            value = _us(buf, el, enc) if el is not None else None
+            if value is None:
+                return False
+            values[name] = value
+        try:
+            frames = int(text(0x00280008) or 1)
+        except ValueError:
+            return False
+        layout = NativeLayout(**values, frames=frames, photometric=text(0x00280004), transfer_syntax=syntax)
+        try:
+            result = screen(layout, memoryview(buf)[pixel.value : pixel.end])
+        except Exception:  # the full check decides (and says why)
+            return False
+        return result is not None and bool(result.clean) and not result.attest and not result.changed
 
     def _header_dataset(self, buf: bytes, elements: list[Element], enc: Encoding) -> Dataset:
         """A pydicom Dataset of the top-level elements whose words identify the patient."""
@@ -684,13 +724,9 @@ class Deidentifier:
             raise QuarantineRequired(getattr(result, "reason", "") or risk_reason)
         if not getattr(result, "attest", True):
             # Nothing claimed (a screen found nothing): no attestation, and the output is
-            # the header-only result unless the cleaner changed pixels. A scanner's "NO"
-            # does not travel on as if our check had backed it: it is removed where the
-            # IOD lets it go (Type 3); where the IOD requires it, it stays the scanner's word.
-            unbacked = str(ds.get("BurnedInAnnotation", "")).strip().upper() == "NO" and not _claim_required(ds)
-            if unbacked:
-                del ds.BurnedInAnnotation
-            return ([_encode(ds)] if unbacked or getattr(result, "changed", False) else [blob]), ""
+            # the header-only result unless the cleaner changed pixels.
+            # (the input's "NO" was left out already, see _deidentify_bytes)
+            return ([_encode(ds)] if getattr(result, "changed", False) else [blob]), ""
         ds.BurnedInAnnotation = "NO"
         item = Dataset()
         item.CodeValue, item.CodingSchemeDesignator = P.CODE_CLEAN_PIXELS[0], "DCM"
@@ -763,8 +799,7 @@ _CLAIM_REQUIRED_CLASSES = frozenset({
 })
 
 
-def _claim_required(ds: Dataset) -> bool:
-    sop_class = str(ds.get("SOPClassUID", ""))
+def _claim_required(sop_class: str) -> bool:
     return sop_class in _CLAIM_REQUIRED_CLASSES or _is_enhanced(sop_class)
 
 
@@ -788,6 +823,13 @@ def clean_text(text: str, words: set[str]) -> str:
 
 def _write_error(exc: OSError) -> str:
     return f"cannot write the output ({exc.strerror or type(exc).__name__})"
+
+
+# The Image Pixel attributes the native screen needs (US values), by NativeLayout field.
+_LAYOUT_TAGS = {
+    "rows": 0x00280010, "columns": 0x00280011, "samples": 0x00280002,
+    "bits_allocated": 0x00280100, "bits_stored": 0x00280101, "pixel_representation": 0x00280103,
+}  # fmt: skip
 
 
 def _us(buf: bytes, el: Element, enc: Encoding) -> int | None:

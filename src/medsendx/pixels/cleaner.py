@@ -28,6 +28,7 @@ from medsendx.config import PixelSettings, Settings
 from medsendx.dicomio import DicomReadError, display_array, frame_count, stored_pixels
 from medsendx.pixels import ocr
 from medsendx.pixels.encode import EncodeError, store_pixels
+from medsendx.pixels.native import NativeLayout, layout_of, native_frames
 from medsendx.pixels.redact import IdentityMatcher, blank, identifying_words, redaction_box, words_to_redact
 from medsendx.deid.pixelrisk import assess_pixel_risk
 from medsendx.pixels.detector import DetectorUnavailable, text_models
@@ -115,6 +116,23 @@ class PixelCleaner:
             log.warning("pixel cleaner failed on an object (%s)", type(exc).__name__)
             return PixelCleanResult(False, f"pixel check failed ({type(exc).__name__})")
 
+    def screen_native(self, layout: NativeLayout, data: bytes | memoryview) -> PixelCleanResult | None:
+        """The screen on uncompressed pixel bytes as stored, for an object that is screened
+        only (its header puts it at no risk; the caller decides that): the result when it
+        finds nothing on any frame, or None when the full check must run (the screen fired,
+        the layout is not a plain one, bits above Bits Stored must be cleared, fixed regions
+        are configured, a word policy is set). Nothing is decoded or copied, and no pixel
+        changes: the object goes out as it came in, with nothing attested."""
+        if self.settings.policy not in ("redact-detected", "quarantine") or self.settings.fixed_regions:
+            return None
+        read = native_frames(layout, data)
+        if read is None or read[1]:
+            return None
+        for frame in read[0]:
+            if candidate_regions(frame):
+                return None
+        return PixelCleanResult(True, "screen found no text-like structure", method="screen")
+
     def _clean(self, ds: Dataset, identifying: set[str]) -> PixelCleanResult:
         policy = self.settings.policy
         if is_photograph(ds):
@@ -123,6 +141,11 @@ class PixelCleaner:
             return PixelCleanResult(True, "no pixel data")
         if int(ds.get("BitsAllocated", 8)) == 1:
             return PixelCleanResult(False, "pixel check impossible: 1-bit pixel data is not supported")
+        if policy in ("redact-detected", "quarantine") and assess_pixel_risk(ds, checker=True, every_object=False) is None:
+            layout = layout_of(ds)  # screened only: on the stored bytes first, decode only if it fires
+            quiet = self.screen_native(layout, ds.PixelData) if layout is not None else None
+            if quiet is not None:
+                return quiet
         pixels = np.array(stored_pixels(ds), copy=True)  # all frames, decoded (YBR -> RGB)
         frames = pixels[np.newaxis] if frame_count(ds) == 1 else pixels
         height, width = frames.shape[1:3]

@@ -34,17 +34,64 @@ MAX_INTERIOR_SHARE = 0.6  # of a tile's pixels: more of one value is an area of 
 STROKE_OFFSETS = (2, 3)  # a stroke up to 3-5 px wide has both its sides this far from a pixel of it
 MAX_LOOKS, MAX_STEP = 6000, 3
 PAD = 16  # grow each firing region by this much before the detector looks
+_EDGE = max(STROKE_OFFSETS)  # the plane is edge-padded this much so neighbours need no clipping
 
 
-def spike_values(plane: np.ndarray) -> list[int]:
-    """Stored values held by far more pixels than the values around them, strongest first."""
-    sample = plane[::2]  # every second row: a line of text spans many rows
-    lo = int(sample.min())
-    counts = np.bincount((sample.reshape(-1).astype(np.int64) - lo))
-    padded = np.concatenate([np.zeros(NEIGHBOURS, np.int64), counts, np.zeros(NEIGHBOURS, np.int64)])
-    cumulative = np.concatenate([[0], np.cumsum(padded)])
-    window = cumulative[2 * NEIGHBOURS + 1 :] - cumulative[: -2 * NEIGHBOURS - 1]  # x-N..x+N
-    neighbours = (window - counts) / (2 * NEIGHBOURS)
+HISTOGRAM_BLOCK = 12_000  # pixels per bincount call (see _histogram)
+
+
+def _histogram(sample: np.ndarray) -> tuple[np.ndarray, int]:
+    """(counts per stored value from the lowest, the lowest value) of an integer array.
+
+    Counted in blocks of rows, in one pass: ``np.bincount`` copies its input to 8-byte
+    integers, and one call over a whole slice needs a fresh megabyte each time (in a
+    process that reads files, that memory is mapped anew per slice: page faults cost more
+    than the counting); each block is offset by its own minimum while it is in cache."""
+    rows = max(1, HISTOGRAM_BLOCK // max(1, sample[:1].size))
+    parts: list[tuple[int, np.ndarray]] = []
+    for start in range(0, sample.shape[0], rows):
+        block = sample[start : start + rows].reshape(-1)
+        if block.dtype == np.int16:  # offset binary: order-preserving and non-negative, no up-cast
+            block = block.view(np.uint16) ^ np.uint16(0x8000)
+            low = int(block.min())
+            parts.append((low - 0x8000, np.bincount(block - np.uint16(low))))
+        elif block.dtype in (np.uint8, np.uint16):
+            low = int(block.min())
+            parts.append((low, np.bincount(block - block.dtype.type(low))))
+        else:
+            low = int(block.min())
+            parts.append((low, np.bincount(block.astype(np.int64) - low)))
+    lo = min(low for low, _ in parts)
+    counts = np.zeros(max(low + part.size for low, part in parts) - lo, dtype=np.int64)
+    for low, part in parts:
+        counts[low - lo : low - lo + part.size] += part
+    return counts, lo
+
+
+def spike_values(plane: np.ndarray, *, edge_aware: bool = False) -> list[int]:
+    """Stored values held by far more pixels than the values around them, strongest first.
+
+    With ``edge_aware`` a value near the ends of the plane's range (not at them) is compared
+    with the values that exist beside it only: otherwise values beyond the range count as
+    empty neighbours, and the second-lowest value of a steep noise floor looks like a spike
+    (a real MR slice fired so). The lowest and highest values, where pens usually are, keep
+    the empty neighbours beyond them (a pen at the minimum of a phantom is found so)."""
+    if plane.size == 0:
+        return []
+    # Every second row: a line of text spans many (every second column too would lose
+    # thin lines written with a pen value that anatomy also holds).
+    counts, lo = _histogram(plane[::2])
+    padded = np.zeros(counts.size + 2 * NEIGHBOURS + 1, np.int64)
+    np.cumsum(counts, out=padded[NEIGHBOURS + 1 : NEIGHBOURS + 1 + counts.size])
+    padded[NEIGHBOURS + 1 + counts.size :] = padded[NEIGHBOURS + counts.size]
+    window = padded[2 * NEIGHBOURS + 1 :] - padded[: -2 * NEIGHBOURS - 1]  # x-N..x+N
+    if edge_aware:
+        index = np.arange(counts.size)
+        beside = np.minimum(index, NEIGHBOURS) + np.minimum(counts.size - 1 - index, NEIGHBOURS)
+        beside[[0, -1]] = 2 * NEIGHBOURS  # the extremes, where pens are: as without edge_aware
+        neighbours = (window - counts) / np.maximum(beside, 1)
+    else:
+        neighbours = (window - counts) / (2 * NEIGHBOURS)
     excess = counts - SPIKE_RATIO * neighbours
     spikes = np.flatnonzero(excess >= SPIKE_MIN_PIXELS)
     if spikes.size > MAX_SPIKES:
@@ -62,40 +109,89 @@ def contrast_threshold(plane: np.ndarray) -> int:
     return int(max(4.0 * noise, 0.04 * span, 2.0))
 
 
-def _thin_tiles(plane: np.ndarray, value: int, threshold: int, th: int, tw: int) -> np.ndarray:
-    """Tiles where pixels holding ``value`` form strokes (``plane`` covers whole tiles)."""
-    mask = (plane == value).reshape(th, TILE, tw, TILE)
-    counts = mask.sum(axis=(1, 3), dtype=np.int32)
-    # A tile mostly of this value is an area of it (background, padding, a clipped region):
-    # text there would be invisible. Only the remaining tiles are looked at closely, and
-    # only their pixels are gathered (cost follows the candidate tiles, not the frame).
-    candidates = (counts >= MIN_THIN_PIXELS) & (counts <= MAX_INTERIOR_SHARE * TILE * TILE)
-    if not candidates.any():
-        return candidates
-    ti, tj = np.nonzero(candidates)
-    k_tile, y, x = np.nonzero(mask[ti, :, tj, :])  # (n, TILE, TILE) blocks of the candidates
-    rows, cols = ti[k_tile] * TILE + y, tj[k_tile] * TILE + x
-    # Many candidates (the rim of a padding area): look at every few of them; a text tile
-    # holds several times the strokes needed, so it still fires.
-    step = min(MAX_STEP, -(-rows.size // MAX_LOOKS))
-    if step > 1:
-        rows, cols = rows[::step], cols[::step]
-    height, width = plane.shape
+class _Plane:
+    """One plane prepared for the per-spike passes: whole tiles (padded with a value no pen
+    has) and, around them, an edge-replicated rim so a neighbour k pixels away is a fixed
+    offset in the flat array (no clipping, no up-cast of the whole plane)."""
 
-    def at(dr: int, dc: int) -> np.ndarray:
-        return plane[np.clip(rows + dr, 0, height - 1), np.clip(cols + dc, 0, width - 1)].astype(np.int64) - value
+    def __init__(self, plane: np.ndarray) -> None:
+        self.source = plane  # (the contrast threshold is taken from the plane as given)
+        self._threshold: int | None = None
+        height, width = plane.shape
+        self.th, self.tw = -(-height // TILE), -(-width // TILE)
+        if (self.th * TILE, self.tw * TILE) != plane.shape:  # whole tiles; the added pixels hold no pen value
+            low, high = int(plane.min()), int(plane.max())
+            info = np.iinfo(plane.dtype)
+            filler = low - 1 if low > info.min else high + 1
+            if filler > info.max:  # every value of the type is used: widen
+                plane = plane.astype(np.int64)
+            grown = np.full((self.th * TILE, self.tw * TILE), filler, dtype=plane.dtype)
+            grown[:height, :width] = plane
+            plane = grown
+        self.plane = plane
+        self.stride = plane.shape[1] + 2 * _EDGE
+        self._flat: np.ndarray | None = None
 
-    # A stroke pixel contrasts with the pixels k steps away on *both* sides (left and
-    # right, or above and below): a ridge or a valley, not the step of an edge...
-    ridge = np.zeros(rows.size, dtype=bool)
-    for k in STROKE_OFFSETS:
-        left, right, up, down = at(0, -k), at(0, k), at(-k, 0), at(k, 0)
-        ridge |= ((left > threshold) & (right > threshold)) | ((left < -threshold) & (right < -threshold))
-        ridge |= ((up > threshold) & (down > threshold)) | ((up < -threshold) & (down < -threshold))
-    # ...and continues into a neighbour of the same value (a stroke, not a speck of noise).
-    ridge &= (at(0, 1) == 0) | (at(1, 0) == 0) | (at(0, -1) == 0) | (at(-1, 0) == 0)
-    strokes = np.bincount(((rows // TILE) * tw + cols // TILE)[ridge], minlength=th * tw).reshape(th, tw)
-    return candidates & (strokes * step >= MIN_THIN_PIXELS)
+    @property
+    def flat(self) -> np.ndarray:
+        """The plane with its edge replicated ``_EDGE`` pixels out, flattened (made on first
+        use: most spikes of a text-free slice have no candidate tile and never need it)."""
+        if self._flat is None:
+            plane, e = self.plane, _EDGE
+            out = np.empty((plane.shape[0] + 2 * e, self.stride), dtype=plane.dtype)
+            out[e:-e, e:-e] = plane
+            out[:e, e:-e] = plane[0]
+            out[-e:, e:-e] = plane[-1]
+            out[:, :e] = out[:, e : e + 1]  # (a neighbour beyond the border is the border pixel,
+            out[:, -e:] = out[:, -e - 1 : -e]  # as clipping the index would give)
+            self._flat = out.reshape(-1)
+        return self._flat
+
+    @property
+    def threshold(self) -> int:
+        if self._threshold is None:
+            self._threshold = contrast_threshold(self.source)
+        return self._threshold
+
+    def thin_tiles(self, value: int) -> np.ndarray:
+        """Tiles where pixels holding ``value`` form strokes."""
+        th, tw, plane = self.th, self.tw, self.plane
+        mask = plane == value
+        # Per tile: add the 32 rows of each band of tiles first (contiguous rows, in bytes: at
+        # most 32 per column fits), then the 32 columns of each tile.
+        columns = np.add.reduce(mask.view(np.uint8).reshape(th, TILE, tw * TILE), axis=1, dtype=np.uint8)
+        counts = columns.reshape(th, tw, TILE).sum(axis=2, dtype=np.int32)
+        # A tile mostly of this value is an area of it (background, padding, a clipped region):
+        # text there would be invisible. Only the remaining tiles are looked at closely, and
+        # only their pixels are gathered (cost follows the candidate tiles, not the frame).
+        candidates = (counts >= MIN_THIN_PIXELS) & (counts <= MAX_INTERIOR_SHARE * TILE * TILE)
+        if not candidates.any():
+            return candidates
+        ti, tj = np.nonzero(candidates)
+        k_tile, y, x = np.nonzero(mask.reshape(th, TILE, tw, TILE)[ti, :, tj, :])  # (n, TILE, TILE) blocks
+        tile = ti[k_tile] * tw + tj[k_tile]
+        # Many candidates (the rim of a padding area): look at every few of them; a text tile
+        # holds several times the strokes needed, so it still fires.
+        step = min(MAX_STEP, -(-tile.size // MAX_LOOKS))
+        if step > 1:
+            tile, k_tile, y, x = tile[::step], k_tile[::step], y[::step], x[::step]
+        at = (ti[k_tile] * TILE + y + _EDGE) * self.stride + (tj[k_tile] * TILE + x + _EDGE)
+        flat, stride, threshold = self.flat, self.stride, self.threshold
+        info = np.iinfo(flat.dtype)
+        above, below = min(value + threshold, int(info.max)), max(value - threshold, int(info.min))
+        # (clamped to the type: nothing is above its maximum, as nothing is above value + threshold)
+
+        # A stroke pixel contrasts with the pixels k steps away on *both* sides (left and
+        # right, or above and below): a ridge or a valley, not the step of an edge...
+        ridge = np.zeros(at.size, dtype=bool)
+        for k in STROKE_OFFSETS:
+            for offset in (k, k * stride):
+                before, after = flat[at - offset], flat[at + offset]
+                ridge |= ((before > above) & (after > above)) | ((before < below) & (after < below))
+        # ...and continues into a neighbour of the same value (a stroke, not a speck of noise).
+        same = (flat[at + 1] == value) | (flat[at - 1] == value) | (flat[at + stride] == value) | (flat[at - stride] == value)
+        strokes = np.bincount(tile[ridge & same], minlength=th * tw).reshape(th, tw)
+        return candidates & (strokes * step >= MIN_THIN_PIXELS)
 
 
 def candidate_regions(frame: np.ndarray) -> list[Box]:
@@ -105,19 +201,14 @@ def candidate_regions(frame: np.ndarray) -> list[Box]:
     fired = np.zeros((th, tw), dtype=bool)
     planes = [frame] if frame.ndim == 2 else [frame[..., c] for c in range(frame.shape[2])]
     for plane in planes:
-        if plane.dtype.kind == "f":
+        if plane.dtype.kind == "f" or plane.size == 0:
             continue  # float pixel data: no pen value; such objects are not screened (see pixelrisk)
-        spikes = spike_values(plane)
+        spikes = spike_values(plane, edge_aware=True)
         if not spikes:
             continue
-        threshold = contrast_threshold(plane)
-        if (th * TILE, tw * TILE) != plane.shape:  # whole tiles; the added pixels hold no pen value
-            filler = int(plane.min()) - 1 if plane.dtype.kind == "i" or int(plane.min()) > 0 else int(plane.max()) + 1
-            grown = np.full((th * TILE, tw * TILE), filler, dtype=np.int64)
-            grown[:height, :width] = plane
-            plane = grown
+        prepared = _Plane(np.ascontiguousarray(plane))
         for value in spikes:
-            fired |= _thin_tiles(plane, value, threshold, th, tw)
+            fired |= prepared.thin_tiles(value)
     if not fired.any():
         return []
     labels, _ = ndimage.label(ndimage.binary_dilation(fired, structure=np.ones((3, 3), bool)))
