@@ -62,10 +62,7 @@ def test_heldout_objects_leave_no_planted_word_and_no_false_attestation(tmp_path
     assert not _check(cases, outputs)
 
 
-# Known held-out misses (issue 12), kept as expected failures so they flip when fixed
-# (non-strict: a fix elsewhere must not break the suite; remove the marker then).
-@pytest.mark.xfail(reason="detector misses an 8-bit pen (255) in 12-bit MR over tissue of similar values; "
-                          "the output is released with the name legible", strict=False)  # fmt: skip
+# The one held-out miss of the first measurement (issue 12): found by the "pen" rendering.
 def test_heldout_mid_range_pen_over_anatomy(tmp_path: Path) -> None:
     cases = [hc.mr_siemens_byte255_over_anatomy()]
     outputs = _anonymize(tmp_path, cases)

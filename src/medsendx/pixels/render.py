@@ -15,6 +15,8 @@ in a full-range view of a bright image; text over a noisy mammogram stands out o
 - ``byte``: stored values clipped to 0..255, for data of more than 8 bits (what an
   8-bit-minded tool writes into 16-bit data shows here and nowhere else); for a screened
   frame only where a pen lies in 0..255;
+- ``pen`` (screened frames): the pixels holding a pen found inside the range, white on
+  black (a 255 pen in 12-bit data over tissue of values around it shows nowhere else);
 - colour frames: the brightest and the darkest channel per pixel (coloured text is bright
   in *some* channel), each in full range.
 """
@@ -58,8 +60,9 @@ def renderings(ds: Dataset, frame: np.ndarray, pens: list[int] | None = None) ->
 
     ``pens``: the histogram spike values where the screen found strokes (a screened frame);
     then ``high``, ``low`` and ``byte`` are made only for a pen they show: at the top of the
-    range, at its bottom, inside 0..255. (``window`` and ``full`` always: they show every
-    value.) None: every rendering (a frame searched whole, where text need not be one pen)."""
+    range, at its bottom, inside 0..255, and ``pen`` (the pixels holding a pen inside the
+    range) for the others. (``window`` and ``full`` always: they show every value.) None:
+    every rendering but ``pen`` (a frame searched whole, where text need not be one pen)."""
     out: list[Rendering] = []
     seen: set[bytes] = set()
 
@@ -94,6 +97,13 @@ def renderings(ds: Dataset, frame: np.ndarray, pens: list[int] | None = None) ->
         add("low", np.where(values <= lo + band, 255, 0))
     if int(ds.get("BitsStored", 8)) > 8 and (hi > 255 or lo < 0) and (pens is None or any(0 <= p <= 255 for p in pens)):
         add("byte", stretch(values, 0.0, 255.0))
+    if pens:
+        # A pen inside the range (an 8-bit 255 in 12-bit MR over tissue of similar values) is
+        # one grey among many in every rendering above; its own pixels, white on black, are
+        # the strokes themselves.
+        inside = [p for p in pens if lo + band < p < hi - band]
+        if inside:
+            add("pen", np.where(np.isin(frame, inside), 255, 0))
     return out
 
 
