@@ -172,8 +172,8 @@ def main() -> None:
         console.print(f"objects attested (BurnedInAnnotation NO / 113101) with planted ink left: {len(attested_ink)} (must be 0) {attested_ink or ''}")
         kept_no = [c.name for c, s in text_rows if s["ink_left"] and not s["attest"] and c.header == "NO"]
         console.print(
-            f"released with planted ink left and an input header saying NO (the engine keeps the input's NO when the "
-            f"cleaner attests nothing; see tests/test_pixels_heldout.py): {len(kept_no)} {kept_no or ''}"
+            f"released with planted ink left whose input header said NO (the de-identifier removes that unbacked NO; "
+            f"see tests/test_pixels_heldout.py): {len(kept_no)} {kept_no or ''}"
         )
         console.print(
             f"objects with text: {len(text_rows)}; quarantined {sum(s['quarantined'] for _, s in text_rows)}, "
