@@ -30,9 +30,12 @@ SPIKE_RATIO = 3.0  # a spike holds this many times its neighbours' mean count...
 SPIKE_MIN_PIXELS = 12  # ...and at least this many pixels beyond it (in every second row)
 MAX_SPIKES = 12  # the strongest spikes examined per plane (text uses one or two values)
 MIN_THIN_PIXELS = 30  # per tile: stroke pixels of the spike value (planted text lines: 90-180; real CT/MR anatomy: <= 17)
+MIN_TILE_PIXELS = 8  # a tile is looked at closely only with this many of its own (cost: the scattered rest)
 MIN_WINDOW_PIXELS = 50  # or per 2 x 2 tiles (a small line straddling tiles; real CT/MR anatomy: <= 43)
 MAX_INTERIOR_SHARE = 0.6  # of a tile's pixels: more of one value is an area of it, not text
 STROKE_OFFSETS = (2, 3)  # a stroke up to 3-5 px wide has both its sides this far from a pixel of it
+EXTREME_LOW = 10
+USUAL_PENS = (255, 4095)
 MAX_LOOKS, MAX_STEP = 6000, 3
 PAD = 16  # grow each firing region by this much before the detector looks
 _EDGE = max(STROKE_OFFSETS)  # the plane is edge-padded this much so neighbours need no clipping
@@ -69,14 +72,23 @@ def _histogram(sample: np.ndarray) -> tuple[np.ndarray, int]:
     return counts, lo
 
 
-def spike_values(plane: np.ndarray, *, edge_aware: bool = False) -> list[int]:
+def spike_values(plane: np.ndarray, *, edge_aware: bool = False, usual: tuple[int, ...] = (), top: bool = False
+) -> list[int]:
     """Stored values held by far more pixels than the values around them, strongest first.
 
     With ``edge_aware`` a value near the ends of the plane's range (not at them) is compared
     with the values that exist beside it only: otherwise values beyond the range count as
     empty neighbours, and the second-lowest value of a steep noise floor looks like a spike
     (a real MR slice fired so). The lowest and highest values, where pens usually are, keep
-    the empty neighbours beyond them (a pen at the minimum of a phantom is found so)."""
+    the empty neighbours beyond them (a pen at the minimum of a phantom is found so).
+
+    A value in ``usual`` (pens software often uses: 255, 4095) counts with a weaker excess,
+    over its neighbours' mean once rather than SPIKE_RATIO times: a line at 255 in a phantom
+    where anatomy holds 255 too adds about as many pixels as its neighbours hold. With
+    ``top`` the maximum, where pens usually are, counts if it holds SPIKE_MIN_PIXELS at all: a
+    line at the maximum of a low-range MR (stored 0..9), whose anatomy holds every value
+    below, makes no spike. (The minimum is a background: always looking at it cost 0.6 ms
+    a slice and found no more lines in the stress runs.)"""
     if plane.size == 0:
         return []
     # Every second row: a line of text spans many (every second column too would lose
@@ -97,7 +109,14 @@ def spike_values(plane: np.ndarray, *, edge_aware: bool = False) -> list[int]:
     spikes = np.flatnonzero(excess >= SPIKE_MIN_PIXELS)
     if spikes.size > MAX_SPIKES:
         spikes = spikes[np.argsort(excess[spikes])[::-1][:MAX_SPIKES]]
-    return [int(v) + lo for v in spikes]
+    found = [int(v) + lo for v in spikes]
+    for value in usual:
+        i = value - lo
+        if 0 <= i < counts.size and value not in found and counts[i] - neighbours[i] >= SPIKE_MIN_PIXELS:
+            found.append(value)
+    if top and counts[-1] >= SPIKE_MIN_PIXELS and counts.size - 1 + lo not in found:
+        found.append(counts.size - 1 + lo)
+    return found
 
 
 def contrast_threshold(plane: np.ndarray) -> int:
@@ -118,6 +137,7 @@ class _Plane:
     def __init__(self, plane: np.ndarray) -> None:
         self.source = plane  # (the contrast threshold is taken from the plane as given)
         self._threshold: int | None = None
+        self.low, self.high = int(plane.min()), int(plane.max())
         height, width = plane.shape
         self.th, self.tw = -(-height // TILE), -(-width // TILE)
         if (self.th * TILE, self.tw * TILE) != plane.shape:  # whole tiles; the added pixels hold no pen value
@@ -166,7 +186,7 @@ class _Plane:
         # text there would be invisible. Only the remaining tiles are looked at closely, and
         # only their pixels are gathered (cost follows the candidate tiles, not the frame).
         fits = counts <= MAX_INTERIOR_SHARE * TILE * TILE
-        candidates = fits & _dense(np.where(fits, counts, 0))
+        candidates = fits & (counts >= MIN_TILE_PIXELS) & _dense(np.where(fits, counts, 0))
         if not candidates.any():
             return candidates
         ti, tj = np.nonzero(candidates)
@@ -179,6 +199,9 @@ class _Plane:
             tile, k_tile, y, x = tile[::step], k_tile[::step], y[::step], x[::step]
         at = (ti[k_tile] * TILE + y + _EDGE) * self.stride + (tj[k_tile] * TILE + x + _EDGE)
         flat, stride, threshold = self.flat, self.stride, self.threshold
+        if EXTREME_LOW and value in (self.low, self.high):
+            sample = self.source[::8, ::4].astype(np.int32)
+            threshold = min(threshold, max(2, int(float(np.median(np.abs(np.diff(sample, axis=1)))) * EXTREME_LOW)))
         info = np.iinfo(flat.dtype)
         above, below = min(value + threshold, int(info.max)), max(value - threshold, int(info.min))
         # (clamped to the type: nothing is above its maximum, as nothing is above value + threshold)
@@ -224,13 +247,8 @@ def candidate_regions(frame: np.ndarray) -> list[Box]:
     for plane in planes:
         if plane.dtype.kind == "f" or plane.size == 0:
             continue  # float pixel data: no pen value; such objects are not screened (see pixelrisk)
-        spikes = spike_values(plane, edge_aware=True)
-        # The maximum is where pens usually are: looked at always, as a line at a value the
-        # anatomy also holds (a low-range MR: 0..9) makes no spike. (The minimum too cost
-        # 0.6 ms per slice and found no more lines in the stress runs: it is a background.)
-        top = int(plane.max())
-        if top not in spikes:
-            spikes.append(top)
+        spikes = spike_values(plane, edge_aware=True, usual=USUAL_PENS, top=True)
+
         prepared = _Plane(np.ascontiguousarray(plane))
         for value in spikes:
             fired |= prepared.thin_tiles(value)
