@@ -7,7 +7,8 @@ screen (1) looks for *spikes* in the frame's histogram (a stored value held by m
 pixels than its neighbouring values), and (2) for each spike value, checks where the pixels
 holding it are *thin* (strokes: few of them have a full neighbourhood of the same value),
 unlike the large flat areas a padding value or a clipped background forms. Tiles where
-such thin pixels are dense are returned, merged into rectangles; the learned detector then
+such thin pixels are dense (in the tile, or over a 2 x 2 window of tiles: a small line
+straddles tile boundaries) are returned, merged into rectangles; the learned detector then
 runs only inside those. Cost: one histogram and a few array passes per spike value
 (about a millisecond on a 512 x 512 CT slice, see bench/redact.py).
 
@@ -34,8 +35,8 @@ MIN_TILE_PIXELS = 8  # a tile is looked at closely only with this many of its ow
 MIN_WINDOW_PIXELS = 50  # or per 2 x 2 tiles (a small line straddling tiles; real CT/MR anatomy: <= 43)
 MAX_INTERIOR_SHARE = 0.6  # of a tile's pixels: more of one value is an area of it, not text
 STROKE_OFFSETS = (2, 3)  # a stroke up to 3-5 px wide has both its sides this far from a pixel of it
-EXTREME_LOW = 10
-USUAL_PENS = (255, 4095)
+EXTREME_NOISE = 10  # a pen at the frame's minimum or maximum need only contrast this many times the noise
+USUAL_PENS = (255, 4095)  # pens software often uses: examined on a weaker spike (see spike_values)
 MAX_LOOKS, MAX_STEP = 6000, 3
 PAD = 16  # grow each firing region by this much before the detector looks
 _EDGE = max(STROKE_OFFSETS)  # the plane is edge-padded this much so neighbours need no clipping
@@ -119,12 +120,17 @@ def spike_values(plane: np.ndarray, *, edge_aware: bool = False, usual: tuple[in
     return found
 
 
+def noise_level(plane: np.ndarray) -> float:
+    """The median difference of neighbouring pixels (on a sample of rows and columns)."""
+    diffs = np.abs(np.diff(plane[::8, ::4].astype(np.int32), axis=1))
+    return float(np.median(diffs)) if diffs.size else 0.0
+
+
 def contrast_threshold(plane: np.ndarray) -> int:
     """How much a stroke must differ from what lies two pixels beside it: well above the
     pixel-to-pixel noise and at least a small share of the range (text is drawn to be seen)."""
     sample = plane[::8, ::4].astype(np.int32)
-    diffs = np.abs(np.diff(sample, axis=1))
-    noise = float(np.median(diffs)) if diffs.size else 0.0
+    noise = noise_level(plane)
     span = float(sample.max() - sample.min()) if sample.size else 0.0
     return int(max(4.0 * noise, 0.04 * span, 2.0))
 
@@ -199,9 +205,11 @@ class _Plane:
             tile, k_tile, y, x = tile[::step], k_tile[::step], y[::step], x[::step]
         at = (ti[k_tile] * TILE + y + _EDGE) * self.stride + (tj[k_tile] * TILE + x + _EDGE)
         flat, stride, threshold = self.flat, self.stride, self.threshold
-        if EXTREME_LOW and value in (self.low, self.high):
-            sample = self.source[::8, ::4].astype(np.int32)
-            threshold = min(threshold, max(2, int(float(np.median(np.abs(np.diff(sample, axis=1)))) * EXTREME_LOW)))
+        if value in (self.low, self.high):
+            # Nothing lies beyond an extreme, so a stroke there stands out of the anatomy on
+            # one side only: ask contrast over the noise, not a share of the range (a line
+            # at 0 over a phantom's air at about 25, range 0..1805, is legible in a window).
+            threshold = min(threshold, max(2, int(EXTREME_NOISE * noise_level(self.source))))
         info = np.iinfo(flat.dtype)
         above, below = min(value + threshold, int(info.max)), max(value - threshold, int(info.min))
         # (clamped to the type: nothing is above its maximum, as nothing is above value + threshold)
@@ -248,7 +256,8 @@ def candidate_regions(frame: np.ndarray) -> list[Box]:
         if plane.dtype.kind == "f" or plane.size == 0:
             continue  # float pixel data: no pen value; such objects are not screened (see pixelrisk)
         spikes = spike_values(plane, edge_aware=True, usual=USUAL_PENS, top=True)
-
+        if not spikes:
+            continue
         prepared = _Plane(np.ascontiguousarray(plane))
         for value in spikes:
             fired |= prepared.thin_tiles(value)
