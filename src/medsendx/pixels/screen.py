@@ -7,7 +7,8 @@ screen (1) looks for *spikes* in the frame's histogram (a stored value held by m
 pixels than its neighbouring values), and (2) for each spike value, checks where the pixels
 holding it are *thin* (strokes: few of them have a full neighbourhood of the same value),
 unlike the large flat areas a padding value or a clipped background forms. Tiles where
-such thin pixels are dense are returned, merged into rectangles; the learned detector then
+such thin pixels are dense (in the tile, or over a 2 x 2 window of tiles: a small line
+straddles tile boundaries) are returned, merged into rectangles; the learned detector then
 runs only inside those. Cost: one histogram and a few array passes per spike value
 (about a millisecond on a 512 x 512 CT slice, see bench/redact.py).
 
@@ -29,9 +30,13 @@ NEIGHBOURS = 8  # histogram values on each side a spike is compared with
 SPIKE_RATIO = 3.0  # a spike holds this many times its neighbours' mean count...
 SPIKE_MIN_PIXELS = 12  # ...and at least this many pixels beyond it (in every second row)
 MAX_SPIKES = 12  # the strongest spikes examined per plane (text uses one or two values)
-MIN_THIN_PIXELS = 30  # per tile: stroke pixels of the spike value (planted text lines: 90-180; real CT/MR anatomy: <= 13)
+MIN_THIN_PIXELS = 30  # per tile: stroke pixels of the spike value (planted text lines: 90-180; real CT/MR anatomy: <= 17)
+MIN_TILE_PIXELS = 8  # a tile is looked at closely only with this many of its own (cost: the scattered rest)
+MIN_WINDOW_PIXELS = 50  # or per 2 x 2 tiles (a small line straddling tiles; real CT/MR anatomy: <= 43)
 MAX_INTERIOR_SHARE = 0.6  # of a tile's pixels: more of one value is an area of it, not text
 STROKE_OFFSETS = (2, 3)  # a stroke up to 3-5 px wide has both its sides this far from a pixel of it
+EXTREME_NOISE = 10  # a pen at the frame's minimum or maximum need only contrast this many times the noise
+USUAL_PENS = (255, 4095)  # pens software often uses: examined on a weaker spike (see spike_values)
 MAX_LOOKS, MAX_STEP = 6000, 3
 PAD = 16  # grow each firing region by this much before the detector looks
 _EDGE = max(STROKE_OFFSETS)  # the plane is edge-padded this much so neighbours need no clipping
@@ -68,14 +73,23 @@ def _histogram(sample: np.ndarray) -> tuple[np.ndarray, int]:
     return counts, lo
 
 
-def spike_values(plane: np.ndarray, *, edge_aware: bool = False) -> list[int]:
+def spike_values(plane: np.ndarray, *, edge_aware: bool = False, usual: tuple[int, ...] = (), top: bool = False
+) -> list[int]:
     """Stored values held by far more pixels than the values around them, strongest first.
 
     With ``edge_aware`` a value near the ends of the plane's range (not at them) is compared
     with the values that exist beside it only: otherwise values beyond the range count as
     empty neighbours, and the second-lowest value of a steep noise floor looks like a spike
     (a real MR slice fired so). The lowest and highest values, where pens usually are, keep
-    the empty neighbours beyond them (a pen at the minimum of a phantom is found so)."""
+    the empty neighbours beyond them (a pen at the minimum of a phantom is found so).
+
+    A value in ``usual`` (pens software often uses: 255, 4095) counts with a weaker excess,
+    over its neighbours' mean once rather than SPIKE_RATIO times: a line at 255 in a phantom
+    where anatomy holds 255 too adds about as many pixels as its neighbours hold. With
+    ``top`` the maximum, where pens usually are, counts if it holds SPIKE_MIN_PIXELS at all: a
+    line at the maximum of a low-range MR (stored 0..9), whose anatomy holds every value
+    below, makes no spike. (The minimum is a background: always looking at it cost 0.6 ms
+    a slice and found no more lines in the stress runs.)"""
     if plane.size == 0:
         return []
     # Every second row: a line of text spans many (every second column too would lose
@@ -96,15 +110,27 @@ def spike_values(plane: np.ndarray, *, edge_aware: bool = False) -> list[int]:
     spikes = np.flatnonzero(excess >= SPIKE_MIN_PIXELS)
     if spikes.size > MAX_SPIKES:
         spikes = spikes[np.argsort(excess[spikes])[::-1][:MAX_SPIKES]]
-    return [int(v) + lo for v in spikes]
+    found = [int(v) + lo for v in spikes]
+    for value in usual:
+        i = value - lo
+        if 0 <= i < counts.size and value not in found and counts[i] - neighbours[i] >= SPIKE_MIN_PIXELS:
+            found.append(value)
+    if top and counts[-1] >= SPIKE_MIN_PIXELS and counts.size - 1 + lo not in found:
+        found.append(counts.size - 1 + lo)
+    return found
+
+
+def noise_level(plane: np.ndarray) -> float:
+    """The median difference of neighbouring pixels (on a sample of rows and columns)."""
+    diffs = np.abs(np.diff(plane[::8, ::4].astype(np.int32), axis=1))
+    return float(np.median(diffs)) if diffs.size else 0.0
 
 
 def contrast_threshold(plane: np.ndarray) -> int:
     """How much a stroke must differ from what lies two pixels beside it: well above the
     pixel-to-pixel noise and at least a small share of the range (text is drawn to be seen)."""
     sample = plane[::8, ::4].astype(np.int32)
-    diffs = np.abs(np.diff(sample, axis=1))
-    noise = float(np.median(diffs)) if diffs.size else 0.0
+    noise = noise_level(plane)
     span = float(sample.max() - sample.min()) if sample.size else 0.0
     return int(max(4.0 * noise, 0.04 * span, 2.0))
 
@@ -117,6 +143,7 @@ class _Plane:
     def __init__(self, plane: np.ndarray) -> None:
         self.source = plane  # (the contrast threshold is taken from the plane as given)
         self._threshold: int | None = None
+        self.low, self.high = int(plane.min()), int(plane.max())
         height, width = plane.shape
         self.th, self.tw = -(-height // TILE), -(-width // TILE)
         if (self.th * TILE, self.tw * TILE) != plane.shape:  # whole tiles; the added pixels hold no pen value
@@ -164,7 +191,8 @@ class _Plane:
         # A tile mostly of this value is an area of it (background, padding, a clipped region):
         # text there would be invisible. Only the remaining tiles are looked at closely, and
         # only their pixels are gathered (cost follows the candidate tiles, not the frame).
-        candidates = (counts >= MIN_THIN_PIXELS) & (counts <= MAX_INTERIOR_SHARE * TILE * TILE)
+        fits = counts <= MAX_INTERIOR_SHARE * TILE * TILE
+        candidates = fits & (counts >= MIN_TILE_PIXELS) & _dense(np.where(fits, counts, 0))
         if not candidates.any():
             return candidates
         ti, tj = np.nonzero(candidates)
@@ -177,6 +205,11 @@ class _Plane:
             tile, k_tile, y, x = tile[::step], k_tile[::step], y[::step], x[::step]
         at = (ti[k_tile] * TILE + y + _EDGE) * self.stride + (tj[k_tile] * TILE + x + _EDGE)
         flat, stride, threshold = self.flat, self.stride, self.threshold
+        if value in (self.low, self.high):
+            # Nothing lies beyond an extreme, so a stroke there stands out of the anatomy on
+            # one side only: ask contrast over the noise, not a share of the range (a line
+            # at 0 over a phantom's air at about 25, range 0..1805, is legible in a window).
+            threshold = min(threshold, max(2, int(EXTREME_NOISE * noise_level(self.source))))
         info = np.iinfo(flat.dtype)
         above, below = min(value + threshold, int(info.max)), max(value - threshold, int(info.min))
         # (clamped to the type: nothing is above its maximum, as nothing is above value + threshold)
@@ -191,7 +224,26 @@ class _Plane:
         # ...and continues into a neighbour of the same value (a stroke, not a speck of noise).
         same = (flat[at + 1] == value) | (flat[at - 1] == value) | (flat[at + stride] == value) | (flat[at - stride] == value)
         strokes = np.bincount(tile[ridge & same], minlength=th * tw).reshape(th, tw)
-        return candidates & (strokes * step >= MIN_THIN_PIXELS)
+        return candidates & (strokes > 0) & _dense(strokes * step)
+
+
+def _dense(counts: np.ndarray) -> np.ndarray:
+    """Tiles with MIN_THIN_PIXELS of their own, or in a 2 x 2 window with MIN_WINDOW_PIXELS."""
+    return (counts >= MIN_THIN_PIXELS) | _window_reaches(counts, MIN_WINDOW_PIXELS)
+
+
+def _window_reaches(counts: np.ndarray, minimum: int) -> np.ndarray:
+    """Tiles that lie in some 2 x 2 window of tiles holding ``minimum`` in all.
+
+    A line of small text rarely sits inside one tile: it straddles a tile boundary across
+    (its strokes split between two bands of tiles) and along (letters split between two
+    tiles), so a per-tile count would ask a line several times the strokes it has."""
+    th, tw = counts.shape
+    padded = np.zeros((th + 2, tw + 2), dtype=np.int64)
+    padded[1:-1, 1:-1] = counts
+    sums = padded[:-1, :-1] + padded[1:, :-1] + padded[:-1, 1:] + padded[1:, 1:]  # window at each corner
+    hit = sums >= minimum
+    return hit[:-1, :-1] | hit[1:, :-1] | hit[:-1, 1:] | hit[1:, 1:]
 
 
 def candidate_regions(frame: np.ndarray) -> list[Box]:
@@ -203,7 +255,7 @@ def candidate_regions(frame: np.ndarray) -> list[Box]:
     for plane in planes:
         if plane.dtype.kind == "f" or plane.size == 0:
             continue  # float pixel data: no pen value; such objects are not screened (see pixelrisk)
-        spikes = spike_values(plane, edge_aware=True)
+        spikes = spike_values(plane, edge_aware=True, usual=USUAL_PENS, top=True)
         if not spikes:
             continue
         prepared = _Plane(np.ascontiguousarray(plane))

@@ -66,7 +66,7 @@ MARKER_MAX_ASPECT = 4.5
 # A detector crop keeps this many px of flat margin around what it holds.
 CONTEXT = 16
 # A pen in a screened area: a value with this many stroke pixels in some PEN_TILE px tile
-# (screen.py fires on 30 thin pixels of a 32 px tile), strokes up to 5 px wide (both sides
+# (screen.py fires on 30 thin pixels of a 32 px tile, or 50 over 2 x 2 tiles), strokes up to 5 px wide (both sides
 # this far away hold another value).
 MIN_STROKE_PIXELS = 20
 PEN_TILE = 32
