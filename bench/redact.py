@@ -116,10 +116,9 @@ def first_pass(case: bc.Case, data: bytes) -> tuple[float, float]:
     return screen_s * 1e3, detect_s * 1e3
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=1, help="runs per case (median reported)")
-    args = parser.parse_args()
+def one_core_quiet() -> Path:
+    """Pin this process to one CPU core (ONNX Runtime and tesseract one thread each), silence
+    warnings and logs, and return the shared data folder (absolute)."""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     os.environ["OMP_THREAD_LIMIT"] = "1"
@@ -128,8 +127,14 @@ def main() -> None:
 
     logging.disable(logging.WARNING)
     data_dir = project_data_dir()
-    if not data_dir.is_absolute():
-        data_dir = (ROOT / data_dir).resolve()
+    return data_dir if data_dir.is_absolute() else (ROOT / data_dir).resolve()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=1, help="runs per case (median reported)")
+    args = parser.parse_args()
+    data_dir = one_core_quiet()
     text_models()  # load (and hash-check) once, outside the timings
     from medsendx.pixels import tesslib
 

@@ -26,7 +26,6 @@ import io
 import os
 import sys
 import time
-import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -39,9 +38,8 @@ from rich.table import Table  # noqa: E402
 
 import heldout_corpus as hc  # noqa: E402
 from medsendx.config import PixelSettings  # noqa: E402
-from medsendx.dicomio import project_data_dir  # noqa: E402
 from medsendx.pixels import PixelCleaner  # noqa: E402
-from redact import timed  # noqa: E402  (bench/redact.py: median wall/CPU of a call)
+from redact import one_core_quiet, timed  # noqa: E402  (bench/redact.py: one-core set-up; median wall/CPU of a call)
 
 console = Console(width=200)
 
@@ -95,16 +93,7 @@ def main() -> None:
     parser.add_argument("--no-reader", action="store_true", help="skip the tesseract reader check (faster)")
     parser.add_argument("--no-tesseract-path", action="store_true", help="skip the former tesseract path")
     args = parser.parse_args()
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    os.environ["OMP_THREAD_LIMIT"] = "1"
-    warnings.simplefilter("ignore")
-    import logging
-
-    logging.disable(logging.WARNING)
-    data_dir = project_data_dir()
-    if not data_dir.is_absolute():
-        data_dir = (ROOT / data_dir).resolve()
+    data_dir = one_core_quiet()
     started = time.perf_counter()
     cases = hc.build(data_dir)
     paths = {"detector": PixelSettings()}

@@ -74,8 +74,10 @@ def _box(mask: np.ndarray) -> Box:
     return (int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1)
 
 
-def _finish(ds: Dataset, header: str) -> None:
-    for keyword, value in PATIENT.items():
+def _finish(ds: Dataset, header: str, patient: dict[str, str] | None = None) -> None:
+    """The planted identity (``patient``, default :data:`PATIENT`) in the header, the
+    BurnedInAnnotation asked for ("silent": none), and a new SOP Instance UID."""
+    for keyword, value in (PATIENT if patient is None else patient).items():
         setattr(ds, keyword, value)
     if header == "silent":
         if "BurnedInAnnotation" in ds:
@@ -171,6 +173,15 @@ def mammo_noise(seed: int = 3, laterality: str = "L", view: str = "CC", header: 
     ink = text_mask(pixels.shape, items)
     marker_mask = text_mask(pixels.shape, [((w - 140, h - 110), f"{laterality} {view}", "liberation", 40)])
     pixels[ink | marker_mask] = 16383
+    ds = mammo_header(14, laterality, view, window=(7000, 3000))
+    _store(ds, pixels)
+    _finish(ds, header)
+    return Case(f"mammography-like noise, {laterality} {view} marker, header {header}", ds, ink[np.newaxis],
+                markers=[_box(marker_mask)], header=header)  # fmt: skip
+
+
+def mammo_header(bits: int, laterality: str, view: str, window: tuple[int, int]) -> Dataset:
+    """A digital mammography (for presentation) header for 16-bit allocated, ``bits`` stored pixels."""
     from pydicom.dataset import FileMetaDataset
 
     ds = Dataset()
@@ -181,12 +192,9 @@ def mammo_noise(seed: int = 3, laterality: str = "L", view: str = "CC", header: 
     ds.Modality, ds.StudyInstanceUID, ds.SeriesInstanceUID = "MG", generate_uid(), generate_uid()
     ds.ImageLaterality, ds.ViewPosition = laterality, view
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 14, 13, 0
-    ds.WindowCenter, ds.WindowWidth = 7000, 3000
-    _store(ds, pixels)
-    _finish(ds, header)
-    return Case(f"mammography-like noise, {laterality} {view} marker, header {header}", ds, ink[np.newaxis],
-                markers=[_box(marker_mask)], header=header)  # fmt: skip
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+    ds.WindowCenter, ds.WindowWidth = window
+    return ds
 
 
 def ultrasound_rgb() -> Case:

@@ -35,10 +35,10 @@ import numpy as np
 import pydicom
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from burned_corpus import _store, stored_frames  # the same write-back and frame access as the tuning corpus
+from burned_corpus import _finish as _finish_header, _store, mammo_header, stored_frames  # the same header, write-back and frame access as the tuning corpus
 
 SEED = 20260612
 _DV = "/usr/share/fonts/truetype/dejavu/"
@@ -166,15 +166,7 @@ def _plant(pixels: np.ndarray, frame: int, keys: list[str], font: str, size: int
 
 
 def _finish(ds: Dataset, header: str) -> None:
-    for keyword, value in PATIENT.items():
-        setattr(ds, keyword, value)
-    if header == "silent":
-        if "BurnedInAnnotation" in ds:
-            del ds.BurnedInAnnotation
-    else:
-        ds.BurnedInAnnotation = header
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    _finish_header(ds, header, PATIENT)
     for keyword in ("WindowCenterWidthExplanation",):
         if keyword in ds:
             delattr(ds, keyword)
@@ -350,18 +342,8 @@ def _texture(rng: np.random.Generator, h: int, w: int, sigma: float, bits: int, 
 
 
 def _mammo_ds(bits: int, laterality: str, view: str) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"  # digital mammography, for presentation
-    ds.file_meta.ImplementationClassUID = "1.2.3.4"
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-    ds.Modality, ds.StudyInstanceUID, ds.SeriesInstanceUID = "MG", generate_uid(), generate_uid()
-    ds.ImageLaterality, ds.ViewPosition = laterality, view
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
     top = (1 << bits) - 1
-    ds.WindowCenter, ds.WindowWidth = int(0.45 * top), int(0.3 * top)
-    return ds
+    return mammo_header(bits, laterality, view, window=(int(0.45 * top), int(0.3 * top)))
 
 
 def _marker(px: np.ndarray, text: str, pen, position: str) -> Box:
