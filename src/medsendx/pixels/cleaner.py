@@ -141,7 +141,9 @@ class PixelCleaner:
             return PixelCleanResult(True, "no pixel data")
         if int(ds.get("BitsAllocated", 8)) == 1:
             return PixelCleanResult(False, "pixel check impossible: 1-bit pixel data is not supported")
-        if policy in ("redact-detected", "quarantine") and assess_pixel_risk(ds, checker=True, every_object=False) is None:
+        # Objects the header puts at risk are searched whole; the others are screened first.
+        whole = assess_pixel_risk(ds, checker=True, every_object=False) is not None
+        if policy in ("redact-detected", "quarantine") and not whole:
             layout = layout_of(ds)  # screened only: on the stored bytes first, decode only if it fires
             quiet = self.screen_native(layout, ds.PixelData) if layout is not None else None
             if quiet is not None:
@@ -151,7 +153,7 @@ class PixelCleaner:
         height, width = frames.shape[1:3]
         fill = _fill_value(ds, frames)
         if policy in ("redact-detected", "quarantine"):
-            return self._clean_detected(ds, _hidden_high_bits(ds, pixels), frames, fill)
+            return self._clean_detected(ds, _hidden_high_bits(ds, pixels), frames, fill, whole)
         matcher = IdentityMatcher.from_values(identifying)
         regions: list[Box] = []
         changed: set[int] = set()
@@ -187,10 +189,9 @@ class PixelCleaner:
             attest=False, method=f"tesseract word policy {policy} (not independently verified)",
         )  # fmt: skip
 
-    def _clean_detected(self, ds: Dataset, hidden: bool, frames: np.ndarray, fill: np.ndarray | int) -> PixelCleanResult:
-        """Policies "redact-detected" and "quarantine" (see :mod:`medsendx.pixels.textclean`)."""
-        # Objects the header puts at risk are searched whole; the others are screened first.
-        whole = assess_pixel_risk(ds, checker=True, every_object=False) is not None
+    def _clean_detected(self, ds: Dataset, hidden: bool, frames: np.ndarray, fill: np.ndarray | int, whole: bool) -> PixelCleanResult:
+        """Policies "redact-detected" and "quarantine" (see :mod:`medsendx.pixels.textclean`);
+        ``whole``: the header puts the object at risk (searched whole, not screened)."""
         if self.settings.policy == "quarantine":
             if whole:
                 return PixelCleanResult(False, "pixel policy is quarantine: objects at risk are not cleaned")

@@ -43,7 +43,7 @@ from medsendx.config import PixelSettings
 from medsendx.pixels import ocr
 from medsendx.pixels.detector import MAX_UPSCALE, TARGET_SHORT_SIDE, TextModels
 from medsendx.pixels.render import Rendering, full_range, renderings
-from medsendx.pixels.screen import candidate_regions, spike_values
+from medsendx.pixels.screen import STROKE_OFFSETS, candidate_regions, spike_values
 
 Box = tuple[int, int, int, int]
 log = logging.getLogger(__name__)
@@ -70,7 +70,6 @@ CONTEXT = 16
 # this far away hold another value).
 MIN_STROKE_PIXELS = 20
 PEN_TILE = 32
-STROKE_OFFSETS = (2, 3)
 # Second check: the detector at this factor of its first scale.
 VERIFY_SCALE = 0.75
 # Second check, tesseract: words it is this sure of (0-100) with 2+ letters or digits.
