@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from medsendx.config import Settings
-from medsendx.fsutil import TEMP_PREFIX
+from medsendx.fsutil import TEMP_PREFIX, atomic_write_bytes
 
 log = logging.getLogger("medsendx.triage.results")
 
@@ -167,15 +167,10 @@ def _record_release(settings: Settings, study_uid: str, built: list[tuple[str, A
             changed = True
     if not changed:
         return
-    path = store_dir(settings) / _safe(study_uid) / RELEASES
-    tmp = path.with_name(f".tmp-{os.getpid()}-{RELEASES}")
     try:
-        tmp.write_text(json.dumps(history))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
+        atomic_write_bytes(store_dir(settings) / _safe(study_uid) / RELEASES, json.dumps(history).encode(), 0o600)
     except OSError as exc:
         log.warning("triage results release not recorded", extra={"fields": {"error": type(exc).__name__}})
-        tmp.unlink(missing_ok=True)
 
 
 def queue_study(settings: Settings, outbox: Any, destination: str, study_uid: str,
