@@ -54,6 +54,7 @@ from medsendx.quarantine import quarantine_file
 IMPLEMENTATION_CLASS_UID = "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, "medsendx").int)
 IMPLEMENTATION_VERSION_NAME = f"MEDSENDX_{__version__}"[:16]
 MEDIA_DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (the pixel screen's boxes)
 
 # Dummy values for the D action, by VR. Sequences are kept with de-identified items; UIDs
 # get keyed replacements; binary values are emptied (no dummy could mean anything).
@@ -425,24 +426,28 @@ class Deidentifier:
         )
         if risk is not None:  # a cleaner is present and the risk is one it can fix
             # Screened only (at risk just because every object is checked): the screen runs on
-            # the pixel bytes as stored; the object is parsed again and decoded only if it fires.
-            screened_only = assess_header_risk(header, has_pixels, embedded_overlay, checker=True) is None
-            if screened_only and self._screen_native(index, buf, enc, text, part.transfer_syntax):
+            # the pixel bytes as stored; the object is parsed again and decoded only if it fires,
+            # and the cleaner is handed the screen's boxes (the output's pixels are these bytes).
+            screened = self._screen_native(index, buf, enc, text, part.transfer_syntax) if risk.screened_only else None
+            if screened is not None and not any(screened):
                 return chunks, report  # nothing found, nothing changed, nothing attested
             if words is None:
                 words = identifying_words(self._header_dataset(buf, elements, enc))
-            chunks, report.pixel_method = self._clean_pixels(b"".join(chunks), words, risk.reason)
+            chunks, report.pixel_method = self._clean_pixels(b"".join(chunks), words, risk.reason, screened)
             report.pixel_cleaned = bool(report.pixel_method)
         return chunks, report
 
-    def _screen_native(self, index: dict[int, Element], buf: bytes, enc: Encoding, text: Callable[[int], str], syntax: str) -> bool:
-        """True when the cleaner's screen, run on the uncompressed Pixel Data of the input
-        (the output keeps it byte for byte), finds nothing: the full check is then not needed.
-        False whenever it cannot say (no such screen, compressed or unusual pixel data)."""
-        screen = getattr(self.pixel_cleaner, "screen_native", None)
+    def _screen_native(
+        self, index: dict[int, Element], buf: bytes, enc: Encoding, text: Callable[[int], str], syntax: str
+    ) -> list[list[Box]] | None:
+        """The cleaner's screen (``screen_boxes``) on the uncompressed Pixel Data of the input
+        (the output keeps it byte for byte): its boxes per frame, up to the first frame where
+        it fires (none fires: the full check is not needed); None whenever it cannot say (no
+        such screen, compressed or unusual pixel data)."""
+        screen = getattr(self.pixel_cleaner, "screen_boxes", None)
         pixel = index.get(codec.PIXEL_DATA)
         if screen is None or pixel is None or pixel.length == codec.UNDEFINED:
-            return False
+            return None
         from medsendx.pixels.native import NativeLayout
 
         values: dict[str, int] = {}
@@ -450,18 +455,17 @@ class Deidentifier:
             el = index.get(tag)
             value = _us(buf, el, enc) if el is not None else None
             if value is None:
-                return False
+                return None
             values[name] = value
         try:
             frames = int(text(0x00280008) or 1)
         except ValueError:
-            return False
+            return None
         layout = NativeLayout(**values, frames=frames, photometric=text(0x00280004), transfer_syntax=syntax)
         try:
-            result = screen(layout, memoryview(buf)[pixel.value : pixel.end])
+            return screen(layout, memoryview(buf)[pixel.value : pixel.end])
         except Exception:  # the full check decides (and says why)
-            return False
-        return result is not None and bool(result.clean) and not result.attest and not result.changed
+            return None
 
     def _header_dataset(self, buf: bytes, elements: list[Element], enc: Encoding) -> Dataset:
         """A pydicom Dataset of the top-level elements whose words identify the patient."""
@@ -715,11 +719,17 @@ class Deidentifier:
             (0x00280303, codec.text_element(0x00280303, out_vr or "CS", temporal, enc)),
         ]
 
-    def _clean_pixels(self, blob: bytes, words: set[str], risk_reason: str) -> tuple[list[bytes | memoryview], str]:
+    def _clean_pixels(
+        self, blob: bytes, words: set[str], risk_reason: str, screened: list[list[Box]] | None = None
+    ) -> tuple[list[bytes | memoryview], str]:
         """Hand the de-identified object to the pixel cleaner: (output chunks, how the pixels
-        were cleaned; "" when nothing was attested or changed)."""
+        were cleaned; "" when nothing was attested or changed). ``screened``: the boxes its
+        ``screen_boxes`` gave on these pixels (not screened again)."""
         ds = pydicom.dcmread(io.BytesIO(blob))
-        result = self.pixel_cleaner(ds, words)  # type: ignore[misc]
+        if screened is not None:
+            result = self.pixel_cleaner(ds, words, screened=screened)  # type: ignore[misc, call-arg]
+        else:
+            result = self.pixel_cleaner(ds, words)  # type: ignore[misc]
         if not getattr(result, "clean", False):
             raise QuarantineRequired(getattr(result, "reason", "") or risk_reason)
         if not getattr(result, "attest", True):

@@ -50,10 +50,12 @@ PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 @dataclass(frozen=True)
 class PixelRisk:
     """Why an object's pixels may identify the patient; ``cleanable`` is False when no
-    text cleaner can fix it (a face, a document)."""
+    text cleaner can fix it (a face, a document); ``screened_only`` when nothing but
+    ``every_object`` put it at risk (the cheap screen decides whether it is searched)."""
 
     reason: str
     cleanable: bool
+    screened_only: bool = False
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -121,7 +123,7 @@ def assess_header_risk(
     if embedded_overlay:
         return PixelRisk("overlay embedded in unused pixel bits", cleanable=True)
     if checker and every_object:
-        return PixelRisk("configured to check every object", cleanable=True)
+        return PixelRisk("configured to check every object", cleanable=True, screened_only=True)
     return None
 
 

@@ -103,9 +103,11 @@ class PixelCleaner:
         """Why this object's pixels must be checked, or None (header only, no decoding)."""
         return pixel_risk(ds, self.settings)
 
-    def __call__(self, ds: Dataset, identifying_words: set[str]) -> PixelCleanResult:
+    def __call__(self, ds: Dataset, identifying_words: set[str], *, screened: list[list[Box]] | None = None) -> PixelCleanResult:
+        """``screened``: what :meth:`screen_boxes` gave on ``ds``'s Pixel Data (the de-identifier
+        screens the input's bytes, which the output keeps): those frames are not screened again."""
         try:
-            return self._clean(ds, identifying_words)
+            return self._clean(ds, identifying_words, screened)
         except DicomReadError as exc:
             return PixelCleanResult(False, f"pixel check impossible: {exc}")
         except (ocr.OcrUnavailable, DetectorUnavailable) as exc:
@@ -116,24 +118,37 @@ class PixelCleaner:
             log.warning("pixel cleaner failed on an object (%s)", type(exc).__name__)
             return PixelCleanResult(False, f"pixel check failed ({type(exc).__name__})")
 
-    def screen_native(self, layout: NativeLayout, data: bytes | memoryview) -> PixelCleanResult | None:
+    def screen_boxes(self, layout: NativeLayout, data: bytes | memoryview) -> list[list[Box]] | None:
         """The screen on uncompressed pixel bytes as stored, for an object that is screened
-        only (its header puts it at no risk; the caller decides that): the result when it
-        finds nothing on any frame, or None when the full check must run (the screen fired,
-        the layout is not a plain one, bits above Bits Stored must be cleared, fixed regions
-        are configured, a word policy is set). Nothing is decoded or copied, and no pixel
-        changes: the object goes out as it came in, with nothing attested."""
+        only (its header puts it at no risk; the caller decides that): its boxes per frame,
+        from the first frame up to the first one where it fires (all frames when it fires on
+        none: nothing to search); None when the full check must run without it (the layout
+        is not a plain one, bits above Bits Stored must be cleared, fixed regions are
+        configured, a word policy is set). Nothing is decoded or copied. The boxes are those
+        the full check would find on the decoded frames (the same stored values): hand them
+        to the cleaner's call (``screened``) so no frame is screened twice."""
         if self.settings.policy not in ("redact-detected", "quarantine") or self.settings.fixed_regions:
             return None
         read = native_frames(layout, data)
         if read is None or read[1]:
             return None
+        found: list[list[Box]] = []
         for frame in read[0]:
-            if candidate_regions(frame):
-                return None
+            found.append(candidate_regions(frame))
+            if found[-1]:
+                break  # the full check runs; it screens the remaining frames itself
+        return found
+
+    def screen_native(self, layout: NativeLayout, data: bytes | memoryview) -> PixelCleanResult | None:
+        """:meth:`screen_boxes` as a result: the result when the screen finds nothing on any
+        frame, or None when the full check must run. No pixel changes: the object goes out
+        as it came in, with nothing attested."""
+        found = self.screen_boxes(layout, data)
+        if found is None or any(found):
+            return None
         return PixelCleanResult(True, "screen found no text-like structure", method="screen")
 
-    def _clean(self, ds: Dataset, identifying: set[str]) -> PixelCleanResult:
+    def _clean(self, ds: Dataset, identifying: set[str], screened: list[list[Box]] | None = None) -> PixelCleanResult:
         policy = self.settings.policy
         if is_photograph(ds):
             return PixelCleanResult(False, "photograph that may show a face: stays in quarantine")
@@ -143,17 +158,19 @@ class PixelCleaner:
             return PixelCleanResult(False, "pixel check impossible: 1-bit pixel data is not supported")
         # Objects the header puts at risk are searched whole; the others are screened first.
         whole = assess_pixel_risk(ds, checker=True, every_object=False) is not None
-        if policy in ("redact-detected", "quarantine") and not whole:
+        if whole or policy not in ("redact-detected", "quarantine"):
+            screened = None  # searched whole, or read by a word policy: no screen
+        elif screened is None:
             layout = layout_of(ds)  # screened only: on the stored bytes first, decode only if it fires
-            quiet = self.screen_native(layout, ds.PixelData) if layout is not None else None
-            if quiet is not None:
-                return quiet
+            screened = self.screen_boxes(layout, ds.PixelData) if layout is not None else None
+        if screened is not None and not any(screened):
+            return PixelCleanResult(True, "screen found no text-like structure", method="screen")
         pixels = np.array(stored_pixels(ds), copy=True)  # all frames, decoded (YBR -> RGB)
         frames = pixels[np.newaxis] if frame_count(ds) == 1 else pixels
         height, width = frames.shape[1:3]
         fill = _fill_value(ds, frames)
         if policy in ("redact-detected", "quarantine"):
-            return self._clean_detected(ds, _hidden_high_bits(ds, pixels), frames, fill, whole)
+            return self._clean_detected(ds, _hidden_high_bits(ds, pixels), frames, fill, whole, screened or [])
         matcher = IdentityMatcher.from_values(identifying)
         regions: list[Box] = []
         changed: set[int] = set()
@@ -189,13 +206,16 @@ class PixelCleaner:
             attest=False, method=f"tesseract word policy {policy} (not independently verified)",
         )  # fmt: skip
 
-    def _clean_detected(self, ds: Dataset, hidden: bool, frames: np.ndarray, fill: np.ndarray | int, whole: bool) -> PixelCleanResult:
+    def _clean_detected(
+        self, ds: Dataset, hidden: bool, frames: np.ndarray, fill: np.ndarray | int, whole: bool, screened: list[list[Box]]
+    ) -> PixelCleanResult:
         """Policies "redact-detected" and "quarantine" (see :mod:`medsendx.pixels.textclean`);
-        ``whole``: the header puts the object at risk (searched whole, not screened)."""
+        ``whole``: the header puts the object at risk (searched whole, not screened);
+        ``screened``: the screen's boxes of the first frames (see :meth:`screen_boxes`)."""
         if self.settings.policy == "quarantine":
             if whole:
                 return PixelCleanResult(False, "pixel policy is quarantine: objects at risk are not cleaned")
-            if any(candidate_regions(frame) for frame in frames):
+            if any(screened) or any(candidate_regions(frame) for frame in frames[len(screened) :]):
                 return PixelCleanResult(False, "pixel policy is quarantine: the screen found text-like structure")
             return PixelCleanResult(True, "screen found no text-like structure", method="screen")
         height, width = frames.shape[1:3]
@@ -205,7 +225,7 @@ class PixelCleaner:
             if x1 > x0 and y1 > y0:
                 regions.append((x0, y0, x1, y1))
                 frames[:, y0:y1, x0:x1] = fill
-        outcome = clean_frames(ds, frames, fill, self.settings, text_models, whole or bool(regions))
+        outcome = clean_frames(ds, frames, fill, self.settings, text_models, whole or bool(regions), screened)
         regions = _unique(regions + outcome.regions)
         if not outcome.clean:
             return PixelCleanResult(False, outcome.reason, regions, False, outcome.ocr_calls,

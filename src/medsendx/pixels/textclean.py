@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -92,6 +92,7 @@ class FrameReport:
     whole: bool = False  # ... on the whole frame
     renderings: set[str] | None = None  # the renderings searched (the second look uses the same)
     pens: list[int] | None = None  # a screened frame's pens (what chose those renderings)
+    screened: list[Box] | None = None  # the screen's boxes on the frame as it came (not whole)
 
 
 @dataclass
@@ -185,11 +186,18 @@ class TextCleaner:
         text, confidence = self.models.recognise(rendering.image, box)
         return text if confidence >= MARKER_MIN_CONFIDENCE else ""
 
-    def clean_frame(self, ds: Dataset, frame: np.ndarray, fill: np.ndarray | int, whole: bool) -> FrameReport:
-        """Detect and blank text in ``frame`` (in place)."""
+    def clean_frame(
+        self, ds: Dataset, frame: np.ndarray, fill: np.ndarray | int, whole: bool, screened: list[Box] | None = None
+    ) -> FrameReport:
+        """Detect and blank text in ``frame`` (in place); ``screened``: the screen's boxes on
+        this frame when they are known already (``candidate_regions`` of the same values)."""
         height, width = frame.shape[:2]
         report = FrameReport(whole=whole)
-        areas = [(0, 0, width, height)] if whole else merge_areas(candidate_regions(frame), height, width)
+        if whole:
+            areas = [(0, 0, width, height)]
+        else:
+            report.screened = candidate_regions(frame) if screened is None else screened
+            areas = merge_areas(report.screened, height, width)
         if not areas:
             return report
         report.searched = True
@@ -257,7 +265,11 @@ class TextCleaner:
                 continue
             return "text remains after redaction (second reader: tesseract on the full stored range)"
         # The detector again, on every rendering of the redacted frame at another scale.
-        areas = [(0, 0, width, height)] if report.whole else candidate_regions(frame) + report.blanked
+        if report.whole:
+            areas = [(0, 0, width, height)]
+        else:  # (a frame with nothing blanked is the one screened: its boxes still hold)
+            again = report.screened if report.screened is not None and not report.blanked else None
+            areas = (candidate_regions(frame) if again is None else again) + report.blanked
         areas = merge_areas([_grow(a, 16, height, width) for a in areas], height, width)
         for rendering in renderings(ds, frame, report.pens):
             if report.renderings is not None and rendering.name not in report.renderings:
@@ -412,9 +424,10 @@ def _mostly_inside(box: Box, boxes: list[Box]) -> bool:
 
 def clean_frames(
     ds: Dataset, frames: np.ndarray, fill: np.ndarray | int, settings: PixelSettings,
-    models: TextModels | Callable[[], TextModels], whole: bool,
+    models: TextModels | Callable[[], TextModels], whole: bool, screened: Sequence[list[Box]] = (),
 ) -> Outcome:
-    """Run the default-deny cleaner over every frame of ``frames`` (edited in place)."""
+    """Run the default-deny cleaner over every frame of ``frames`` (edited in place);
+    ``screened``: the screen's boxes of the first frames, found already on these values."""
     cleaner = TextCleaner(settings, models)
     height, width = frames.shape[1:3]
     reports: dict[bytes, FrameReport] = {}
@@ -427,7 +440,7 @@ def clean_frames(
             for x0, y0, x1, y1 in report.blanked:
                 frames[index][y0:y1, x0:x1] = fill
         else:
-            report = cleaner.clean_frame(ds, frames[index], fill, whole)
+            report = cleaner.clean_frame(ds, frames[index], fill, whole, screened[index] if index < len(screened) else None)
             reports[key] = report
             if cleaner.blanked_share(report, height, width) > settings.max_blanked_share:
                 return Outcome(
