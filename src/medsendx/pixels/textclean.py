@@ -43,7 +43,7 @@ from medsendx.config import PixelSettings
 from medsendx.pixels import ocr
 from medsendx.pixels.detector import MAX_UPSCALE, TARGET_SHORT_SIDE, TextModels
 from medsendx.pixels.render import Rendering, full_range, renderings
-from medsendx.pixels.screen import STROKE_OFFSETS, candidate_regions, spike_values
+from medsendx.pixels.screen import MIN_THIN_PIXELS, STROKE_OFFSETS, TILE, USUAL_PENS, _dense, candidate_regions, spike_values
 
 Box = tuple[int, int, int, int]
 log = logging.getLogger(__name__)
@@ -65,11 +65,10 @@ MARKER_MIN_CONFIDENCE = 0.8
 MARKER_MAX_ASPECT = 4.5
 # A detector crop keeps this many px of flat margin around what it holds.
 CONTEXT = 16
-# A pen in a screened area: a value with this many stroke pixels in some PEN_TILE px tile
-# (screen.py fires on 30 thin pixels of a 32 px tile, or 50 over 2 x 2 tiles), strokes up to 5 px wide (both sides
-# this far away hold another value).
-MIN_STROKE_PIXELS = 20
-PEN_TILE = 32
+# A pen in a screened area: a value whose stroke pixels (strokes up to 5 px wide: both sides
+# 2-3 px away hold another value) are dense by the screen's rule (screen._dense: 30 in a
+# tile, or 50 over 2 x 2 tiles, on the screen's tiles). After redaction, such strokes of a
+# pen left outside the blanked boxes and kept markers are text the detector missed.
 # Second check: the detector at this factor of its first scale.
 VERIFY_SCALE = 0.75
 # Second check, tesseract: words it is this sure of (0-100) with 2+ letters or digits.
@@ -205,18 +204,19 @@ class TextCleaner:
         # extreme-value renderings are made for the pens found in these areas only.
         pens = None
         if not whole and frame.ndim == 2:
-            # The screen fires on strokes of the frame's spike values (screen.candidate_regions);
-            # an area's own spikes are added. Of those, the values that form strokes in the
-            # area are its pens: they choose the extreme-value renderings, and the detector
-            # gets the area around their strokes (CONTEXT px), not the screen's whole tiles.
-            # An area without any (not expected where the screen fired) is searched as is,
-            # in every rendering.
-            frame_spikes = set(spike_values(frame))
+            # The screen fires on strokes of the frame's spike values (screen.candidate_regions,
+            # with its weak excess for 255/4095 and the maximum: a 255 pen over tissue of values
+            # around 255 is no plain spike); an area's own spikes are added. Of those, the values
+            # that form strokes in the area are its pens: they choose the extreme-value
+            # renderings, and the detector gets the area around their strokes (CONTEXT px), not
+            # the screen's whole tiles. An area without any (not expected where the screen
+            # fired) is searched as is, in every rendering.
+            frame_spikes = set(spike_values(frame)) | set(spike_values(frame, edge_aware=True, usual=USUAL_PENS, top=True))
             found_pens: set[int] = set()
             narrowed: list[Box] = []
             for x0, y0, x1, y1 in areas:
                 crop = frame[y0:y1, x0:x1]
-                strokes = _pen_strokes(crop, sorted(frame_spikes | set(spike_values(crop))))
+                strokes = _pen_strokes(crop, sorted(frame_spikes | set(spike_values(crop))), (x0, y0))
                 if not strokes:
                     found_pens = set()
                     narrowed = areas
@@ -256,6 +256,8 @@ class TextCleaner:
         outside blanked boxes and allowed markers; else what it found (our own words)."""
         height, width = frame.shape[:2]
         done = report.blanked + report.kept
+        if report.pens and report.screened and frame.ndim == 2 and _pen_left(frame, report.pens, report.screened, done):
+            return "text remains after redaction (strokes of a pen outside the blanked boxes)"
         # Another engine on the full stored range, over the whole frame.
         self.ocr_calls += 1
         for word in ocr.ocr_image(full_range(ds, frame)):
@@ -287,6 +289,28 @@ class TextCleaner:
                 log.debug("second look found a region at %s in %s", box, rendering.name)
                 return "text remains after redaction (second look: detector at another scale)"
         return None
+
+
+def _pen_left(frame: np.ndarray, pens: list[int], screened: list[Box], done: list[Box]) -> bool:
+    """Strokes of ``pens`` dense by the screen's rule in the screened areas of the redacted
+    ``frame``, outside the boxes ``done`` (blanked or kept): what drew the text found there
+    drew more (a small line in another pen, or too small for the detector)."""
+    height, width = frame.shape
+    reach = max(STROKE_OFFSETS)
+    for x0, y0, x1, y1 in merge_areas(screened, height, width):
+        # (the strokes are judged with the frame's own pixels beyond the area's edges)
+        gx0, gy0 = max(0, x0 - reach), max(0, y0 - reach)
+        crop = frame[gy0 : min(height, y1 + reach), gx0 : min(width, x1 + reach)]
+        for value in pens:
+            mask = crop == value
+            if int(mask.sum()) < MIN_THIN_PIXELS:
+                continue
+            stroke = _strokes(mask)[y0 - gy0 : y1 - gy0, x0 - gx0 : x1 - gx0]
+            for bx0, by0, bx1, by1 in done:  # (grown by a stroke's reach: a box's edge is no stroke)
+                stroke[max(0, by0 - y0 - reach) : max(0, by1 - y0 + reach), max(0, bx0 - x0 - reach) : max(0, bx1 - x0 + reach)] = False
+            if _dense_at(stroke, (x0, y0)):
+                return True
+    return False
 
 
 def merge_areas(areas: list[Box], height: int, width: int, near: int = 32) -> list[Box]:
@@ -372,34 +396,47 @@ def _content(crop: np.ndarray, ox: int, oy: int) -> list[Box]:
     return parts
 
 
-def _pen_strokes(crop: np.ndarray, values: list[int]) -> dict[int, np.ndarray]:
-    """Of ``values``, those whose pixels in ``crop`` form strokes (MIN_STROKE_PIXELS in some
-    tile, of pixels with both sides, 2 or 3 px away, of another value: across a stroke up to 5 px
-    wide, unlike inside or along the edge of a flat area; and a neighbour of their own
-    value: not a speck); each with its stroke pixels."""
+def _pen_strokes(crop: np.ndarray, values: list[int], origin: tuple[int, int] = (0, 0)) -> dict[int, np.ndarray]:
+    """Of ``values``, those whose stroke pixels in ``crop`` (placed at ``origin``, x and y, in
+    its frame; see :func:`_strokes`) are dense somewhere by the screen's rule, on the
+    screen's tiles of the frame (:func:`_dense_at`); each with its stroke pixels."""
     out: dict[int, np.ndarray] = {}
     for value in values:
         mask = crop == value
-        if int(mask.sum()) < MIN_STROKE_PIXELS:
-            continue
-        stroke = np.zeros_like(mask)
-        for d in STROKE_OFFSETS:
-            padded = np.pad(mask, d, constant_values=False)
-            core = padded[d:-d, d:-d]
-            across_x = ~padded[d:-d, : -2 * d] & ~padded[d:-d, 2 * d :]
-            across_y = ~padded[: -2 * d, d:-d] & ~padded[2 * d :, d:-d]
-            stroke |= core & (across_x | across_y)
-        # ...and continuing into a neighbour of the same value (a stroke, not a speck).
-        padded = np.pad(mask, 1, constant_values=False)
-        stroke &= padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
-        # ...dense somewhere, as the screen asks of a tile (a line of text, not a scattered edge).
-        h, w = stroke.shape
-        th, tw = -(-h // PEN_TILE), -(-w // PEN_TILE)
-        tiles = np.zeros((th * PEN_TILE, tw * PEN_TILE), dtype=np.int32)
-        tiles[:h, :w] = stroke
-        if int(tiles.reshape(th, PEN_TILE, tw, PEN_TILE).sum(axis=(1, 3)).max()) >= MIN_STROKE_PIXELS:
+        if int(mask.sum()) < MIN_THIN_PIXELS:
+            continue  # (too few to be dense anywhere)
+        stroke = _strokes(mask)
+        if _dense_at(stroke, origin):
             out[value] = stroke
     return out
+
+
+def _strokes(mask: np.ndarray) -> np.ndarray:
+    """The pixels of ``mask`` with both sides, 2 or 3 px away, outside it (across a stroke up
+    to 5 px wide, unlike inside or along the edge of a flat area) and a neighbour in it (a
+    stroke, not a speck). Beyond the border the border pixel continues, as in the screen (a
+    flat area cut by the border is no stroke there)."""
+    stroke = np.zeros_like(mask)
+    for d in STROKE_OFFSETS:
+        padded = np.pad(mask, d, mode="edge")
+        core = padded[d:-d, d:-d]
+        across_x = ~padded[d:-d, : -2 * d] & ~padded[d:-d, 2 * d :]
+        across_y = ~padded[: -2 * d, d:-d] & ~padded[2 * d :, d:-d]
+        stroke |= core & (across_x | across_y)
+    padded = np.pad(mask, 1, constant_values=False)
+    return stroke & (padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:])
+
+
+def _dense_at(stroke: np.ndarray, origin: tuple[int, int]) -> bool:
+    """``stroke`` (placed at ``origin`` in its frame) is dense as the screen asks of its tiles
+    (``screen._dense``: a line of text, not a scattered edge; a small line straddling tiles
+    counts over a 2 x 2 window), counted on the screen's own tile grid of the frame."""
+    oy, ox = origin[1] % TILE, origin[0] % TILE
+    h, w = stroke.shape
+    th, tw = -(-(h + oy) // TILE), -(-(w + ox) // TILE)
+    tiles = np.zeros((th * TILE, tw * TILE), dtype=np.int32)
+    tiles[oy : oy + h, ox : ox + w] = stroke
+    return bool(_dense(tiles.reshape(th, TILE, tw, TILE).sum(axis=(1, 3))).any())
 
 
 def _around(mask: np.ndarray, ox: int, oy: int) -> Box:
