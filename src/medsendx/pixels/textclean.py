@@ -43,7 +43,7 @@ from medsendx.config import PixelSettings
 from medsendx.pixels import ocr
 from medsendx.pixels.detector import MAX_UPSCALE, TARGET_SHORT_SIDE, TextModels
 from medsendx.pixels.render import Rendering, full_range, renderings
-from medsendx.pixels.screen import MIN_THIN_PIXELS, STROKE_OFFSETS, TILE, USUAL_PENS, _dense, candidate_regions, spike_values
+from medsendx.pixels.screen import MIN_THIN_PIXELS, STROKE_OFFSETS, TILE, USUAL_PENS, _dense, _Plane, candidate_regions, spike_values
 
 Box = tuple[int, int, int, int]
 log = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ class TextCleaner:
         outside blanked boxes and allowed markers; else what it found (our own words)."""
         height, width = frame.shape[:2]
         done = report.blanked + report.kept
-        if report.pens and report.screened and frame.ndim == 2 and _pen_left(frame, report.pens, report.screened, done):
+        if report.pens and report.screened and frame.ndim == 2 and _pen_left(frame, report.pens, report.screened, report.kept):
             return "text remains after redaction (strokes of a pen outside the blanked boxes)"
         # Another engine on the full stored range, over the whole frame.
         self.ocr_calls += 1
@@ -291,26 +291,21 @@ class TextCleaner:
         return None
 
 
-def _pen_left(frame: np.ndarray, pens: list[int], screened: list[Box], done: list[Box]) -> bool:
-    """Strokes of ``pens`` dense by the screen's rule in the screened areas of the redacted
-    ``frame``, outside the boxes ``done`` (blanked or kept): what drew the text found there
-    drew more (a small line in another pen, or too small for the detector)."""
+def _pen_left(frame: np.ndarray, pens: list[int], screened: list[Box], kept: list[Box]) -> bool:
+    """The screen's own stroke test (``screen._Plane.thin_tiles``: thin strokes of one value
+    that contrast with both sides, dense by its rule, a small line over a 2 x 2 window of
+    tiles) still fires for one of ``pens`` on the redacted ``frame``, in a tile of its
+    screened areas away from the kept markers: what drew the text found there drew more (a
+    line too small for the detector). Blanked boxes hold one flat value: no strokes."""
+    plane = _Plane(np.ascontiguousarray(frame))
     height, width = frame.shape
+    looked = np.zeros((plane.th, plane.tw), dtype=bool)
+    for x0, y0, x1, y1 in screened:
+        looked[y0 // TILE : -(-y1 // TILE), x0 // TILE : -(-x1 // TILE)] = True
     reach = max(STROKE_OFFSETS)
-    for x0, y0, x1, y1 in merge_areas(screened, height, width):
-        # (the strokes are judged with the frame's own pixels beyond the area's edges)
-        gx0, gy0 = max(0, x0 - reach), max(0, y0 - reach)
-        crop = frame[gy0 : min(height, y1 + reach), gx0 : min(width, x1 + reach)]
-        for value in pens:
-            mask = crop == value
-            if int(mask.sum()) < MIN_THIN_PIXELS:
-                continue
-            stroke = _strokes(mask)[y0 - gy0 : y1 - gy0, x0 - gx0 : x1 - gx0]
-            for bx0, by0, bx1, by1 in done:  # (grown by a stroke's reach: a box's edge is no stroke)
-                stroke[max(0, by0 - y0 - reach) : max(0, by1 - y0 + reach), max(0, bx0 - x0 - reach) : max(0, bx1 - x0 + reach)] = False
-            if _dense_at(stroke, (x0, y0)):
-                return True
-    return False
+    for x0, y0, x1, y1 in kept:  # (a marker's strokes are allowed to stay)
+        looked[max(0, y0 - reach) // TILE : -(-min(height, y1 + reach) // TILE), max(0, x0 - reach) // TILE : -(-min(width, x1 + reach) // TILE)] = False
+    return any(bool((plane.thin_tiles(value) & looked).any()) for value in pens)
 
 
 def merge_areas(areas: list[Box], height: int, width: int, near: int = 32) -> list[Box]:
