@@ -19,7 +19,9 @@ Per frame (identical frames are done once):
    Regions covering more than ``max_blanked_share`` of a frame cannot be told from
    anatomy: the object goes to quarantine.
 4. *Verify, independently.* After redaction, a second check must find no text outside the
-   allow-list: tesseract (another engine, in process: :mod:`medsendx.pixels.tesslib`) on
+   allow-list: on a screened frame, the screen's own stroke test for the area's pens must
+   not fire again outside kept markers (a line too small for the detector, see
+   ``_pen_left``); tesseract (another engine, in process: :mod:`medsendx.pixels.tesslib`) on
    the full-range rendering of the whole frame, and the detector again on the same
    renderings at another scale. Only then is the object
    attested clean (BurnedInAnnotation NO, code 113101); otherwise it goes to quarantine.
