@@ -69,8 +69,8 @@ MARKER_MAX_ASPECT = 4.5
 CONTEXT = 16
 # A pen in a screened area: a value whose stroke pixels (strokes up to 5 px wide: both sides
 # 2-3 px away hold another value) are dense by the screen's rule (screen._dense: 30 in a
-# tile, or 50 over 2 x 2 tiles, on the screen's tiles). After redaction, such strokes of a
-# pen left outside the blanked boxes and kept markers are text the detector missed.
+# tile, or 50 over 2 x 2 tiles, on the screen's tiles). After redaction the screen's own
+# stroke test for those pens must not fire again (see _pen_left).
 # Second check: the detector at this factor of its first scale.
 VERIFY_SCALE = 0.75
 # Second check, tesseract: words it is this sure of (0-100) with 2+ letters or digits.
