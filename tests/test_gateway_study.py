@@ -11,6 +11,7 @@ from medsendx.config import Settings
 from medsendx.gateway.demo import scanner_send
 from medsendx.gateway.scanday import PATIENTS, plant_identity
 from medsendx.gateway.service import GatewayService
+from medsendx.gateway.staging import Staging
 from medsendx.gateway.state import GatewayState
 from medsendx.outbox import Outbox
 
@@ -61,3 +62,72 @@ def test_study_is_held_until_quiet_then_sent(tmp_path, ct_head):
     assert len(delivered) == 12
     modalities = sorted(str(pydicom.dcmread(p, stop_before_pixels=True).Modality) for p in delivered)
     assert modalities == ["CT"] * 6 + ["KO"] * 2 + ["SEG"] * 2 + ["SR"] * 2
+
+
+def test_streamed_study_is_due_once_quiet_and_keeps_images_that_came_while_built(tmp_path):
+    db = tmp_path / "gateway.sqlite3"
+    state = GatewayState(db)
+    state.stream("9.9")
+    state.stream("9.9")
+    state.stream("8.8")
+    assert state.quiet_streamed(60) == []  # just arrived
+    later = time.time() + 61
+    assert dict(state.quiet_streamed(60, now=later)) == {"9.9": 2, "8.8": 1}
+    state.stream("9.9")  # a third image came while the results of the first two were built
+    assert state.results_built("8.8", 1) is True
+    assert state.results_built("9.9", 2) is False  # still due, for a release with the third
+    assert state.results_waiting() == 1
+    state.close()
+    reopened = GatewayState(db)  # what a restart finds
+    assert reopened.quiet_streamed(60, now=time.time() + 61) == [("9.9", 3)]
+    assert reopened.results_built("9.9", 3) is True and reopened.results_waiting() == 0
+    reopened.close()
+
+
+def _streaming(tmp_path: Path, results_quiet_seconds: float) -> Settings:
+    settings = Settings(state_dir=tmp_path / "state")
+    settings.outbox.destination = str(tmp_path / "hq")
+    gw = settings.gateway
+    gw.bind_address, gw.dicom_port, gw.http_port, gw.min_free_bytes = "127.0.0.1", 0, 0, 0
+    gw.allowed_calling_aets = ["CT_VAN_SCANNER"]  # scanner_send's calling AE title
+    gw.processes, gw.workers, gw.results_quiet_seconds = 0, 2, results_quiet_seconds
+    return settings
+
+
+def _wait(condition, timeout: float = 120) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_image_committed_just_before_a_kill_still_gets_its_study_results(tmp_path, ct_head):
+    """What a kill between an image's commit and the note of its study leaves: the image
+    in the outbox, its raw input still staged, no note. The next start processes the input
+    again (a duplicate) and the study gets its SEG, SR and KOS; a scanner re-sending the
+    images later makes nothing new."""
+    files = [plant_identity(src, tmp_path / f"{i}.dcm", PATIENTS[0]) for i, src in enumerate(ct_head[:2])]
+    first = GatewayService(_streaming(tmp_path, 0.0)).start()  # 0: no results, so no note
+    try:
+        assert scanner_send(files, first.receiver.port) == [0, 0]
+        assert _wait(lambda: first.state.counters()["deidentified"] == 2 and not first.staging.pending())
+    finally:
+        first.stop()
+    settings = _streaming(tmp_path, 1.0)
+    staging = Staging(settings.state_dir / "staging")
+    for f in files:  # the raw inputs the kill kept
+        staging.stage_bytes(f.read_bytes())
+    service = GatewayService(settings).start()
+    try:
+        assert _wait(lambda: service.state.counters()["results_kos"] == 1 and service.state.results_waiting() == 0)
+        counters = service.state.counters()
+        assert (counters["results_seg"], counters["results_sr"], counters["duplicates"]) == (1, 1, 2)
+        assert scanner_send(files, service.receiver.port) == [0, 0]  # sent again by the scanner
+        assert _wait(lambda: service.state.counters()["duplicates"] == 4 and not service.staging.pending())
+        assert service.state.results_waiting() == 0
+    finally:
+        service.stop()
+    rows = Outbox(settings.outbox_db).items()
+    assert len(rows) == 2 + 3 and len({r.sop_instance_uid for r in rows}) == 5
