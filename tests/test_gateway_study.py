@@ -1,4 +1,5 @@
-"""Study-aware sending: hold each study until it has been quiet, then queue it by priority."""
+"""Study-aware sending: hold each study until it has been quiet, then queue it by priority;
+streaming, queue each image at once and a study's triage results once it has been quiet."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from medsendx.gateway.service import GatewayService
 from medsendx.gateway.staging import Staging
 from medsendx.gateway.state import GatewayState
 from medsendx.outbox import Outbox
+from test_gateway_service import GatewayProcess, push, wait_for
 
 
 def test_held_objects_come_out_highest_priority_first(tmp_path):
@@ -95,15 +97,6 @@ def _streaming(tmp_path: Path, results_quiet_seconds: float) -> Settings:
     return settings
 
 
-def _wait(condition, timeout: float = 120) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_image_committed_just_before_a_kill_still_gets_its_study_results(tmp_path, ct_head):
     """What a kill between an image's commit and the note of its study leaves: the image
     in the outbox, its raw input still staged, no note. The next start processes the input
@@ -113,7 +106,7 @@ def test_image_committed_just_before_a_kill_still_gets_its_study_results(tmp_pat
     first = GatewayService(_streaming(tmp_path, 0.0)).start()  # 0: no results, so no note
     try:
         assert scanner_send(files, first.receiver.port) == [0, 0]
-        assert _wait(lambda: first.state.counters()["deidentified"] == 2 and not first.staging.pending())
+        wait_for(lambda: first.state.counters()["deidentified"] == 2 and not first.staging.pending(), what="2 queued")
     finally:
         first.stop()
     settings = _streaming(tmp_path, 1.0)
@@ -122,11 +115,13 @@ def test_image_committed_just_before_a_kill_still_gets_its_study_results(tmp_pat
         staging.stage_bytes(f.read_bytes())
     service = GatewayService(settings).start()
     try:
-        assert _wait(lambda: service.state.counters()["results_kos"] == 1 and service.state.results_waiting() == 0)
+        wait_for(lambda: service.state.counters()["results_kos"] == 1 and service.state.results_waiting() == 0,
+                 what="the study's results after the restart")
         counters = service.state.counters()
         assert (counters["results_seg"], counters["results_sr"], counters["duplicates"]) == (1, 1, 2)
         assert scanner_send(files, service.receiver.port) == [0, 0]  # sent again by the scanner
-        assert _wait(lambda: service.state.counters()["duplicates"] == 4 and not service.staging.pending())
+        wait_for(lambda: service.state.counters()["duplicates"] == 4 and not service.staging.pending(),
+                 what="the re-sent images handled")
         assert service.state.results_waiting() == 0
     finally:
         service.stop()
@@ -145,7 +140,6 @@ def test_streamed_study_gets_its_results_when_quiet_again_after_kills(orthanc, t
        an SR numbered 2 naming the first as predecessor and covering all 28 slices).
     Orthanc holds every instance once; the counters say what it holds."""
     from delivery_samples import orthanc_objects
-    from test_gateway_service import GatewayProcess, push, wait_for
     from test_triage_results import KOS_CLASS, SEG_CLASS, SR_CLASS, STATION
 
     from medsendx.triage.dicom_results import read_triage_report

@@ -339,7 +339,7 @@ class GatewayService:
         while not self._resumed.is_set():
             if self.stopping.wait(0.2):
                 return
-        while not self.stopping.wait(min(1.0, quiet / 2)):
+        while not self.stopping.wait(max(0.1, min(1.0, quiet / 2))):
             self.build_quiet_results(quiet)
 
     def build_quiet_results(self, quiet_seconds: float) -> int:
