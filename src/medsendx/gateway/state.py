@@ -62,7 +62,8 @@ class GatewayState:
         self._lock = threading.Lock()
         # NORMAL in WAL mode: every transaction is atomic, the last few may be lost on a power
         # cut. Fine for counters and hashes (a lost "seen" mark means one harmless re-run
-        # that the outbox deduplicates); the scans themselves are made durable elsewhere.
+        # that the outbox deduplicates); the scans themselves are made durable elsewhere,
+        # and the one write whose loss is not harmless is synced (``stream``).
         self._db = open_sqlite(Path(db_path), synchronous="NORMAL")
         self._db.executescript(_SCHEMA)
 
@@ -164,12 +165,18 @@ class GatewayState:
     # ``arrivals`` counts them, so that a build does not clear images that came meanwhile.
     def stream(self, study_instance_uid: str) -> None:
         """An image of the study was queued (streaming mode): its results are due once quiet."""
+        now = time.time()
         with self._lock:
-            self._db.execute(
-                "INSERT INTO streamed VALUES(?, ?, 1) ON CONFLICT(study_instance_uid) "
-                "DO UPDATE SET last_at = excluded.last_at, arrivals = arrivals + 1",
-                (study_instance_uid, time.time()),
-            )
+            if self._db.execute("UPDATE streamed SET last_at = ?, arrivals = arrivals + 1 WHERE study_instance_uid = ?",
+                                (now, study_instance_uid)).rowcount:
+                return
+            # The one write here whose loss in a power cut matters (the study would never get
+            # its results; a lost update or delete only builds them again): synced.
+            self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                self._db.execute("INSERT INTO streamed VALUES(?, ?, 1)", (study_instance_uid, now))
+            finally:
+                self._db.execute("PRAGMA synchronous=NORMAL")
 
     def quiet_streamed(self, quiet_seconds: float, now: float | None = None) -> list[tuple[str, int]]:
         """(study, arrivals) of the streamed studies without a new image for ``quiet_seconds``,
