@@ -149,7 +149,10 @@ def start_gateway(state: Path, orthanc: Orthanc, log: Path) -> tuple[subprocess.
     dicom_port, http_port = free_port(), free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), MEDSENDX_STATE_DIR=str(state),
                MEDSENDX_GATEWAY__BIND_ADDRESS="127.0.0.1", MEDSENDX_GATEWAY__MIN_FREE_BYTES="0",
-               MEDSENDX_GATEWAY__ALLOWED_CALLING_AETS="STORESCU")  # storescu's default calling AE title
+               MEDSENDX_GATEWAY__ALLOWED_CALLING_AETS="STORESCU",  # storescu's default calling AE title
+               # the image path only: a study's results (timed by bench/segment.py
+               # --results-only) would be built mid-run and counted as delivered objects
+               MEDSENDX_GATEWAY__RESULTS_QUIET_SECONDS="0")
     proc = subprocess.Popen(
         [sys.executable, "-m", "medsendx", "gateway", "--dicom-port", str(dicom_port), "--http-port", str(http_port),
          "--to", f"dicomweb+{orthanc.dicomweb_url}"],

@@ -43,6 +43,9 @@ class GatewayProcess:
             "MEDSENDX_GATEWAY__MIN_FREE_BYTES": "0",
             "MEDSENDX_OUTBOX__BACKOFF_BASE_SECONDS": "0.2",
             "MEDSENDX_OUTBOX__BACKOFF_CAP_SECONDS": "1.5",
+            # these tests count the images a PACS gets; a streamed study's triage results
+            # (after gateway.results_quiet_seconds) are tested where they are asked for
+            "MEDSENDX_GATEWAY__RESULTS_QUIET_SECONDS": "0",
             **(env or {}),
         }
         self.proc: subprocess.Popen | None = None

@@ -102,6 +102,7 @@ def test_validate_reports_every_wrong_key_with_its_path(tmp_path: Path) -> None:
         ({"MEDSENDX_GATEWAY__DICOM_PORT": "70000"}, "gateway.dicom_port"),
         ({"MEDSENDX_OUTBOX__BATCH_MAX_OBJECTS": "0"}, "outbox.batch_max_objects"),
         ({"MEDSENDX_GATEWAY__WORKERS": "-1"}, "gateway.workers"),
+        ({"MEDSENDX_GATEWAY__RESULTS_QUIET_SECONDS": "-5"}, "gateway.results_quiet_seconds"),
         ({"MEDSENDX_OUTBOX__BACKOFF_CAP_SECONDS": "nan"}, "outbox.backoff_cap_seconds"),
         ({"MEDSENDX_GATEWAY__TLS_CERT_FILE": "c.pem"}, "gateway.tls_key_file"),
     ],

@@ -157,6 +157,9 @@ class GatewaySettings:
     originals: Literal["move", "delete"] = "move"
     min_free_bytes: int = 500 * 1024 * 1024
     study_quiet_seconds: float = 0.0  # 0: stream each instance as soon as it is ready
+    # Streaming (no study hold): a study's triage results (SEG / SR / KOS) are built once it
+    # has had no new image for this long; more images later make a new release. 0: none.
+    results_quiet_seconds: float = 30.0
     # Pipeline threads (each handles one object at a time; much of that is waiting for
     # fsync, so more threads than cores pays off) and worker processes doing the CPU work
     # (de-identification, triage, features) beside them; 0 processes: all in the threads.
@@ -302,6 +305,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "gateway.http_port": (0, 65535),
     "gateway.min_free_bytes": (0, None),
     "gateway.study_quiet_seconds": (0, None),
+    "gateway.results_quiet_seconds": (0, None),
     "gateway.workers": (1, 256),
     "gateway.processes": (0, 256),
     "gateway.settle_seconds": (0, None),

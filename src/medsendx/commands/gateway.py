@@ -18,10 +18,13 @@ from medsendx.commands._common import err_console, settings_from_context
 @click.option("--originals", type=click.Choice(["move", "delete"]), help="What happens to dropped files once handled.")
 @click.option("--to", "destination", help="Where to deliver: dicomweb+http(s)://..., dimse://AET@host:port, s3://bucket/prefix, or a folder.")
 @click.option("--study-quiet-seconds", type=float, help="Hold each study until quiet this long, then send it in priority order (0: stream).")
+@click.option("--results-quiet-seconds", type=float,
+              help="Streaming: queue a study's triage results once it has had no new image this long "
+                   "(default: gateway.results_quiet_seconds, 30; 0: none).")
 @click.option("--workers", type=int, help="Pipeline threads (default: gateway.workers).")
 @click.pass_context
 def gateway_cmd(ctx: click.Context, dicom_port, ae_title, bind_address, allowed_calling_aets, http_port, watch_dirs, originals,
-                destination, study_quiet_seconds, workers) -> None:
+                destination, study_quiet_seconds, results_quiet_seconds, workers) -> None:
     """Run the edge gateway until stopped (SIGTERM or Ctrl-C).
 
     Receives scans over DICOM C-STORE and from drop folders, stages them durably, de-identifies,
@@ -40,7 +43,8 @@ def gateway_cmd(ctx: click.Context, dicom_port, ae_title, bind_address, allowed_
             "dicom_port": dicom_port, "ae_title": ae_title, "bind_address": bind_address,
             "allowed_calling_aets": list(allowed_calling_aets) or None,
             "http_port": http_port, "watch_dirs": list(watch_dirs) or None, "originals": originals,
-            "study_quiet_seconds": study_quiet_seconds, "workers": workers,
+            "study_quiet_seconds": study_quiet_seconds,
+            "results_quiet_seconds": results_quiet_seconds, "workers": workers,
         },
     })
     from medsendx.gateway.logs import configure_logging

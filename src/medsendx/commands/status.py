@@ -21,6 +21,7 @@ ROWS = [
     ("errors_total", "pipeline errors (kept, retried)"),
     ("staged", "waiting for de-identification"),
     ("held", "held until study is quiet"),
+    ("results_waiting", "studies waiting for their triage results"),
     ("retrying", "kept after a failure, retried"),
     ("queued", "waiting to be sent"),
     ("results_seg_total", "triage SEG queued"),

@@ -55,6 +55,7 @@ def collect(settings: Settings, state: GatewayState | None = None) -> list[Metri
     try:
         counters = state.counters()
         held = len(state.held_objects())
+        results_waiting = state.results_waiting()
         retrying = sum(n for _, n in state.retrying())
     finally:
         if own_state:
@@ -74,6 +75,8 @@ def collect(settings: Settings, state: GatewayState | None = None) -> list[Metri
         Metric("errors_total", "counter", "Pipeline errors (the staged object is kept and retried)", counters["errors"]),
         Metric("staged", "gauge", "Raw objects staged and not yet de-identified", staged),
         Metric("held", "gauge", "De-identified objects held until their study is quiet", held),
+        Metric("results_waiting", "gauge", "Streamed studies whose triage results wait until the study is quiet",
+               results_waiting),
         Metric("retrying", "gauge", "Objects kept after a failure (e.g. quarantine unusable), retried", retrying),
         Metric("queued", "gauge", "Objects in the outbox waiting to be sent", _waiting(states)),
         # Counters from the outbox's durable totals (never from its rows: `queue purge`

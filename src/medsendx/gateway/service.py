@@ -6,6 +6,10 @@ Lifecycle:
   the deliverer and the health/metrics port start.
 - run: a bounded queue feeds ``gateway.workers`` pipeline threads. When it is full, the
   receiver's C-STORE handler and the watcher wait: the scanner is slowed, not overrun.
+  A study's triage results (SEG / SR / KOS) go with it: built when a held study is
+  released (``gateway.study_quiet_seconds``), or, streaming, once a study whose images
+  were queued has had no new one for ``gateway.results_quiet_seconds`` (durable: a study
+  left waiting by a kill gets them after the restart).
 - stop (SIGTERM, Ctrl-C): no new associations, the workers finish the object in hand,
   buffered QC features are written, the deliverer stops between two objects. Whatever is
   still staged is processed at the next start.
@@ -20,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from medsendx.config import Settings
 from medsendx.gateway.logs import get_logger, log_event
@@ -31,6 +35,9 @@ from medsendx.gateway.staging import Staging
 from medsendx.gateway.state import GatewayState
 from medsendx.gateway.watcher import DropFolderWatcher, DroppedFile
 
+if TYPE_CHECKING:
+    from medsendx.pipeline import PipelineResult
+
 log = get_logger("medsendx.gateway.service")
 
 RETRY_ERROR_SECONDS = 10.0  # a staged object whose processing failed on our side is retried
@@ -40,6 +47,7 @@ RETRY_ERROR_SECONDS = 10.0  # a staged object whose processing failed on our sid
 class Job:
     path: Path
     dropped: DroppedFile | None = None  # None: a staged object from the receiver
+    resumed: bool = False  # staged by an earlier run (a kill may have come after its commit)
 
 
 class GatewayService:
@@ -68,6 +76,8 @@ class GatewayService:
         self._deliver = deliver
         self._transport_factory = transport_factory
         self.pipeline = self._make_pipeline()
+        self.results_quiet = self._results_quiet_seconds()
+        self._resumed = threading.Event()  # the objects an earlier run left are queued
         self.deliverer = self._make_deliverer() if deliver else None
         self.receiver = Receiver(
             self.gw, self.staging, self._on_staged, self._on_refused,
@@ -96,6 +106,15 @@ class GatewayService:
         self.preparer = PreparePool(self.settings, self.gw.processes) if self.gw.processes > 0 else None
         return Pipeline(self.settings, hold=hold)
 
+    def _results_quiet_seconds(self) -> float:
+        """How long a streamed study must be quiet before its results are built; 0: never
+        (results off, or a study hold, whose release builds them)."""
+        from medsendx.triage import study_results
+
+        if self.gw.study_quiet_seconds > 0 or not study_results.wanted(self.settings):
+            return 0.0
+        return self.gw.results_quiet_seconds
+
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "GatewayService":
         if self.preparer is not None:
@@ -108,6 +127,8 @@ class GatewayService:
         self._spawn(lambda: self._resume(leftovers), "resume-staged")
         if self.gw.study_quiet_seconds > 0:
             self._spawn(self._release_quiet_studies, "study-hold", needed=True)
+        if self.results_quiet > 0:
+            self._spawn(self._build_quiet_results, "study-results", needed=True)
         if self._deliver:
             self._spawn(self._deliver_forever, "deliverer", needed=True)
         self.metrics_server.start()
@@ -117,7 +138,7 @@ class GatewayService:
         log_event(
             log, "gateway started", station=self.settings.station_id, dicom_port=self.receiver.port,
             http_port=self.metrics_server.port, workers=self.gw.workers,
-            study_quiet_seconds=self.gw.study_quiet_seconds,
+            study_quiet_seconds=self.gw.study_quiet_seconds, results_quiet_seconds=self.results_quiet,
         )
         # READY only now that the receiver's port accepts associations; the watchdog is fed
         # while the threads the service cannot work without are alive.
@@ -234,7 +255,8 @@ class GatewayService:
                 self.state.count_received(path.name, path.stat().st_size)
             except OSError:
                 pass
-            self._submit(Job(path))
+            self._submit(Job(path, resumed=True))
+        self._resumed.set()  # results wait for these: a study quiet since a kill may have more
 
     # --- work ---------------------------------------------------------------------------------
     def _worker(self) -> None:
@@ -281,6 +303,7 @@ class GatewayService:
             if result.status == "queued":
                 self._wake_deliverer()
         log_event(log, "object processed", **fields)
+        self._stream_results(job, result)
         if job.dropped is not None:
             self.state.mark_seen(job.dropped.sha256, result.status)
             if self.watcher is not None:
@@ -299,6 +322,45 @@ class GatewayService:
                     self.watcher.forget(job.dropped)
 
         threading.Thread(target=again, name="retry", daemon=True).start()
+
+    # --- results of streamed studies -----------------------------------------------------------
+    def _stream_results(self, job: Job, result: "PipelineResult") -> None:
+        """Note a queued image's study for its results, before the input is let go (a kill
+        before this line processes the input again). A duplicate counts only when a kill
+        may have come between its commit and this line (an input left by an earlier run,
+        a dropped file still there): a scanner re-sending images changes no results."""
+        if self.results_quiet <= 0 or not result.study_instance_uid:
+            return
+        if result.status == "queued" or (result.status == "duplicate" and (job.resumed or job.dropped is not None)):
+            self.state.stream(result.study_instance_uid)
+
+    def _build_quiet_results(self) -> None:
+        quiet = self.results_quiet
+        while not self._resumed.is_set():
+            if self.stopping.wait(0.2):
+                return
+        while not self.stopping.wait(max(0.1, min(1.0, quiet / 2))):
+            self.build_quiet_results(quiet)
+
+    def build_quiet_results(self, quiet_seconds: float) -> int:
+        """Build and queue the results of every streamed study quiet long enough; returns
+        how many studies. Built again after a kill, they queue nothing twice (derived UIDs).
+        Not while images wait for the pipeline: their study is known only once they are
+        de-identified (one may belong to a study that looks quiet), and images go first."""
+        built = 0
+        for study, arrivals in self.state.quiet_streamed(quiet_seconds):
+            if self.stopping.is_set() or self._pipeline_busy():
+                break
+            self._queue_results(study)
+            if not self.state.results_built(study, arrivals):
+                log_event(log, "more images came while the results were built", study_instance_uid=study)
+            self._wake_deliverer()
+            built += 1
+        return built
+
+    def _pipeline_busy(self) -> bool:
+        with self._queued_lock:
+            return bool(self._queued)
 
     # --- study-aware sending --------------------------------------------------------------------
     def _hold(self, sop_uid: str, study_uid: str, path: Path, priority: int | None) -> None:

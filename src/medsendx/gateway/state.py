@@ -1,4 +1,5 @@
-"""The gateway's own durable state: counters, dropped files already handled, held studies.
+"""The gateway's own durable state: counters, dropped files already handled, held studies,
+streamed studies waiting for their triage results.
 
 One SQLite database (WAL) in the state directory, next to the outbox. Every change is one
 transaction, so a ``kill -9`` leaves either the old or the new value. Nothing identifying
@@ -24,7 +25,7 @@ COUNTERS = (
     "duplicates",  # objects that were already queued or sent (a scanner re-sent them)
     "refused",  # C-STORE requests answered with a failure status
     "errors",  # pipeline failures of our own (the staged object is kept and retried)
-    "results_seg",  # triage results queued with released studies: Segmentations,
+    "results_seg",  # triage results queued with released or quiet studies: Segmentations,
     "results_sr",  # TID 1500 reports
     "results_kos",  # and Key Object Selections
 )
@@ -37,6 +38,8 @@ CREATE TABLE IF NOT EXISTS held (
     sop_instance_uid TEXT PRIMARY KEY, study_instance_uid TEXT NOT NULL,
     path TEXT NOT NULL, priority INTEGER, held_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS held_study ON held (study_instance_uid);
+CREATE TABLE IF NOT EXISTS streamed (
+    study_instance_uid TEXT PRIMARY KEY, last_at REAL NOT NULL, arrivals INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS received (item TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS retrying (
     item TEXT PRIMARY KEY, reason TEXT NOT NULL, since REAL NOT NULL, attempts INTEGER NOT NULL);
@@ -59,7 +62,8 @@ class GatewayState:
         self._lock = threading.Lock()
         # NORMAL in WAL mode: every transaction is atomic, the last few may be lost on a power
         # cut. Fine for counters and hashes (a lost "seen" mark means one harmless re-run
-        # that the outbox deduplicates); the scans themselves are made durable elsewhere.
+        # that the outbox deduplicates); the scans themselves are made durable elsewhere,
+        # and the one write whose loss is not harmless is synced (``stream``).
         self._db = open_sqlite(Path(db_path), synchronous="NORMAL")
         self._db.executescript(_SCHEMA)
 
@@ -155,6 +159,48 @@ class GatewayState:
     def release(self, sop_instance_uid: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM held WHERE sop_instance_uid = ?", (sop_instance_uid,))
+
+    # --- streamed studies whose triage results wait until the study is quiet ----------------
+    # A row means: images of the study were queued since its results were last built.
+    # ``arrivals`` counts them, so that a build does not clear images that came meanwhile.
+    def stream(self, study_instance_uid: str) -> None:
+        """An image of the study was queued (streaming mode): its results are due once quiet."""
+        now = time.time()
+        with self._lock:
+            if self._db.execute("UPDATE streamed SET last_at = ?, arrivals = arrivals + 1 WHERE study_instance_uid = ?",
+                                (now, study_instance_uid)).rowcount:
+                return
+            # The one write here whose loss in a power cut matters (the study would never get
+            # its results; a lost update or delete only builds them again): synced.
+            self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                self._db.execute("INSERT INTO streamed VALUES(?, ?, 1)", (study_instance_uid, now))
+            finally:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+
+    def quiet_streamed(self, quiet_seconds: float, now: float | None = None) -> list[tuple[str, int]]:
+        """(study, arrivals) of the streamed studies without a new image for ``quiet_seconds``,
+        the longest quiet first."""
+        now = time.time() if now is None else now
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT study_instance_uid, arrivals FROM streamed WHERE last_at <= ? ORDER BY last_at",
+                (now - quiet_seconds,),
+            ).fetchall()
+        return [(r[0], int(r[1])) for r in rows]
+
+    def results_built(self, study_instance_uid: str, arrivals: int) -> bool:
+        """The study's results were built after its ``arrivals``-th image: done with it,
+        unless more came meanwhile (then it stays, for a later release). True when done."""
+        with self._lock:
+            return self._db.execute(
+                "DELETE FROM streamed WHERE study_instance_uid = ? AND arrivals = ?", (study_instance_uid, arrivals)
+            ).rowcount == 1
+
+    def results_waiting(self) -> int:
+        """Streamed studies whose results are not built yet."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM streamed").fetchone()[0])
 
     # --- objects kept after a failure of our own (retried until they are safe) ----------------
     def mark_retrying(self, item: str, reason: str) -> None:

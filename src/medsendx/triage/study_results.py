@@ -1,7 +1,8 @@
 """Per study: keep what the DICOM results need while objects are triaged, then build the
 SEG / SR / KOS (``medsendx.triage.dicom_results``) and queue them in the outbox with the
 images, once the study is complete (``send``: the end of the folder; the gateway: a held
-study released after ``--study-quiet-seconds``).
+study released after ``--study-quiet-seconds``, or a streamed study quiet for
+``gateway.results_quiet_seconds``).
 
 What is kept: one file per triaged object, ``<state_dir>/triage/studies/<study>/<sop>.npz``
 (the de-identified header without pixel data, the triage record, the label maps;
