@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from medsendx.sqlitedb import open_sqlite
 
@@ -63,7 +65,7 @@ class GatewayState:
         # NORMAL in WAL mode: every transaction is atomic, the last few may be lost on a power
         # cut. Fine for counters and hashes (a lost "seen" mark means one harmless re-run
         # that the outbox deduplicates); the scans themselves are made durable elsewhere,
-        # and the one write whose loss is not harmless is synced (``stream``).
+        # and the writes whose loss is not harmless are synced (``hold``, ``stream``).
         self._db = open_sqlite(Path(db_path), synchronous="NORMAL")
         self._db.executescript(_SCHEMA)
 
@@ -128,11 +130,23 @@ class GatewayState:
 
     # --- studies held until quiet ------------------------------------------------------------
     def hold(self, sop_instance_uid: str, study_instance_uid: str, path: Path, priority: int | None) -> None:
-        with self._lock:
+        # Synced: the staged input is deleted once this returns, so a held row lost in a
+        # power cut would leave its de-identified scan on disk, never queued.
+        with self._lock, self._synced():
             self._db.execute(
                 "INSERT OR IGNORE INTO held VALUES(?, ?, ?, ?, ?)",
                 (sop_instance_uid, study_instance_uid, str(path), priority, time.time()),
             )
+
+    @contextmanager
+    def _synced(self) -> Iterator[None]:
+        """(Lock held.) The statements inside commit with ``synchronous=FULL``: they survive
+        a power cut, unlike this connection's NORMAL default."""
+        self._db.execute("PRAGMA synchronous=FULL")
+        try:
+            yield
+        finally:
+            self._db.execute("PRAGMA synchronous=NORMAL")
 
     def quiet_studies(self, quiet_seconds: float, now: float | None = None) -> list[str]:
         """Studies whose newest held object arrived at least ``quiet_seconds`` ago."""
@@ -172,11 +186,8 @@ class GatewayState:
                 return
             # The one write here whose loss in a power cut matters (the study would never get
             # its results; a lost update or delete only builds them again): synced.
-            self._db.execute("PRAGMA synchronous=FULL")
-            try:
+            with self._synced():
                 self._db.execute("INSERT INTO streamed VALUES(?, ?, 1)", (study_instance_uid, now))
-            finally:
-                self._db.execute("PRAGMA synchronous=NORMAL")
 
     def quiet_streamed(self, quiet_seconds: float, now: float | None = None) -> list[tuple[str, int]]:
         """(study, arrivals) of the streamed studies without a new image for ``quiet_seconds``,
