@@ -377,6 +377,79 @@ def test_fast_results_are_byte_for_byte_what_highdicom_and_pydicom_make(tmp_path
         assert slow.SOPInstanceUID == kos.SOPInstanceUID
 
 
+def _variant(obj, labels: np.ndarray, classes: int | None = None):
+    """``obj`` with other label maps (and its record cut to the first ``classes``), and
+    a De-identification Method where the sample has an empty one (the de-identifier
+    fills it: dciodvfy asks for a value when Patient Identity Removed is YES)."""
+    import copy
+
+    from medsendx.triage import dicom_results as R
+
+    record = copy.deepcopy(obj.record)
+    if classes is not None:
+        for frame in record["frames"]:
+            frame["classes"] = frame["classes"][:classes]
+    header = copy.deepcopy(obj.header)
+    if "DeidentificationMethod" in header and not header.DeidentificationMethod:
+        header.DeidentificationMethod = "test sample"
+    return R.TriagedObject(header, record, labels.astype(np.int8))
+
+
+def test_templated_seg_is_byte_for_byte_what_highdicom_makes(tmp_path, data_dir, ct_head, caplog) -> None:
+    """The SEG's per-frame items made from one item highdicom made, and its pixels packed
+    here (dicom_results._templated_segmentation), equal highdicom making every frame, byte
+    for byte after encoding: the CT series (gantry tilt), the MR series, a blank plane
+    (left out: the dimension indices close up), a class missing from some planes, a gap
+    in the series (irregular spacing) and one class of the phantom's series (then highdicom
+    says "3D")."""
+    import logging
+
+    import highdicom as hd
+
+    from medsendx.triage import dicom_results as R
+
+    ct = _triaged(ct_head)
+    mr = _triaged(sorted((data_dir / "mr-brain-ge").glob("*.dcm")))
+    blank = []
+    for i, obj in enumerate(ct[:10]):
+        labels = obj.labels.copy()
+        if i == 3:
+            labels[:] = -1  # no pixel in any segment
+        if i in (0, 5, 6):
+            labels[labels == 2] = 1  # no bone
+        blank.append(_variant(obj, labels))
+    phantom = _triaged([f for f in sorted((data_dir / "ct-phantom-philips").glob("*.dcm"))
+                        if "PixelData" in pydicom.dcmread(f)])  # one of its objects is no image
+    one_class = [_variant(o, np.where(o.labels == 0, 0, -1), classes=1) for o in phantom]
+    cases = {"ct": ct, "mr": mr, "blank": blank, "gap": ct[:5] + ct[6:12], "one class": one_class}
+    built = {}
+    for name, objects in cases.items():
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="medsendx.triage.results"):
+            fast = R.build_segmentations(objects)
+        assert not [r for r in caplog.records if "one by one" in r.getMessage()], name  # the template made it
+        data = [R.encode(seg) for seg in fast]
+        assert data == [R.encode(seg) for seg in R.build_segmentations(objects, fast=False)], name
+        built[name] = pydicom.dcmread(io.BytesIO(data[0]))
+    assert built["one class"].DimensionOrganizationType == "3D"
+    assert "DimensionOrganizationType" not in built["ct"]
+    assert int(built["blank"].NumberOfFrames) == 3 * 9 - 3
+    for name in ("blank", "one class"):
+        assert dciodvfy_errors(R.encode(built[name]), tmp_path) == [], name
+    seg = hd.seg.Segmentation.from_dataset(built["blank"])
+    for i, obj in enumerate(blank):
+        if i == 3:
+            continue
+        masks = seg.get_pixels_by_source_instance([obj.sop_instance_uid], segment_numbers=[1, 2, 3])
+        for k in range(3):
+            assert np.array_equal(masks[0, :, :, k].astype(bool), obj.labels[0] == k), (i, k)
+    # outside its scope (one image) highdicom makes the frames, and says so
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="medsendx.triage.results"):
+        R.build_segmentations(ct[:1])
+    assert [r for r in caplog.records if "one by one" in r.getMessage()]
+
+
 def test_fast_encoder_writes_what_pydicom_writes() -> None:
     """Values at the edges of fast_encode's scope: empty, multi-valued, odd lengths
     (padding), numbers, tags, nested and empty sequences; and its refusals."""

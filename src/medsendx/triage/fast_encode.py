@@ -126,27 +126,38 @@ def encode_items(items: Iterable[Dataset]) -> bytes:
     return b"".join(parts)
 
 
+class _Slot:
+    """A variable element's place in a plan."""
+
+    __slots__ = ("elem", "index", "tag", "vr")
+
+    def __init__(self, elem: Any, index: int) -> None:
+        if isinstance(elem, RawDataElement) or elem.VR == "SQ":
+            raise Unsupported("variable raw or sequence element")
+        self.elem, self.index, self.tag, self.vr = elem, index, int(elem.tag), elem.VR
+
+
 class ItemsPlan:
     """Sequence items whose structure stays and only some elements' values change
-    (``variable``: those elements): everything else is encoded once, here; :meth:`encode`
-    encodes the variable elements with their current values and the lengths around them."""
+    (``variable``: those elements, in order): everything else is encoded once, here;
+    :meth:`encode` encodes the variable elements and the lengths around them."""
 
     def __init__(self, items: Sequence[Dataset], variable: Iterable[Any]) -> None:
-        ids = {id(e) for e in variable}
-        self._plan = [self._dataset(item, ids) for item in items]
-        self.variables = len(ids)
+        index = {id(e): i for i, e in enumerate(variable)}
+        self._plan = [self._dataset(item, index) for item in items]
+        self.variables = len(index)
 
-    def _dataset(self, ds: Dataset, ids: set[int]) -> list[Any]:
+    def _dataset(self, ds: Dataset, index: dict[int, int]) -> list[Any]:
         if getattr(ds, "is_undefined_length_sequence_item", False):
             raise Unsupported("undefined length item")
         parts: list[Any] = []
         for elem in _elements(ds):
-            if id(elem) in ids:
-                part: Any = elem
+            if id(elem) in index:
+                part: Any = _Slot(elem, index[id(elem)])
             elif not isinstance(elem, RawDataElement) and elem.VR == "SQ" and not elem.is_empty:
                 if elem.is_undefined_length:
                     raise Unsupported("undefined length")
-                items = [self._dataset(item, ids) for item in elem.value]
+                items = [self._dataset(item, index) for item in elem.value]
                 part = (int(elem.tag), items) if any(not isinstance(p, bytes) for i in items for p in i) \
                     else _header(int(elem.tag), "SQ", sum(len(b"".join(i)) + 8 for i in items)) + \
                     b"".join(_ITEM + _U32.pack(len(b"".join(i))) + b"".join(i) for i in items)
@@ -158,21 +169,29 @@ class ItemsPlan:
                 parts.append(part)
         return parts
 
-    def _render(self, parts: list[Any]) -> bytes:
+    def _render(self, parts: list[Any], values: Sequence[Any] | None) -> bytes:
         out = []
         for part in parts:
             if isinstance(part, bytes):
                 out.append(part)
             elif isinstance(part, tuple):
                 tag, items = part
-                data = b"".join(_ITEM + _U32.pack(len(body)) + body for body in map(self._render, items))
+                data = b"".join(_ITEM + _U32.pack(len(body)) + body for body in (self._render(i, values) for i in items))
                 out.append(_header(tag, "SQ", len(data)) + data)
+            elif values is None:
+                out.append(encode_element(part.elem))
             else:
-                out.append(encode_element(part))
+                value = values[part.index]
+                empty = value is None or (isinstance(value, (str, bytes, list, tuple, MultiValue)) and len(value) == 0)
+                data = b"" if empty else _value(part.vr, value)
+                out.append(_header(part.tag, part.vr, len(data)) + data)
         return b"".join(out)
 
-    def encode(self) -> bytes:
-        return b"".join(_ITEM + _U32.pack(len(body)) + body for body in map(self._render, self._plan))
+    def encode(self, values: Sequence[Any] | None = None) -> bytes:
+        """The items with ``values`` (one per variable element, in its order; each as
+        pydicom holds it: a DS or IS value, a str, a number or a list of them) or, without
+        ``values``, with the variable elements' current values."""
+        return b"".join(_ITEM + _U32.pack(len(body)) + body for body in (self._render(p, values) for p in self._plan))
 
 
 def raw_sequence(tag: int, items_bytes: bytes) -> RawDataElement:
