@@ -355,7 +355,8 @@ def test_fast_results_are_byte_for_byte_what_highdicom_and_pydicom_make(tmp_path
     """The report's groups are made once per frame shape and filled in, and the big
     sequences encoded by medsendx.triage.fast_encode: the bytes equal highdicom making
     every group and pydicom writing every element (CT: one shape; MG: density,
-    composition and a quality flag, a shape per image)."""
+    composition and a quality flag, a shape per image); the KOS equals highdicom's
+    document made around the whole content."""
     from medsendx.triage import dicom_results as R
 
     ct = _triaged(ct_head[:5])
@@ -365,6 +366,8 @@ def test_fast_results_are_byte_for_byte_what_highdicom_and_pydicom_make(tmp_path
         assert fast == _pydicom_bytes(R.build_report(objects, fast=False))
         assert R.read_triage_report(pydicom.dcmread(io.BytesIO(fast)))["images"]
         kos = R.build_key_objects(objects)
+        # the document made around a skeleton of the content, then given all of it
+        assert R.encode(kos) == R.encode(R.build_key_objects(objects, fast=False))
         slow = pydicom.dcmread(io.BytesIO(R.encode(kos)))
         for segment in R.build_segmentations(objects, compress=False) + [kos]:
             # the reference: pydicom parses every element back to values and writes them

@@ -1064,11 +1064,13 @@ def key_images(objects: Sequence[TriagedObject], limit: int = 8) -> tuple[list[T
 
 
 def build_key_objects(objects: Sequence[TriagedObject], *, station: str = "", limit: int = 8,
-                      history: Sequence[str] = ()) -> Dataset | None:
+                      history: Sequence[str] = (), fast: bool = True) -> Dataset | None:
     """The study's Key Object Selection: "Of Interest", or "Quality Issue" for a repeat.
     ``history``: the study's earlier selections' SOP Instance UIDs (see
     :func:`build_report`): this one is numbered after them (the KOS has no predecessor
-    attribute; a reader takes the highest Instance Number of the series)."""
+    attribute; a reader takes the highest Instance Number of the series).
+    ``fast=False``: highdicom's document is made around the whole content (the
+    reference the skeleton is tested against, byte for byte)."""
     import highdicom as hd
 
     chosen, repeat = key_images(objects, limit)
@@ -1083,6 +1085,17 @@ def build_key_objects(objects: Sequence[TriagedObject], *, station: str = "", li
         document_title=title, referenced_objects=[o.header for o in chosen], description=description)
     study_uid = str(chosen[0].header.StudyInstanceUID)
     sop_uid = derived_uid("kos", study_uid, _content_key(chosen), title.value)
+    root = content[0]
+    if fast:
+        # as for the report: highdicom's document constructor deep-copies and re-parses the
+        # tree it is given (half the KOS's cost) and searches it for references; it is
+        # made around the root with its first item (the description), then given the tree
+        skeleton = Dataset()
+        for element in root:
+            if element.keyword != "ContentSequence":
+                skeleton.add(element)
+        skeleton.ContentSequence = [root.ContentSequence[0]]
+        content = [skeleton]
     kos = hd.ko.KeyObjectSelectionDocument(
         evidence=[o.header for o in chosen],
         content=content,
@@ -1092,6 +1105,7 @@ def build_key_objects(objects: Sequence[TriagedObject], *, station: str = "", li
         instance_number=_release(history, sop_uid)[0],
         manufacturer=MANUFACTURER,
     )
+    kos.ContentSequence = root.ContentSequence
     return pack_sequences(_finish(kos, chosen[0].header, station, KOS_DESCRIPTION))
 
 
