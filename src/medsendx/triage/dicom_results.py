@@ -469,9 +469,9 @@ def build_segmentations(objects: Sequence[TriagedObject], *, station: str = "", 
 
 
 def _remember_iod_lookups() -> None:
-    """highdicom asks, for every source image of a SEG, whether its IOD has a multi-frame
-    module (``is_attribute_in_iod`` walks the standard's module tables: ~1 ms a call, a
-    sixth of a CT series' SEG). The answer depends on the arguments only (the tables are
+    """highdicom asks, for every source image of a SEG (and for an SR's and a KOS's
+    evidence), whether its IOD has a multi-frame module (``is_attribute_in_iod`` walks the
+    standard's module tables: ~1 ms a call, a sixth of a CT series' SEG). The answer depends on the arguments only (the tables are
     fixed): remembered. highdicom's own function answers every new question."""
     try:
         import highdicom._standard_utils as standard
@@ -983,6 +983,7 @@ def build_report(objects: Sequence[TriagedObject], *, station: str = "", fast: b
     usable = [o for o in _order(objects) if o.triaged]
     if not usable:
         return None
+    _remember_iod_lookups()
     first = usable[0]
     methods = sorted({str(o.record.get("method", "")) for o in usable})
     algorithm = hd.sr.AlgorithmIdentification(name=f"MedSendX {', '.join(methods)}"[:64], version=_software_version())
@@ -1076,6 +1077,7 @@ def build_key_objects(objects: Sequence[TriagedObject], *, station: str = "", li
     chosen, repeat = key_images(objects, limit)
     if not chosen:
         return None
+    _remember_iod_lookups()
     title = QUALITY_ISSUE if repeat else OF_INTEREST
     assert title.value not in REJECTION_TITLES
     top = chosen[0].record
