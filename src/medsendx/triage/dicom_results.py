@@ -101,8 +101,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -444,25 +444,55 @@ def _order(objects: Sequence[TriagedObject]) -> list[TriagedObject]:
 # --------------------------------------------------------------------------- SEG
 
 
+def _frame_count(obj: TriagedObject) -> int:
+    try:
+        return max(1, int(obj.header.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _segmentable(obj: TriagedObject) -> bool:
+    """Triaged, with a label map for each of its frames."""
+    return obj.triaged and obj.labels is not None and obj.labels.ndim == 3 and obj.labels.shape[0] == _frame_count(obj)
+
+
 def build_segmentations(objects: Sequence[TriagedObject], *, station: str = "", compress: bool = True,
                         fast: bool = True) -> list[Dataset]:
-    """The Segmentations of one series' triaged single-frame images: one for the whole
-    series when its images lie in a patient coordinate system (CT, MR: Frame of
+    """The Segmentations of one series' triaged images. Single-frame images: one for the
+    whole series when they lie in a patient coordinate system (CT, MR: Frame of
     Reference, position, orientation), else one per image (MG, DX, CR, SC: highdicom, like
-    the standard's multi-frame SEG, needs a coordinate system to stack several sources).
-    Images of another size than the first, and multi-frame objects, get none."""
-    usable = [o for o in _order(objects) if o.triaged and o.labels is not None and o.labels.shape[0] == 1]
-    if not usable:
-        return []
-    shape = usable[0].labels.shape[1:]
-    usable = [o for o in usable if o.labels.shape[1:] == shape]
-    if all(k in usable[0].header for k in ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient")):
-        groups = [usable]
-    else:
-        groups = [[o] for o in usable]
+    the standard's multi-frame SEG, needs a coordinate system to stack several sources);
+    images of another size than the first get none. A multi-frame object: one of its own,
+    a SEG frame per segment and source frame (referencing the frame's number), when it
+    lies in a patient coordinate system with a position per frame (an enhanced CT / MR);
+    none otherwise (highdicom cannot place its frames), and the study's other results
+    still go."""
+    usable = [o for o in _order(objects) if _segmentable(o)]
+    single = [o for o in usable if _frame_count(o) == 1]
+    groups: list[list[TriagedObject]] = []
+    if single:
+        shape = single[0].labels.shape[1:]
+        single = [o for o in single if o.labels.shape[1:] == shape]
+        if all(k in single[0].header for k in ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient")):
+            groups.append(single)
+        else:
+            groups += [[o] for o in single]
+    # highdicom places the frames of an object in a coordinate system only by their
+    # per-frame positions (enhanced CT / MR); without, it would stack them unplaced
+    multi = [[o] for o in usable if _frame_count(o) > 1 and all(
+        k in o.header for k in ("FrameOfReferenceUID", "SharedFunctionalGroupsSequence",
+                                "PerFrameFunctionalGroupsSequence"))]
     out = []
-    for number, group in enumerate(groups, start=1):
-        seg = build_segmentation(group, station=station, compress=compress, instance_number=number, fast=fast)
+    for number, group in enumerate(groups + multi, start=1):
+        try:
+            seg = build_segmentation(group, station=station, compress=compress, instance_number=number, fast=fast)
+        except Exception as exc:
+            if _frame_count(group[0]) == 1:
+                raise
+            # a multi-frame object highdicom cannot place (frames without positions, or
+            # at one position): no SEG for it, the study's other results still go
+            log.info("no segmentation for a multi-frame object", extra={"fields": {"reason": type(exc).__name__}})
+            continue
         if seg is not None:
             out.append(seg)
     return out
@@ -494,18 +524,22 @@ def _remember_iod_lookups() -> None:
 
 def build_segmentation(objects: Sequence[TriagedObject], *, station: str = "", compress: bool = True,
                        instance_number: int = 1, fast: bool = True) -> Dataset | None:
-    """One BINARY Segmentation of triaged single-frame images of one series and size
-    (None when none qualifies); a segment per class of the first image's record. Several
-    images need a patient coordinate system (see :func:`build_segmentations`).
+    """One BINARY Segmentation of triaged single-frame images of one series and size, or
+    of one multi-frame object (the first of ``objects``, if it is one); None when none
+    qualifies. A segment per class of the first image's record. Several images, or
+    several frames, need a patient coordinate system (see :func:`build_segmentations`).
     ``fast=False``: highdicom makes every frame (the reference the templated frames of
     :func:`_templated_segmentation` are tested against, byte for byte)."""
     import highdicom as hd
 
-    usable = [o for o in _order(objects) if o.triaged and o.labels is not None and o.labels.shape[0] == 1]
+    usable = [o for o in _order(objects) if _segmentable(o)]
     if not usable:
         return None
-    shape = usable[0].labels.shape[1:]
-    usable = [o for o in usable if o.labels.shape[1:] == shape]
+    if _frame_count(usable[0]) > 1:
+        usable = usable[:1]  # highdicom: one multi-frame source per SEG
+    else:
+        shape = usable[0].labels.shape[1:]
+        usable = [o for o in usable if _frame_count(o) == 1 and o.labels.shape[1:] == shape]
     first = usable[0]
     modality = str(first.record.get("modality", first.header.get("Modality", "OT"))).upper()
     names = [c["label"] for c in first.record["frames"][0]["classes"]]
@@ -579,19 +613,20 @@ def build_segmentation(objects: Sequence[TriagedObject], *, station: str = "", c
     return pack_sequences(seg)
 
 
-# The leaves of a Per-Frame Functional Groups item of highdicom's SEG of single-frame
-# sources in a patient coordinate system; the first four vary from frame to frame.
+# The leaves of a Per-Frame Functional Groups item of highdicom's SEG of sources in a
+# patient coordinate system; these vary from frame to frame (the frame number: with a
+# multi-frame source; the segment number: with more than one segment), the others not.
 _SEG_FRAME_SLOTS = ("DimensionIndexValues", "ImagePositionPatient", "ReferencedSOPInstanceUID",
-                    "ReferencedSegmentNumber")
+                    "ReferencedFrameNumber", "ReferencedSegmentNumber")
 _SEG_FRAME_FIXED = frozenset({"CodeValue", "CodingSchemeDesignator", "CodeMeaning", "ReferencedSOPClassUID",
                               "SpatialLocationsPreserved"})
 
 
 def _templated_segmentation(hd: Any, sources: list[Dataset], masks: np.ndarray, segments: int,
                             arguments: dict[str, Any]) -> Dataset | None:
-    """highdicom's BINARY SEG of single-frame ``sources`` in a patient coordinate system
-    (``masks``: segment number per pixel, one plane per source), with its per-frame items
-    made from ONE item highdicom made.
+    """highdicom's BINARY SEG of single-frame ``sources``, or of one multi-frame source,
+    in a patient coordinate system (``masks``: segment number per pixel, one plane per
+    source or source frame), with its per-frame items made from ONE item highdicom made.
 
     Why: highdicom makes and checks a Per-Frame Functional Groups item per frame (a
     segment of a plane: 84 for 28 CT slices) and pydicom encodes ~20 elements in each;
@@ -606,15 +641,16 @@ def _templated_segmentation(hd: Any, sources: list[Dataset], masks: np.ndarray, 
     ``tests/test_triage_results.py`` compares the encoded result byte for byte with
     highdicom's own."""
     from highdicom.spatial import VOLUME_INDEX_CONVENTION, get_normal_vector, get_volume_positions
-    from highdicom.utils import get_plane_positions_of_series
+    from highdicom.utils import get_plane_positions_of_image, get_plane_positions_of_series
 
     from medsendx.triage.fast_encode import ItemsPlan, raw_sequence
 
-    n = len(sources)
+    frame_counts = [int(s.get("NumberOfFrames", 1) or 1) for s in sources]
+    multi = len(sources) == 1 and frame_counts[0] > 1
+    n = frame_counts[0] if multi else len(sources)
     if n < 2 or masks.ndim != 3 or masks.shape[0] != n or int(masks.max()) > segments:
         return None  # one plane costs little; undescribed segments: highdicom refuses them
-    if any(int(s.get("NumberOfFrames", 1) or 1) > 1 for s in sources) \
-            or len({str(s.SOPClassUID) for s in sources}) != 1:
+    if (not multi and max(frame_counts) > 1) or len({str(s.SOPClassUID) for s in sources}) != 1:
         return None  # the template's source reference names one SOP class
     flat = masks.reshape(n, -1)
     present = np.zeros((segments, n), dtype=bool)  # segment s + 1 in plane i
@@ -635,11 +671,11 @@ def _templated_segmentation(hd: Any, sources: list[Dataset], masks: np.ndarray, 
             or len(seg.PerFrameFunctionalGroupsSequence) != int(present[:, template_plane].sum()):
         return None
     # highdicom's frame order: planes sorted by their distance along the normal
-    positions = get_plane_positions_of_series(sources)
-    values = np.array([p[0].ImagePositionPatient for p in positions])
+    positions = get_plane_positions_of_image(sources[0]) if multi else get_plane_positions_of_series(sources)
+    coordinates = np.array([p[0].ImagePositionPatient for p in positions])
     orientation = seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
     normal = get_normal_vector(orientation, index_convention=VOLUME_INDEX_CONVENTION)
-    distances = (normal[None] @ values.T).squeeze(0)
+    distances = (normal[None] @ coordinates.T).squeeze(0)
     _, order = np.unique(distances, return_index=True)
     if len(order) != n:
         return None  # duplicate positions: highdicom refuses them
@@ -662,23 +698,33 @@ def _templated_segmentation(hd: Any, sources: list[Dataset], masks: np.ndarray, 
 
     walk(template)
     # (one segment: highdicom names it once, in the shared functional groups)
-    expected = _SEG_FRAME_SLOTS if segments > 1 else _SEG_FRAME_SLOTS[:-1]
+    expected = [k for k in _SEG_FRAME_SLOTS if (k != "ReferencedFrameNumber" or multi)
+                and (k != "ReferencedSegmentNumber" or segments > 1)]
     if set(slots) != set(expected) or not fixed <= _SEG_FRAME_FIXED:
         return None  # an item of another shape than the one this was made for
+
+    def frame_values(segment: int, plane: int) -> list[Any]:
+        # as highdicom gives them: the positions' DS strings, the source's UID
+        of = {"DimensionIndexValues": [segment, rank[plane]],
+              "ImagePositionPatient": positions[plane][0].ImagePositionPatient,
+              "ReferencedSOPInstanceUID": sources[0 if multi else plane].SOPInstanceUID,
+              "ReferencedFrameNumber": plane + 1, "ReferencedSegmentNumber": segment}
+        return [of[k] for k in expected]
+
+    def plain(items: Sequence[Any]) -> list[Any]:  # as text: an IS value is not equal to its int
+        return [[str(x) for x in v] if isinstance(v, (list, MultiValue)) else str(v) for v in items]
+
+    # the template is the first frame of the probe: its plane is the only one there
     first_segment = int(np.argmax(present[:, template_plane])) + 1
-    if [int(v) for v in slots["DimensionIndexValues"].value] != [first_segment, 1] \
-            or slots["ReferencedSOPInstanceUID"].value != sources[template_plane].SOPInstanceUID \
-            or int(slots.get("ReferencedSegmentNumber", DataElement(0, "US", 1)).value) != first_segment \
-            or list(slots["ImagePositionPatient"].value) != list(positions[template_plane][0].ImagePositionPatient):
+    wanted = dict(zip(expected, frame_values(first_segment, template_plane)), DimensionIndexValues=[first_segment, 1])
+    if plain([slots[k].value for k in expected]) != plain([wanted[k] for k in expected]):
         return None
     plan = ItemsPlan([template], [slots[k] for k in expected])
     items, frames = [], []
     for s in range(segments):
         for plane in included:
             if present[s, plane]:
-                # the values as highdicom gives them (the positions' DS strings, the UIDs)
-                items.append(plan.encode([[s + 1, rank[plane]], positions[plane][0].ImagePositionPatient,
-                                          sources[plane].SOPInstanceUID, s + 1]))
+                items.append(plan.encode(frame_values(s + 1, plane)))
                 frames.append(bits[s][plane])
     seg[0x52009230] = raw_sequence(0x52009230, b"".join(items))  # Per-Frame Functional Groups Sequence
     seg.NumberOfFrames = len(frames)
@@ -687,7 +733,7 @@ def _templated_segmentation(hd: Any, sources: list[Dataset], masks: np.ndarray, 
         np.packbits(np.concatenate(frames), bitorder="little").tobytes()
     seg.PixelData = pixels + b"0" if len(pixels) % 2 else pixels  # highdicom's padding byte
     if len(included) > 1 and segments == 1:  # highdicom's rule: "3D" has no other dimension than space
-        spacing, _ = get_volume_positions(image_positions=values[sorted(included)], image_orientation=orientation,
+        spacing, _ = get_volume_positions(image_positions=coordinates[sorted(included)], image_orientation=orientation,
                                           sort=False)
         if spacing is not None and spacing > 0.0:
             seg.DimensionOrganizationType = "3D"
