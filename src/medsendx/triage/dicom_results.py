@@ -33,7 +33,10 @@ SEG content
 BINARY, one segment per intensity class (label maps from the segmenter; -1 = not part of
 the image = in no segment), empty frames omitted, Deflated Explicit VR LE when compression is
 on. One SEG per series in a patient coordinate system (CT, MR), one per image otherwise
-(MG, DX: highdicom stacks several sources only in a coordinate system). Categories and types (SNOMED CT):
+(MG, DX: highdicom stacks several sources only in a coordinate system); one per
+multi-frame object with a position per frame (enhanced CT / MR: a SEG frame per segment
+and source frame, referencing the frame's number), none for other multi-frame objects
+(ultrasound cine, enhanced images without functional groups). Categories and types (SNOMED CT):
 
 ==============  ====================  ===========================  ====================
 modality        label                 category                     type

@@ -10,7 +10,8 @@ which pydicom writes as it is (and parses back if the dataset is read in memory)
 
 Scope (anything else raises :class:`Unsupported` and the caller leaves the element to
 pydicom): DataElements, raw elements as read from explicit VR little endian, ASCII text, the numeric and byte VRs listed
-below, sequences and items of defined length (what pydicom writes for new datasets).
+below, sequences and items of defined length (what pydicom writes for new datasets) and
+of undefined length (as read from a file: pydicom writes them so again, delimited).
 ``tests/test_triage_results.py`` checks the result against pydicom's own encoding.
 """
 
@@ -30,6 +31,9 @@ _TEXT = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "SH", "
 _NUMBER = {"FD": "d", "FL": "f", "US": "H", "UL": "L", "SS": "h", "SL": "l", "SV": "q", "UV": "Q"}
 _BYTES = frozenset({"OB", "OW", "UN"})
 _ITEM = b"\xfe\xff\x00\xe0"
+_UNDEFINED = 0xFFFFFFFF
+_ITEM_END = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"  # Item Delimitation Item, length 0
+_SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # Sequence Delimitation Item
 _TAG = struct.Struct("<HH")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<L")
@@ -78,6 +82,16 @@ def _header(tag: int, vr: str, length: int) -> bytes:
     return head + _U16.pack(length)
 
 
+def _item(body: bytes, undefined: bool) -> bytes:
+    """A sequence item as pydicom writes it: of defined length, or (as it was read)
+    of undefined length closed by an Item Delimitation Item."""
+    return _ITEM + b"\xff\xff\xff\xff" + body + _ITEM_END if undefined else _ITEM + _U32.pack(len(body)) + body
+
+
+def _sequence(tag: int, items: bytes, undefined: bool) -> bytes:
+    return _header(tag, "SQ", _UNDEFINED) + items + _SEQUENCE_END if undefined else _header(tag, "SQ", len(items)) + items
+
+
 def encode_element(elem: Any) -> bytes:
     """One element (tag, VR, length, value) as pydicom writes it in explicit VR LE."""
     tag, vr = int(elem.tag), elem.VR
@@ -90,12 +104,10 @@ def encode_element(elem: Any) -> bytes:
         data = bytes(elem.value or b"")
     else:
         value = elem.value
+        if vr == "SQ":
+            return _sequence(tag, encode_items(value or []), elem.is_undefined_length)
         if value is None or (isinstance(value, (str, bytes, list, MultiValue)) and len(value) == 0):
             data = b""  # what pydicom's ``is_empty`` means for these types
-        elif vr == "SQ":
-            if elem.is_undefined_length:
-                raise Unsupported("undefined length")
-            data = encode_items(value)
         else:
             data = _value(vr, value)
     return _header(tag, vr, len(data)) + data
@@ -116,14 +128,8 @@ def encode_dataset(ds: Dataset) -> bytes:
 
 def encode_items(items: Iterable[Dataset]) -> bytes:
     """Sequence items of defined length (the value of an SQ element)."""
-    parts = []
-    for item in items:
-        if getattr(item, "is_undefined_length_sequence_item", False):
-            raise Unsupported("undefined length item")
-        body = encode_dataset(item)
-        parts.append(_ITEM + _U32.pack(len(body)))
-        parts.append(body)
-    return b"".join(parts)
+    return b"".join(_item(encode_dataset(item), getattr(item, "is_undefined_length_sequence_item", False))
+                    for item in items)
 
 
 class _Slot:
@@ -147,27 +153,29 @@ class ItemsPlan:
         self._plan = [self._dataset(item, index) for item in items]
         self.variables = len(index)
 
-    def _dataset(self, ds: Dataset, index: dict[int, int]) -> list[Any]:
-        if getattr(ds, "is_undefined_length_sequence_item", False):
-            raise Unsupported("undefined length item")
+    def _dataset(self, ds: Dataset, index: dict[int, int]) -> tuple[list[Any], bool]:
+        """An item's parts (bytes, variable slots, sequences holding slots) and whether
+        it is of undefined length."""
         parts: list[Any] = []
         for elem in _elements(ds):
             if id(elem) in index:
                 part: Any = _Slot(elem, index[id(elem)])
-            elif not isinstance(elem, RawDataElement) and elem.VR == "SQ" and not elem.is_empty:
-                if elem.is_undefined_length:
-                    raise Unsupported("undefined length")
-                items = [self._dataset(item, index) for item in elem.value]
-                part = (int(elem.tag), items) if any(not isinstance(p, bytes) for i in items for p in i) \
-                    else _header(int(elem.tag), "SQ", sum(len(b"".join(i)) + 8 for i in items)) + \
-                    b"".join(_ITEM + _U32.pack(len(b"".join(i))) + b"".join(i) for i in items)
+            elif not isinstance(elem, RawDataElement) and elem.VR == "SQ":
+                items = [self._dataset(item, index) for item in elem.value or []]
+                part = (int(elem.tag), elem.is_undefined_length, items)
+                if all(isinstance(p, bytes) for i in items for p in i[0]):
+                    part = self._sequence(part, None)
             else:
                 part = encode_element(elem)
             if isinstance(part, bytes) and parts and isinstance(parts[-1], bytes):
                 parts[-1] += part
             else:
                 parts.append(part)
-        return parts
+        return parts, getattr(ds, "is_undefined_length_sequence_item", False)
+
+    def _sequence(self, part: tuple[int, bool, list[Any]], values: Sequence[Any] | None) -> bytes:
+        tag, undefined, items = part
+        return _sequence(tag, b"".join(_item(self._render(p, values), u) for p, u in items), undefined)
 
     def _render(self, parts: list[Any], values: Sequence[Any] | None) -> bytes:
         out = []
@@ -175,9 +183,7 @@ class ItemsPlan:
             if isinstance(part, bytes):
                 out.append(part)
             elif isinstance(part, tuple):
-                tag, items = part
-                data = b"".join(_ITEM + _U32.pack(len(body)) + body for body in (self._render(i, values) for i in items))
-                out.append(_header(tag, "SQ", len(data)) + data)
+                out.append(self._sequence(part, values))
             elif values is None:
                 out.append(encode_element(part.elem))
             else:
@@ -191,7 +197,7 @@ class ItemsPlan:
         """The items with ``values`` (one per variable element, in its order; each as
         pydicom holds it: a DS or IS value, a str, a number or a list of them) or, without
         ``values``, with the variable elements' current values."""
-        return b"".join(_ITEM + _U32.pack(len(body)) + body for body in (self._render(p, values) for p in self._plan))
+        return b"".join(_item(self._render(parts, values), undefined) for parts, undefined in self._plan)
 
 
 def raw_sequence(tag: int, items_bytes: bytes) -> RawDataElement:
@@ -207,7 +213,7 @@ def pack_sequences(ds: Dataset) -> Dataset:
     known yet stays unmarked: pydicom then resolves it, as it always did."""
     for elem in list(ds.elements()):
         if isinstance(elem, RawDataElement) or elem.VR != "SQ" or elem.is_undefined_length:
-            continue
+            continue  # (a raw sequence is one of defined length)
         try:
             data = encode_items(elem.value)
         except Unsupported:
