@@ -476,7 +476,8 @@ def build_segmentations(objects: Sequence[TriagedObject], *, station: str = "", 
     if single:
         shape = single[0].labels.shape[1:]
         single = [o for o in single if o.labels.shape[1:] == shape]
-        if all(k in single[0].header for k in ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient")):
+        placed = ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient")
+        if all(k in single[0].header for k in placed):
             groups.append(single)
         else:
             groups += [[o] for o in single]
@@ -504,8 +505,9 @@ def build_segmentations(objects: Sequence[TriagedObject], *, station: str = "", 
 def _remember_iod_lookups() -> None:
     """highdicom asks, for every source image of a SEG (and for an SR's and a KOS's
     evidence), whether its IOD has a multi-frame module (``is_attribute_in_iod`` walks the
-    standard's module tables: ~1 ms a call, a sixth of a CT series' SEG). The answer depends on the arguments only (the tables are
-    fixed): remembered. highdicom's own function answers every new question."""
+    standard's module tables: ~1 ms a call, a sixth of a CT series' SEG). The answer
+    depends on the arguments only (the tables are fixed): remembered. highdicom's own
+    function answers every new question."""
     try:
         import highdicom._standard_utils as standard
     except ImportError:
@@ -634,8 +636,8 @@ def _templated_segmentation(hd: Any, sources: list[Dataset], masks: np.ndarray, 
     Why: highdicom makes and checks a Per-Frame Functional Groups item per frame (a
     segment of a plane: 84 for 28 CT slices) and pydicom encodes ~20 elements in each;
     with the rest of its per-frame work that cost half the triage of the slices. The
-    items differ only in four values (dimension index, plane position, source image,
-    segment number). highdicom builds the SEG from every source (references, spacing,
+    items differ only in a few values (dimension index, plane position, source image or
+    frame, segment number). highdicom builds the SEG from every source (references, spacing,
     orientation: as always) with only the first non-empty plane of the masks, so it makes
     the frames of that plane; one of its items is the template, the frames of every plane
     are that item with their values, in highdicom's order (segments, then planes along the

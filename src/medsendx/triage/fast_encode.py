@@ -89,7 +89,9 @@ def _item(body: bytes, undefined: bool) -> bytes:
 
 
 def _sequence(tag: int, items: bytes, undefined: bool) -> bytes:
-    return _header(tag, "SQ", _UNDEFINED) + items + _SEQUENCE_END if undefined else _header(tag, "SQ", len(items)) + items
+    if undefined:
+        return _header(tag, "SQ", _UNDEFINED) + items + _SEQUENCE_END
+    return _header(tag, "SQ", len(items)) + items
 
 
 def encode_element(elem: Any) -> bytes:
