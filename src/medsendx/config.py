@@ -284,6 +284,7 @@ def read_private_file(path: Path) -> str:
 PROCESS_VARIABLES = {
     ENV_PREFIX + "DEID_NATIVE": bool,  # 0: the de-identifier's Python element walk
     ENV_PREFIX + "TRIAGE_NATIVE": bool,  # 0: triage's numpy clustering
+    ENV_PREFIX + "SCREEN_NATIVE": bool,  # 0: the pixel screen's numpy passes
     ENV_PREFIX + "NATIVE_CACHE": Path,  # where compiled helpers are cached
 }
 

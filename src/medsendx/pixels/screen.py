@@ -9,8 +9,9 @@ holding it are *thin* (strokes: few of them have a full neighbourhood of the sam
 unlike the large flat areas a padding value or a clipped background forms. Tiles where
 such thin pixels are dense (in the tile, or over a 2 x 2 window of tiles: a small line
 straddles tile boundaries) are returned, merged into rectangles; the learned detector then
-runs only inside those. Cost: one histogram and a few array passes per spike value
-(about a millisecond on a 512 x 512 CT slice, see bench/redact.py).
+runs only inside those. Cost: one histogram and a few passes per spike value, compiled
+(``_screen.c``: about 0.7 ms on a 512 x 512 CT slice; the numpy passes here, about twice
+that, are the reference and the fallback; see bench/redact.py).
 
 What the screen cannot see: text whose pixels do not share one value (a photographed or
 digitised film, heavily smoothed text). Objects where that happens (secondary capture,
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+
+from medsendx.pixels import _screen_native
 
 Box = tuple[int, int, int, int]
 
@@ -40,6 +43,8 @@ USUAL_PENS = (255, 4095)  # pens software often uses: examined on a weaker spike
 MAX_LOOKS, MAX_STEP = 6000, 3
 PAD = 16  # grow each firing region by this much before the detector looks
 _EDGE = max(STROKE_OFFSETS)  # the plane is edge-padded this much so neighbours need no clipping
+# The compiled passes (_screen.c) are written for these two; changed, numpy does the work.
+_COMPILED = TILE == 32 and STROKE_OFFSETS == (2, 3)
 
 
 HISTOGRAM_BLOCK = 12_000  # pixels per bincount call (see _histogram)
@@ -52,6 +57,9 @@ def _histogram(sample: np.ndarray) -> tuple[np.ndarray, int]:
     integers, and one call over a whole slice needs a fresh megabyte each time (in a
     process that reads files, that memory is mapped anew per slice: page faults cost more
     than the counting); each block is offset by its own minimum while it is in cache."""
+    compiled = _screen_native.histogram(sample, 1)
+    if compiled is not None:
+        return compiled
     rows = max(1, HISTOGRAM_BLOCK // max(1, sample[:1].size))
     parts: list[tuple[int, np.ndarray]] = []
     for start in range(0, sample.shape[0], rows):
@@ -94,7 +102,7 @@ def spike_values(plane: np.ndarray, *, edge_aware: bool = False, usual: tuple[in
         return []
     # Every second row: a line of text spans many (every second column too would lose
     # thin lines written with a pen value that anatomy also holds).
-    counts, lo = _histogram(plane[::2])
+    counts, lo = _histogram(plane[::2])  # (the compiled pass reads the view as it is)
     padded = np.zeros(counts.size + 2 * NEIGHBOURS + 1, np.int64)
     np.cumsum(counts, out=padded[NEIGHBOURS + 1 : NEIGHBOURS + 1 + counts.size])
     padded[NEIGHBOURS + 1 + counts.size :] = padded[NEIGHBOURS + counts.size]
@@ -123,15 +131,26 @@ def spike_values(plane: np.ndarray, *, edge_aware: bool = False, usual: tuple[in
 def noise_level(plane: np.ndarray) -> float:
     """The median difference of neighbouring pixels (on a sample of rows and columns)."""
     diffs = np.abs(np.diff(plane[::8, ::4].astype(np.int32), axis=1))
-    return float(np.median(diffs)) if diffs.size else 0.0
+    return _median(diffs.reshape(-1)) if diffs.size else 0.0
 
 
-def contrast_threshold(plane: np.ndarray) -> int:
+def _median(values: np.ndarray) -> float:
+    """``np.median`` of non-negative integers, from their counts (no sort: the differences of
+    a slice take few distinct values, and partitioning them cost more than the screen's
+    compiled passes)."""
+    ranks = np.cumsum(np.bincount(values))
+    n = values.size
+    low, high = np.searchsorted(ranks, [(n - 1) // 2 + 1, n // 2 + 1])  # the middle one or two
+    return (float(low) + float(high)) / 2
+
+
+def contrast_threshold(plane: np.ndarray, noise: float | None = None) -> int:
     """How much a stroke must differ from what lies two pixels beside it: well above the
-    pixel-to-pixel noise and at least a small share of the range (text is drawn to be seen)."""
-    sample = plane[::8, ::4].astype(np.int32)
-    noise = noise_level(plane)
-    span = float(sample.max() - sample.min()) if sample.size else 0.0
+    pixel-to-pixel noise (``noise``: :func:`noise_level`, computed when not given) and at
+    least a small share of the range (text is drawn to be seen)."""
+    sample = plane[::8, ::4]
+    noise = noise_level(plane) if noise is None else noise
+    span = float(int(sample.max()) - int(sample.min())) if sample.size else 0.0
     return int(max(4.0 * noise, 0.04 * span, 2.0))
 
 
@@ -143,21 +162,32 @@ class _Plane:
     def __init__(self, plane: np.ndarray) -> None:
         self.source = plane  # (the contrast threshold is taken from the plane as given)
         self._threshold: int | None = None
+        self._noise: float | None = None
         self.low, self.high = int(plane.min()), int(plane.max())
         height, width = plane.shape
         self.th, self.tw = -(-height // TILE), -(-width // TILE)
-        if (self.th * TILE, self.tw * TILE) != plane.shape:  # whole tiles; the added pixels hold no pen value
-            low, high = int(plane.min()), int(plane.max())
-            info = np.iinfo(plane.dtype)
-            filler = low - 1 if low > info.min else high + 1
-            if filler > info.max:  # every value of the type is used: widen
-                plane = plane.astype(np.int64)
-            grown = np.full((self.th * TILE, self.tw * TILE), filler, dtype=plane.dtype)
-            grown[:height, :width] = plane
-            plane = grown
-        self.plane = plane
-        self.stride = plane.shape[1] + 2 * _EDGE
+        info = np.iinfo(plane.dtype)
+        # The value of the pixels that make the last row and column of tiles whole: one no
+        # pen has (beyond the type when every value of it is used).
+        self.filler = self.low - 1 if self.low > info.min else self.high + 1
+        self.stride = self.tw * TILE + 2 * _EDGE
+        self._grown: np.ndarray | None = None
         self._flat: np.ndarray | None = None
+
+    @property
+    def plane(self) -> np.ndarray:
+        """The plane in whole tiles (the numpy passes' layout; the compiled ones read
+        ``source`` and treat the pixels beyond it as ``filler``)."""
+        if self._grown is None:
+            plane = self.source
+            if (self.th * TILE, self.tw * TILE) != plane.shape:
+                if self.filler > np.iinfo(plane.dtype).max:  # every value of the type is used: widen
+                    plane = plane.astype(np.int64)
+                grown = np.full((self.th * TILE, self.tw * TILE), self.filler, dtype=plane.dtype)
+                grown[: plane.shape[0], : plane.shape[1]] = plane
+                plane = grown
+            self._grown = plane
+        return self._grown
 
     @property
     def flat(self) -> np.ndarray:
@@ -175,19 +205,23 @@ class _Plane:
         return self._flat
 
     @property
+    def noise(self) -> float:
+        if self._noise is None:
+            self._noise = noise_level(self.source)
+        return self._noise
+
+    @property
     def threshold(self) -> int:
         if self._threshold is None:
-            self._threshold = contrast_threshold(self.source)
+            self._threshold = contrast_threshold(self.source, self.noise)
         return self._threshold
 
     def thin_tiles(self, value: int) -> np.ndarray:
         """Tiles where pixels holding ``value`` form strokes."""
-        th, tw, plane = self.th, self.tw, self.plane
-        mask = plane == value
-        # Per tile: add the 32 rows of each band of tiles first (contiguous rows, in bytes: at
-        # most 32 per column fits), then the 32 columns of each tile.
-        columns = np.add.reduce(mask.view(np.uint8).reshape(th, TILE, tw * TILE), axis=1, dtype=np.uint8)
-        counts = columns.reshape(th, tw, TILE).sum(axis=2, dtype=np.int32)
+        th, tw = self.th, self.tw
+        counts = _screen_native.tile_counts(self.source, value, self.filler, th, tw) if _COMPILED else None
+        if counts is None:
+            counts = self._tile_counts(value)
         # A tile mostly of this value is an area of it (background, padding, a clipped region):
         # text there would be invisible. Only the remaining tiles are looked at closely, and
         # only their pixels are gathered (cost follows the candidate tiles, not the frame).
@@ -195,21 +229,43 @@ class _Plane:
         candidates = fits & (counts >= MIN_TILE_PIXELS) & _dense(np.where(fits, counts, 0))
         if not candidates.any():
             return candidates
-        ti, tj = np.nonzero(candidates)
-        k_tile, y, x = np.nonzero(mask.reshape(th, TILE, tw, TILE)[ti, :, tj, :])  # (n, TILE, TILE) blocks
-        tile = ti[k_tile] * tw + tj[k_tile]
         # Many candidates (the rim of a padding area): look at every few of them; a text tile
         # holds several times the strokes needed, so it still fires.
-        step = min(MAX_STEP, -(-tile.size // MAX_LOOKS))
-        if step > 1:
-            tile, k_tile, y, x = tile[::step], k_tile[::step], y[::step], x[::step]
-        at = (ti[k_tile] * TILE + y + _EDGE) * self.stride + (tj[k_tile] * TILE + x + _EDGE)
-        flat, stride, threshold = self.flat, self.stride, self.threshold
+        step = min(MAX_STEP, -(-int(counts[candidates].sum()) // MAX_LOOKS))
+        threshold = self.threshold
         if value in (self.low, self.high):
             # Nothing lies beyond an extreme, so a stroke there stands out of the anatomy on
             # one side only: ask contrast over the noise, not a share of the range (a line
             # at 0 over a phantom's air at about 25, range 0..1805, is legible in a window).
-            threshold = min(threshold, max(2, int(EXTREME_NOISE * noise_level(self.source))))
+            threshold = min(threshold, max(2, int(EXTREME_NOISE * self.noise)))
+        strokes = None
+        if _COMPILED:
+            strokes = _screen_native.strokes(self.source, value, value + threshold, value - threshold, self.filler, candidates, step)
+        if strokes is None:
+            strokes = self._strokes(value, threshold, candidates, step)
+        return candidates & (strokes > 0) & _dense(strokes * step)
+
+    def _tile_counts(self, value: int) -> np.ndarray:
+        """(numpy) Per tile: the pixels holding ``value``."""
+        th, tw = self.th, self.tw
+        mask = self.plane == value
+        # Add the 32 rows of each band of tiles first (contiguous rows, in bytes: at most 32
+        # per column fits), then the 32 columns of each tile.
+        columns = np.add.reduce(mask.view(np.uint8).reshape(th, TILE, tw * TILE), axis=1, dtype=np.uint8)
+        return columns.reshape(th, tw, TILE).sum(axis=2, dtype=np.int32)
+
+    def _strokes(self, value: int, threshold: int, candidates: np.ndarray, step: int) -> np.ndarray:
+        """(numpy) Per candidate tile: every ``step``-th pixel holding ``value`` that is a
+        stroke pixel (the test below)."""
+        th, tw = self.th, self.tw
+        ti, tj = np.nonzero(candidates)
+        mask = self.plane == value
+        k_tile, y, x = np.nonzero(mask.reshape(th, TILE, tw, TILE)[ti, :, tj, :])  # (n, TILE, TILE) blocks
+        tile = ti[k_tile] * tw + tj[k_tile]
+        if step > 1:
+            tile, k_tile, y, x = tile[::step], k_tile[::step], y[::step], x[::step]
+        at = (ti[k_tile] * TILE + y + _EDGE) * self.stride + (tj[k_tile] * TILE + x + _EDGE)
+        flat, stride = self.flat, self.stride
         info = np.iinfo(flat.dtype)
         above, below = min(value + threshold, int(info.max)), max(value - threshold, int(info.min))
         # (clamped to the type: nothing is above its maximum, as nothing is above value + threshold)
@@ -223,8 +279,7 @@ class _Plane:
                 ridge |= ((before > above) & (after > above)) | ((before < below) & (after < below))
         # ...and continues into a neighbour of the same value (a stroke, not a speck of noise).
         same = (flat[at + 1] == value) | (flat[at - 1] == value) | (flat[at + stride] == value) | (flat[at - stride] == value)
-        strokes = np.bincount(tile[ridge & same], minlength=th * tw).reshape(th, tw)
-        return candidates & (strokes > 0) & _dense(strokes * step)
+        return np.bincount(tile[ridge & same], minlength=th * tw).reshape(th, tw)
 
 
 def _dense(counts: np.ndarray) -> np.ndarray:
