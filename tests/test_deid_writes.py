@@ -303,3 +303,77 @@ def test_worker_processes_give_the_same_outputs_and_order_as_one_process(tmp_pat
         if outcome.output is not None:
             assert outcome.output.read_bytes() == (tmp_path / "many" / outcome.output.name).read_bytes()
     assert temps(tmp_path / "many") == [] and len(list((tmp_path / "many").iterdir())) == 300
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 4096 + 17, 1 << 20, (16 << 20) + 5])
+def test_every_size_is_written_exactly(tmp_path: Path, size: int) -> None:
+    """Direct I/O writes whole 4 KiB blocks from an aligned buffer and then cuts the file back;
+    buffered writes (empty or larger than 16 MB) do neither: either way the file is the bytes."""
+    payload = os.urandom(size)
+    chunks = [payload[: size // 3], memoryview(payload)[size // 3 : size // 2], payload[size // 2 :]]
+    writer = DurableWriter(batch=2)
+    writer.write(tmp_path / "a.dcm", chunks, "a")
+    writer.write(tmp_path / "b.dcm", [b"\xff" * 5], "b")  # (a short object after a long one, same thread buffer)
+    assert list(writer.close()) == [("a", None), ("b", None)]
+    assert (tmp_path / "a.dcm").read_bytes() == payload and (tmp_path / "b.dcm").read_bytes() == b"\xff" * 5
+    assert temps(tmp_path) == []
+
+
+def test_a_refused_direct_write_is_written_buffered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system that opens O_DIRECT files but refuses the write (EINVAL): the object is
+    written buffered from the start, and so is every later one in that folder."""
+    import errno
+
+    import medsendx.fsutil as fsutil
+
+    calls = []
+
+    def refused(fd: int, chunks, size: int) -> None:
+        calls.append(size)
+        os.write(fd, b"partial")  # (something already written must not stay)
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(fsutil, "_write_direct", refused)
+    monkeypatch.setattr(fsutil, "_no_direct", set())
+    writer = DurableWriter(batch=1, sync_threads=1)
+    writer.write(tmp_path / "a.dcm", [b"abc" * 5000], "a")
+    writer.write(tmp_path / "b.dcm", [b"xyz" * 5000], "b")
+    assert list(writer.close()) == [("a", None), ("b", None)]
+    assert (tmp_path / "a.dcm").read_bytes() == b"abc" * 5000 and (tmp_path / "b.dcm").read_bytes() == b"xyz" * 5000
+    assert calls == [15000] and fsutil._no_direct == {str(tmp_path)}
+
+
+def test_the_audit_log_is_synced_before_the_last_outcome_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command's outcomes: once the generator is exhausted (the command then prints its
+    result) the audit log has been fsynced after its last line was appended."""
+    from medsendx.commands.anonymize import _outcomes
+
+    settings = settings_for(tmp_path / "state")
+    sources = [write(planted_ct(), tmp_path / "in" / f"{i}.dcm") for i in range(5)]
+    real_fsync, real_write = os.fsync, os.write
+    events: list[str] = []
+    audit_log = settings.audit_log
+
+    def is_audit(fd: int) -> bool:
+        return audit_log.exists() and os.fstat(fd).st_ino == audit_log.stat().st_ino
+
+    def logged_fsync(fd: int) -> None:
+        real_fsync(fd)
+        if is_audit(fd):
+            events.append("audit synced")
+
+    def logged_write(fd: int, data) -> int:
+        written = real_write(fd, data)
+        if is_audit(fd):
+            events.append("audit appended")
+        return written
+
+    monkeypatch.setattr(os, "fsync", logged_fsync)
+    monkeypatch.setattr(os, "write", logged_write)
+    outcomes = _outcomes(settings, sources, tmp_path / "out", 1)
+    statuses = []
+    for outcome in outcomes:
+        statuses.append(outcome.status)
+    assert statuses == ["ok"] * 5
+    assert events and events[-1] == "audit synced" and "audit appended" in events
+    assert len(read_audit(audit_log)) == 5

@@ -8,8 +8,11 @@ cost (the disk waits run in background threads while the caller computes the nex
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import itertools
+import mmap
 import os
 import re
 import shutil
@@ -43,14 +46,15 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _create_temp(folder: str) -> tuple[str, int]:
-    """A new, empty temp file in ``folder`` (0600): its path and an fd open for writing.
-    The name carries our pid (``.tmp-<pid>-<serial>``) so that a later process can tell a
-    killed writer's leftovers from a write in progress (:func:`remove_stale_temps`)."""
+def _create_temp(folder: str, flags: int = 0) -> tuple[str, int]:
+    """A new, empty temp file in ``folder`` (0600): its path and an fd open for writing
+    (plus ``flags``). The name carries our pid (``.tmp-<pid>-<serial>``) so that a later
+    process can tell a killed writer's leftovers from a write in progress
+    (:func:`remove_stale_temps`)."""
     while True:
         temp = os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{next(_temp_serial)}")
         try:
-            return temp, os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            return temp, os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | flags, 0o600)
         except FileExistsError:  # a leftover of an earlier process with our pid
             continue
 
@@ -217,7 +221,7 @@ class DurableWriter:
     def _write_temp_and_sync(self, folder: str, chunks: Sequence[bytes | memoryview], size: int, mode: int) -> str:
         """(In a background thread.) The temp file's path once its bytes are durable."""
         try:
-            temp, fd = _write_temp(folder, chunks, mode)
+            temp, fd = _write_temp(folder, chunks, mode, size)
         finally:
             with self._queue_room:  # in the page cache (or failed): room for the next
                 self._queued_bytes -= size
@@ -261,12 +265,72 @@ class DurableWriter:
             self._current = []
 
 
-def _write_temp(folder: str, chunks: Sequence[bytes | memoryview], mode: int) -> tuple[str, int]:
-    """Write ``chunks`` to a new temp file in ``folder``: its path and open fd, or OSError
-    (then nothing is left behind)."""
-    temp, fd = _create_temp(folder)
+# Direct I/O (O_DIRECT) for the writer's temp files: the bytes go from one aligned buffer
+# straight to the device instead of being copied into page-cache pages that fdatasync then
+# writes back. Measured here (ext4 on a virtual disk, 0.5 MB objects): 0.3-0.4 ms CPU per
+# file instead of 0.45-2.2 ms for a buffered write + fdatasync, which also grew with the page
+# cache. fdatasync still follows (metadata, the device's cache): the guarantee is unchanged.
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+_DIRECT_BLOCK = 4096  # offset, length and address alignment: any logical block size up to 4 KiB
+_DIRECT_MAX = 16 << 20  # larger objects are written buffered (each thread's buffer stays this small)
+_no_direct: set[str] = set()  # folders whose file system refused direct I/O (written buffered)
+_staging = threading.local()  # each writer thread's aligned buffer (mmap memory is page-aligned)
+
+
+def _staging_buffer(size: int) -> mmap.mmap:
+    buffer = getattr(_staging, "buffer", None)
+    if buffer is None or len(buffer) < size:
+        if buffer is not None:
+            buffer.close()
+        buffer = _staging.buffer = mmap.mmap(-1, max(size, 1 << 20))
+    return buffer
+
+
+def _write_direct(fd: int, chunks: Sequence[bytes | memoryview], size: int) -> None:
+    """Write ``chunks`` (``size`` bytes) to ``fd``, opened with O_DIRECT: through the thread's
+    aligned buffer, zero-padded to whole blocks, then cut back to ``size``."""
+    padded = -(-size // _DIRECT_BLOCK) * _DIRECT_BLOCK
+    buffer = _staging_buffer(padded)
+    offset = 0
+    for chunk in chunks:
+        end = offset + len(chunk)
+        buffer[offset:end] = chunk
+        offset = end
+    buffer[size:padded] = bytes(padded - size)  # (no byte of an earlier object in the last block)
+    with memoryview(buffer) as view:
+        write_chunks(fd, [view[:padded]])
+    os.ftruncate(fd, size)
+
+
+def _write_temp(folder: str, chunks: Sequence[bytes | memoryview], mode: int, size: int = -1) -> tuple[str, int]:
+    """Write ``chunks`` to a new temp file in ``folder`` (direct I/O where the file system
+    takes it, see above): its path and open fd, or OSError (then nothing is left behind)."""
+    size = sum(map(len, chunks)) if size < 0 else size
+    direct = _O_DIRECT and 0 < size <= _DIRECT_MAX and folder not in _no_direct
+    try:
+        temp, fd = _create_temp(folder, _O_DIRECT if direct else 0)
+    except OSError as exc:
+        if not direct or exc.errno != errno.EINVAL:
+            raise
+        _no_direct.add(folder)  # (e.g. a file system without O_DIRECT)
+        direct = False
+        temp, fd = _create_temp(folder)
     try:
         os.fchmod(fd, mode)  # whatever the umask: outputs are read by other services
+        if direct:
+            try:
+                _write_direct(fd, chunks, size)
+                return temp, fd
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                # Opened, but this file system or device refused the direct write: buffered
+                # from the start, here and from now on in this folder.
+                _no_direct.add(folder)
+                fcntl_flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl_flags & ~_O_DIRECT)
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
         write_chunks(fd, chunks)
     except BaseException:
         os.close(fd)

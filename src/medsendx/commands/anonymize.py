@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from medsendx.commands._common import console, err_console, literal, settings_from_context
 from medsendx.config import Settings
 from medsendx.deid import Deidentifier, FileOutcome
+from medsendx.deid.audit import sync_audit
 from medsendx.deid.uids import SecretError
 from medsendx.dicomio import iter_dicom_files
 from medsendx.quarantine import quarantine_file
@@ -33,6 +35,21 @@ def _worker_run(job: tuple[list[Path], Path]) -> list[FileOutcome]:
 
 
 def _outcomes(settings: Settings, files: list[Path], out_dir: Path, workers: int) -> Iterator[FileOutcome]:
+    """The outcome of every file, in input order. The audit lines are appended unflushed
+    as the outputs are committed and made durable by one fsync once the last outcome is
+    given (OSError if that fails), and, best effort, when the caller stops early."""
+    finished = False
+    try:
+        yield from _unsynced_outcomes(settings, files, out_dir, workers)
+        finished = True
+    finally:
+        if not finished:
+            with contextlib.suppress(OSError):
+                sync_audit(settings.audit_log)
+    sync_audit(settings.audit_log)
+
+
+def _unsynced_outcomes(settings: Settings, files: list[Path], out_dir: Path, workers: int) -> Iterator[FileOutcome]:
     if workers <= 1 or len(files) <= 8 * _BATCH:
         yield from Deidentifier(settings).deidentify_files(files, out_dir, batch=_BATCH)
         return
@@ -134,16 +151,20 @@ def anonymize_cmd(
         TextColumn("de-identifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=err_console, transient=True,
     )
-    with progress:
-        task = progress.add_task("files", total=len(files))
-        for outcome in _outcomes(settings, files, output_dir, workers):
-            counts[outcome.status] += 1
-            if outcome.status != "ok":
-                label = "quarantined" if outcome.status == "quarantined" else "error"
-                progress.console.print(
-                    f"[yellow]{label}:[/yellow] {literal(_shown(outcome.source, input_path))}: {literal(outcome.reason)}", soft_wrap=True
-                )
-            progress.advance(task)
+    try:
+        with progress:
+            task = progress.add_task("files", total=len(files))
+            for outcome in _outcomes(settings, files, output_dir, workers):
+                counts[outcome.status] += 1
+                if outcome.status != "ok":
+                    label = "quarantined" if outcome.status == "quarantined" else "error"
+                    progress.console.print(
+                        f"[yellow]{label}:[/yellow] {literal(_shown(outcome.source, input_path))}: {literal(outcome.reason)}", soft_wrap=True
+                    )
+                progress.advance(task)
+    except OSError as exc:  # (only the audit log's final fsync raises)
+        err_console.print(f"[red]error:[/red] the audit log could not be written to disk ({literal(exc.strerror or type(exc).__name__)})", soft_wrap=True)
+        raise SystemExit(1)
     elapsed = max(time.perf_counter() - started, 1e-9)
     console.print(
         f"{counts['ok']} de-identified, {counts['quarantined']} quarantined, {counts['error']} failed "
