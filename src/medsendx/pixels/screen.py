@@ -220,8 +220,10 @@ class _Plane:
         """Tiles where pixels holding ``value`` form strokes."""
         th, tw = self.th, self.tw
         counts = _screen_native.tile_counts(self.source, value, self.filler, th, tw) if _COMPILED else None
+        mask = None  # (the numpy passes' pixels of this value, made once for both)
         if counts is None:
-            counts = self._tile_counts(value)
+            mask = self.plane == value
+            counts = self._tile_counts(mask)
         # A tile mostly of this value is an area of it (background, padding, a clipped region):
         # text there would be invisible. Only the remaining tiles are looked at closely, and
         # only their pixels are gathered (cost follows the candidate tiles, not the frame).
@@ -242,24 +244,22 @@ class _Plane:
         if _COMPILED:
             strokes = _screen_native.strokes(self.source, value, value + threshold, value - threshold, self.filler, candidates, step)
         if strokes is None:
-            strokes = self._strokes(value, threshold, candidates, step)
+            strokes = self._strokes(self.plane == value if mask is None else mask, value, threshold, candidates, step)
         return candidates & (strokes > 0) & _dense(strokes * step)
 
-    def _tile_counts(self, value: int) -> np.ndarray:
-        """(numpy) Per tile: the pixels holding ``value``."""
+    def _tile_counts(self, mask: np.ndarray) -> np.ndarray:
+        """(numpy) Per tile: the pixels of ``mask`` (the whole-tile plane's pixels of a value)."""
         th, tw = self.th, self.tw
-        mask = self.plane == value
         # Add the 32 rows of each band of tiles first (contiguous rows, in bytes: at most 32
         # per column fits), then the 32 columns of each tile.
         columns = np.add.reduce(mask.view(np.uint8).reshape(th, TILE, tw * TILE), axis=1, dtype=np.uint8)
         return columns.reshape(th, tw, TILE).sum(axis=2, dtype=np.int32)
 
-    def _strokes(self, value: int, threshold: int, candidates: np.ndarray, step: int) -> np.ndarray:
-        """(numpy) Per candidate tile: every ``step``-th pixel holding ``value`` that is a
-        stroke pixel (the test below)."""
+    def _strokes(self, mask: np.ndarray, value: int, threshold: int, candidates: np.ndarray, step: int) -> np.ndarray:
+        """(numpy) Per candidate tile: every ``step``-th pixel of ``mask`` (the pixels holding
+        ``value``) that is a stroke pixel (the test below)."""
         th, tw = self.th, self.tw
         ti, tj = np.nonzero(candidates)
-        mask = self.plane == value
         k_tile, y, x = np.nonzero(mask.reshape(th, TILE, tw, TILE)[ti, :, tj, :])  # (n, TILE, TILE) blocks
         tile = ti[k_tile] * tw + tj[k_tile]
         if step > 1:
