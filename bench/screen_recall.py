@@ -22,7 +22,8 @@ inside the boxes (weaker: the line's corners may fall outside). The oracle is th
 mask (Pillow), independent of the screen.
 
 In the same run, baselines (the screen's module constants and helpers patched in this
-process only; screen.py is not changed): "per tile only" (the 2 x 2 tile window density off:
+process only; screen.py is not changed): "one way only" (the second look at strokes running
+both ways off: the screen before it), "per tile only" (the 2 x 2 tile window density off:
 MIN_WINDOW_PIXELS out of reach) and "no weak pens" (spike_values without the 255/4095 weak
 excess and the always-examined maximum). Recall is printed as a ratio to each. False fires:
 the screen on every real CT/MR slice without planted text (each one would cost a detector
@@ -212,8 +213,20 @@ def no_weak_pens() -> Iterator[None]:
         screen.spike_values = original
 
 
+@contextlib.contextmanager
+def one_way_only() -> Iterator[None]:
+    """The second look (strokes running both ways, screen.BOTH_EACH_PIXELS) off."""
+    saved = screen.BOTH_EACH_PIXELS
+    screen.BOTH_EACH_PIXELS = 1 << 40
+    try:
+        yield
+    finally:
+        screen.BOTH_EACH_PIXELS = saved
+
+
 VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
     "screen": contextlib.nullcontext,
+    "one way only": one_way_only,
     "per tile only": per_tile_only,
     "no weak pens": no_weak_pens,
 }

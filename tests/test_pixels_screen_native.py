@@ -117,3 +117,23 @@ def test_a_pen_equal_to_the_partial_tiles_filler_counts_them_as_numpy_does() -> 
     )
     counts = _screen_native.tile_counts(plane, 255, 255, 3, 3)
     assert counts is not None and counts[2, 2] == 32 * 32 - (70 - 64) * (90 - 64)  # the filler counted
+
+
+@pytest.mark.parametrize("directions", [screen.ACROSS, screen.ALONG, screen.EITHER])
+def test_compiled_strokes_equal_numpy_for_each_direction(data_dir: Path, directions: int) -> None:
+    """The stroke counts per tile with contrast across only, along only, or either (the
+    both-ways rule compares the first two), on every tile of the planted lines' slices."""
+    compared = 0
+    for name, x, y, text, font, size, pen in LINES:
+        stored = pydicom.dcmread(data_dir / name).pixel_array
+        value = {"max": int(stored.max()), "min": int(stored.min())}.get(pen, pen)
+        planted = np.ascontiguousarray(stored.copy())
+        planted[bc.text_mask(stored.shape, [((x, y), text, font, size)])] = value
+        prepared = screen._Plane(planted)
+        every = np.ones((prepared.th, prepared.tw), dtype=bool)
+        threshold = max(2, int(screen.FAINT_NOISE * prepared.noise))
+        compiled = _screen_native.strokes(planted, value, value + threshold, value - threshold, prepared.filler, every, 1, directions)
+        reference = prepared._strokes(prepared.plane == value, value, threshold, every, 1, directions)
+        assert compiled is not None and compiled.tolist() == reference.tolist(), name
+        compared += int(reference.sum() > 0)
+    assert compared == len(LINES)  # (every line gave strokes to compare)

@@ -3,7 +3,8 @@
 Each line here was missed by the screen before it counted strokes over 2 x 2 tiles and
 always looked at the frame's maximum (issue 12): small text straddling tile boundaries, and
 a pen at the maximum of a low-range MR (stored 0..12) whose value the anatomy also holds, so
-no histogram spike; and since then a few the 2 x 2 rule alone still missed (noted below).
+no histogram spike; and since then a few the 2 x 2 rule alone still missed, and faint or 8-px
+lines found only once strokes running both ways counted (noted below).
 The screen must cover every visible ink pixel (one that differs from the
 slice beneath it: a pen over its own value draws nothing)."""
 
@@ -36,6 +37,16 @@ LINES = [
     # legible in a narrow window; found by the extremes' contrast over the noise.
     ("ct-phantom-philips/24.dcm", 235, 168, "ID 70341958", "liberation", 12, "min"),
     ("ct-phantom-philips/06.dcm", 318, 155, "ID 70341958", "dejavu-mono", 12, "min"),
+    # Fainter still: 0 over air at 20-28 where the noise is 4 (under 10 x the noise), found
+    # because the strokes run both ways (contrast across and along), which a scan's thin
+    # straight lines do not (they stay quiet: test_screen_quiet_on_real_text_free_slices).
+    ("ct-phantom-philips/08.dcm", 54, 14, "KOWALCZYK AGNIESZKA", "dejavu", 11, "min"),
+    ("ct-phantom-philips/21.dcm", 378, 46, "ID 70341958", "dejavu", 8, "min"),
+    ("ct-phantom-philips/12.dcm", 40, 30, "ACC RQ884120", "liberation", 15, "min"),
+    # 8-px lines with too few strokes for the one-way counts (under 30 a tile, 50 a window),
+    # found by the both-ways counts (24 a tile, 40 a window).
+    ("ct-head-ge/11.dcm", 213, 282, "ID 70341958", "liberation-mono", 8, 255),
+    ("mr-brain-ge/00018.dcm", 57, 61, "ID 70341958", "liberation-mono", 8, "max"),
 ]
 
 
@@ -63,3 +74,23 @@ def test_screen_quiet_on_real_text_free_slices(data_dir: Path) -> None:
         if "PixelData" in ds and candidate_regions(np.ascontiguousarray(ds.pixel_array)):
             fired.append(path.name)
     assert not fired
+
+
+def test_both_ways_rule_fires_on_faint_text_not_on_straight_lines() -> None:
+    """At a contrast under 10 x the noise a pen at the minimum counts only where its strokes
+    run both ways. A synthetic air (28 +- 4.5 over 0..1800): a line of text at 0 fires; a
+    long vertical and a horizontal line at 0, the same contrast and width, do not."""
+    rng = np.random.default_rng(0)
+    air = np.clip(rng.normal(28, 4.5, (256, 256)), 1, 60).astype(np.uint16)
+    air[128:224, 150:250] = 1800  # anatomy at the top of the range: 28 is under 2% of it
+    lines = air.copy()
+    lines[20:230, 40:42] = 0
+    lines[100:102, 60:140] = 0
+    text = air.copy()
+    ink = bc.text_mask(air.shape, [((20, 60), "ID 70341958", "dejavu", 11)])
+    text[ink] = 0
+    assert candidate_regions(air) == [] and candidate_regions(lines) == []
+    covered = np.zeros(air.shape, dtype=bool)
+    for x0, y0, x1, y1 in candidate_regions(text):
+        covered[y0:y1, x0:x1] = True
+    assert covered[ink].all()

@@ -86,12 +86,16 @@
         }                                                                                           \
     }
 
+/* Both sides of a stroke pixel beyond the threshold the same way: a ridge or a valley. */
+#define CROSSES(b, a) (((b) > above && (a) > above) || ((b) < below && (a) < below))
+
 /* The stroke test of screen._Plane.thin_tiles: in the candidate tiles (row-major), every
    `step`-th pixel holding `value` (counted over the candidates in order: tile, row,
    column) that has, 2 and 3 pixels away on both sides across or along, values above
    `above` or below `below`, and a 4-neighbour of the same value, counts for its tile.
-   Neighbours beyond the grown plane are its border pixels; pixels beyond the plane hold
-   `filler`. */
+   `directions` says which sides are compared: 1 across (left and right), 2 along (above
+   and below), 3 either. Neighbours beyond the grown plane are its border pixels; pixels
+   beyond the plane hold `filler`. */
 #define STROKES(K, T)                                                                               \
     static inline int32_t at_##K(const T *p, int64_t rows, int64_t cols, int64_t gh,                \
                                  int64_t gw, int64_t y, int64_t x, int32_t filler)                  \
@@ -103,9 +107,10 @@
     void screen_strokes_##K(const T *p, int64_t rows, int64_t cols, int32_t value,                  \
                             int32_t above, int32_t below, int32_t filler,                           \
                             const uint8_t *candidates, int64_t th, int64_t tw, int64_t step,        \
-                            int32_t *out)                                                           \
+                            int32_t directions, int32_t *out)                                       \
     {                                                                                               \
         static const int offsets[2] = {2, 3};                                                       \
+        const int across = directions & 1, along = directions & 2;                                  \
         const int64_t gh = th * TILE, gw = tw * TILE;                                               \
         int64_t seen = 0;                                                                           \
         memset(out, 0, (size_t)(th * tw) * sizeof(int32_t));                                        \
@@ -126,10 +131,10 @@
                             for (int i = 0; i < 2 && !ridge; i++) {                                 \
                                 int64_t k = offsets[i], kk = k * cols;                              \
                                 int32_t b = c[-k], a = c[k];                                        \
-                                ridge = (b > above && a > above) || (b < below && a < below);       \
+                                ridge = across && CROSSES(b, a);                                    \
                                 if (ridge) break;                                                   \
                                 b = c[-kk], a = c[kk];                                              \
-                                ridge = (b > above && a > above) || (b < below && a < below);       \
+                                ridge = along && CROSSES(b, a);                                     \
                             }                                                                       \
                             if (ridge && ((int32_t)c[1] == value || (int32_t)c[-1] == value ||      \
                                           (int32_t)c[cols] == value || (int32_t)c[-cols] == value)) \
@@ -148,11 +153,11 @@
                             int k = offsets[i];                                                     \
                             int32_t b = at_##K(p, rows, cols, gh, gw, y, x - k, filler);            \
                             int32_t a = at_##K(p, rows, cols, gh, gw, y, x + k, filler);            \
-                            ridge = (b > above && a > above) || (b < below && a < below);           \
+                            ridge = across && CROSSES(b, a);                                        \
                             if (ridge) break;                                                       \
                             b = at_##K(p, rows, cols, gh, gw, y - k, x, filler);                    \
                             a = at_##K(p, rows, cols, gh, gw, y + k, x, filler);                    \
-                            ridge = (b > above && a > above) || (b < below && a < below);           \
+                            ridge = along && CROSSES(b, a);                                         \
                         }                                                                           \
                         if (!ridge) continue;                                                       \
                         if (at_##K(p, rows, cols, gh, gw, y, x + 1, filler) == value ||             \

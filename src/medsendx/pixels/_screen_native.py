@@ -47,7 +47,7 @@ def load() -> ctypes.CDLL | None:
         counts.argtypes = [ptr, i64, i64, i32, i32, i64, i64, ptr]
         counts.restype = None
         strokes = getattr(lib, f"screen_strokes_{kind}")
-        strokes.argtypes = [ptr, i64, i64, i32, i32, i32, i32, ptr, i64, i64, i64, ptr]
+        strokes.argtypes = [ptr, i64, i64, i32, i32, i32, i32, ptr, i64, i64, i64, i32, ptr]
         strokes.restype = None
     return lib
 
@@ -92,9 +92,11 @@ def tile_counts(plane: np.ndarray, value: int, filler: int, th: int, tw: int) ->
 
 
 def strokes(
-    plane: np.ndarray, value: int, above: int, below: int, filler: int, candidates: np.ndarray, step: int
+    plane: np.ndarray, value: int, above: int, below: int, filler: int, candidates: np.ndarray, step: int,
+    directions: int = 3,
 ) -> np.ndarray | None:
-    """Per candidate tile: the sampled stroke pixels of ``value`` (see ``_screen.c``), or None."""
+    """Per candidate tile: the sampled stroke pixels of ``value`` (see ``_screen.c``; ``directions``:
+    1 contrast across, 2 along, 3 either), or None."""
     kind = _kind(plane)
     if kind is None or not plane.flags.c_contiguous or not _in_int32(value, above, below, filler):
         return None
@@ -102,6 +104,6 @@ def strokes(
     wanted = np.ascontiguousarray(candidates, dtype=np.uint8)
     out = np.empty((th, tw), dtype=np.int32)
     getattr(load(), f"screen_strokes_{kind}")(
-        plane.ctypes.data, *plane.shape, value, above, below, filler, wanted.ctypes.data, th, tw, step, out.ctypes.data
+        plane.ctypes.data, *plane.shape, value, above, below, filler, wanted.ctypes.data, th, tw, step, directions, out.ctypes.data
     )
     return out

@@ -8,8 +8,9 @@ pixels than its neighbouring values), and (2) for each spike value, checks where
 holding it are *thin* (strokes: few of them have a full neighbourhood of the same value),
 unlike the large flat areas a padding value or a clipped background forms. Tiles where
 such thin pixels are dense (in the tile, or over a 2 x 2 window of tiles: a small line
-straddles tile boundaries) are returned, merged into rectangles; the learned detector then
-runs only inside those. Cost: one histogram and a few passes per spike value, compiled
+straddles tile boundaries), or where fewer or fainter ones run both ways (vertical and
+horizontal strokes: letters, not a straight line), are returned, merged into rectangles;
+the learned detector then runs only inside those. Cost: one histogram and a few passes per spike value, compiled
 (``_screen.c``: about 0.7 ms on a 512 x 512 CT slice; the numpy passes here, about twice
 that, are the reference and the fallback; see bench/redact.py).
 
@@ -39,6 +40,18 @@ MIN_WINDOW_PIXELS = 50  # or per 2 x 2 tiles (a small line straddling tiles; rea
 MAX_INTERIOR_SHARE = 0.6  # of a tile's pixels: more of one value is an area of it, not text
 STROKE_OFFSETS = (2, 3)  # a stroke up to 3-5 px wide has both its sides this far from a pixel of it
 EXTREME_NOISE = 10  # a pen at the frame's minimum or maximum need only contrast this many times the noise
+# A second look at the candidate tiles the test above left, counting stroke pixels with
+# contrast across (left and right: vertical strokes) and along (above and below: horizontal
+# ones) apart. Letters have both; the thin straight lines a scan can hold (a reconstruction's
+# dark lines at a phantom's edge) have one. Where both run, with BOTH_EACH_PIXELS each in a
+# 2 x 2 window, less is asked: BOTH_TILE strokes a tile or BOTH_WINDOW a window (8-px lines
+# hold 20-30 a tile), and at an extreme a contrast of FAINT_NOISE times the noise (0 over a
+# phantom's air at 20-28, noise 3-4). Set on seeds 7 and 11 of bench/screen_recall.py, seed
+# 23 held out; no more of the real text-free slices fire.
+BOTH_EACH_PIXELS = 12
+BOTH_TILE, BOTH_WINDOW = 24, 40
+FAINT_NOISE = 4
+ACROSS, ALONG, EITHER = 1, 2, 3  # the sides a stroke pixel is compared with
 USUAL_PENS = (255, 4095)  # pens software often uses: examined on a weaker spike (see spike_values)
 MAX_LOOKS, MAX_STEP = 6000, 3
 PAD = 16  # grow each firing region by this much before the detector looks
@@ -240,12 +253,32 @@ class _Plane:
             # one side only: ask contrast over the noise, not a share of the range (a line
             # at 0 over a phantom's air at about 25, range 0..1805, is legible in a window).
             threshold = min(threshold, max(2, int(EXTREME_NOISE * self.noise)))
+        strokes = self._stroke_counts(value, threshold, candidates, step, EITHER, mask)
+        fired = candidates & (strokes > 0) & _dense(strokes * step)
+        rest = candidates & ~fired
+        if rest.any():  # the second look: strokes both ways (see BOTH_EACH_PIXELS)
+            if value in (self.low, self.high):
+                threshold = min(threshold, max(2, int(FAINT_NOISE * self.noise)))
+            across = self._stroke_counts(value, threshold, rest, step, ACROSS, mask)
+            along = self._stroke_counts(value, threshold, rest, step, ALONG, mask)
+            each, most = np.minimum(across, along) * step, np.maximum(across, along) * step
+            both_ways = (each > 0) & _window_reaches(each, BOTH_EACH_PIXELS)
+            both_ways &= (most >= BOTH_TILE) | _window_reaches(most, BOTH_WINDOW)
+            fired |= rest & both_ways
+        return fired
+
+    def _stroke_counts(
+        self, value: int, threshold: int, candidates: np.ndarray, step: int, directions: int, mask: np.ndarray | None
+    ) -> np.ndarray:
+        """Per candidate tile: the sampled stroke pixels of ``value`` (compiled, or numpy)."""
         strokes = None
         if _COMPILED:
-            strokes = _screen_native.strokes(self.source, value, value + threshold, value - threshold, self.filler, candidates, step)
+            strokes = _screen_native.strokes(
+                self.source, value, value + threshold, value - threshold, self.filler, candidates, step, directions
+            )
         if strokes is None:
-            strokes = self._strokes(self.plane == value if mask is None else mask, value, threshold, candidates, step)
-        return candidates & (strokes > 0) & _dense(strokes * step)
+            strokes = self._strokes(self.plane == value if mask is None else mask, value, threshold, candidates, step, directions)
+        return strokes
 
     def _tile_counts(self, mask: np.ndarray) -> np.ndarray:
         """(numpy) Per tile: the pixels of ``mask`` (the whole-tile plane's pixels of a value)."""
@@ -255,9 +288,11 @@ class _Plane:
         columns = np.add.reduce(mask.view(np.uint8).reshape(th, TILE, tw * TILE), axis=1, dtype=np.uint8)
         return columns.reshape(th, tw, TILE).sum(axis=2, dtype=np.int32)
 
-    def _strokes(self, mask: np.ndarray, value: int, threshold: int, candidates: np.ndarray, step: int) -> np.ndarray:
+    def _strokes(
+        self, mask: np.ndarray, value: int, threshold: int, candidates: np.ndarray, step: int, directions: int = EITHER
+    ) -> np.ndarray:
         """(numpy) Per candidate tile: every ``step``-th pixel of ``mask`` (the pixels holding
-        ``value``) that is a stroke pixel (the test below)."""
+        ``value``) that is a stroke pixel (the test below; ``directions``: the sides compared)."""
         th, tw = self.th, self.tw
         ti, tj = np.nonzero(candidates)
         k_tile, y, x = np.nonzero(mask.reshape(th, TILE, tw, TILE)[ti, :, tj, :])  # (n, TILE, TILE) blocks
@@ -273,8 +308,9 @@ class _Plane:
         # A stroke pixel contrasts with the pixels k steps away on *both* sides (left and
         # right, or above and below): a ridge or a valley, not the step of an edge...
         ridge = np.zeros(at.size, dtype=bool)
+        sides = [side for side, bit in ((1, ACROSS), (stride, ALONG)) if directions & bit]
         for k in STROKE_OFFSETS:
-            for offset in (k, k * stride):
+            for offset in (k * side for side in sides):
                 before, after = flat[at - offset], flat[at + offset]
                 ridge |= ((before > above) & (after > above)) | ((before < below) & (after < below))
         # ...and continues into a neighbour of the same value (a stroke, not a speck of noise).
