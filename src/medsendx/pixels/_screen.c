@@ -86,16 +86,29 @@
         }                                                                                           \
     }
 
-/* Both sides of a stroke pixel beyond the threshold the same way: a ridge or a valley. */
-#define CROSSES(b, a) (((b) > above && (a) > above) || ((b) < below && (a) < below))
+/* The stroke test of a pixel from its neighbours 2 and 3 pixels away, n[] = {left 2, right
+   2, up 2, down 2, left 3, right 3, up 3, down 3}: both sides of a pair beyond a threshold
+   the same way (above `above` or below `below`: a ridge or a valley, not an edge). Bit 1:
+   some pair, at the first threshold; bit 2: a left/right pair, bit 4: an up/down pair, at
+   the second (fainter or equal) threshold. */
+static inline int stroke_bits(const int32_t *n, int32_t above, int32_t below, int32_t above2,
+                              int32_t below2)
+{
+    int bits = 0;
+    for (int i = 0; i < 8; i += 2) {
+        int32_t b = n[i], a = n[i + 1];
+        if ((b > above && a > above) || (b < below && a < below)) bits |= 1;
+        if ((b > above2 && a > above2) || (b < below2 && a < below2)) bits |= (i & 2) ? 4 : 2;
+    }
+    return bits;
+}
 
-/* The stroke test of screen._Plane.thin_tiles: in the candidate tiles (row-major), every
-   `step`-th pixel holding `value` (counted over the candidates in order: tile, row,
-   column) that has, 2 and 3 pixels away on both sides across or along, values above
-   `above` or below `below`, and a 4-neighbour of the same value, counts for its tile.
-   `directions` says which sides are compared: 1 across (left and right), 2 along (above
-   and below), 3 either. Neighbours beyond the grown plane are its border pixels; pixels
-   beyond the plane hold `filler`. */
+/* The stroke test of screen._Plane.thin_tiles, in one pass: in the candidate tiles
+   (row-major), every `step`-th pixel holding `value` (counted over the candidates in
+   order: tile, row, column) that has a 4-neighbour of the same value and a ridge (see
+   stroke_bits) counts for its tile: in `out` at the first threshold (either direction),
+   in `across` and `along` at the second (left/right pairs, up/down pairs). Neighbours
+   beyond the grown plane are its border pixels; pixels beyond the plane hold `filler`. */
 #define STROKES(K, T)                                                                               \
     static inline int32_t at_##K(const T *p, int64_t rows, int64_t cols, int64_t gh,                \
                                  int64_t gw, int64_t y, int64_t x, int32_t filler)                  \
@@ -105,68 +118,59 @@
         return (y < rows && x < cols) ? (int32_t)p[y * cols + x] : filler;                          \
     }                                                                                               \
     void screen_strokes_##K(const T *p, int64_t rows, int64_t cols, int32_t value,                  \
-                            int32_t above, int32_t below, int32_t filler,                           \
-                            const uint8_t *candidates, int64_t th, int64_t tw, int64_t step,        \
-                            int32_t directions, int32_t *out)                                       \
+                            int32_t above, int32_t below, int32_t above2, int32_t below2,           \
+                            int32_t filler, const uint8_t *candidates, int64_t th, int64_t tw,      \
+                            int64_t step, int32_t *out, int32_t *across, int32_t *along)            \
     {                                                                                               \
-        static const int offsets[2] = {2, 3};                                                       \
-        const int across = directions & 1, along = directions & 2;                                  \
         const int64_t gh = th * TILE, gw = tw * TILE;                                               \
         int64_t seen = 0;                                                                           \
-        memset(out, 0, (size_t)(th * tw) * sizeof(int32_t));                                        \
+        size_t bytes = (size_t)(th * tw) * sizeof(int32_t);                                         \
+        memset(out, 0, bytes);                                                                      \
+        memset(across, 0, bytes);                                                                   \
+        memset(along, 0, bytes);                                                                    \
         for (int64_t ti = 0; ti < th; ti++)                                                         \
             for (int64_t tj = 0; tj < tw; tj++) {                                                   \
                 if (!candidates[ti * tw + tj]) continue;                                            \
-                int32_t hits = 0;                                                                   \
+                int32_t hits[3] = {0, 0, 0};                                                        \
+                int32_t n[8];                                                                       \
                 const int64_t y0 = ti * TILE, x0 = tj * TILE;                                       \
-                if (y0 >= 3 && y0 + TILE + 3 <= rows && x0 >= 3 && x0 + TILE + 3 <= cols) {         \
-                    /* inside the plane with its neighbours: no clamping, no filler */              \
-                    for (int64_t y = y0; y < y0 + TILE; y++) {                                      \
-                        const T *row = p + y * cols;                                                \
-                        for (int64_t x = x0; x < x0 + TILE; x++) {                                  \
-                            if ((int32_t)row[x] != value) continue;                                 \
-                            if (seen++ % step) continue;                                            \
-                            const T *c = row + x;                                                   \
-                            int ridge = 0;                                                          \
-                            for (int i = 0; i < 2 && !ridge; i++) {                                 \
-                                int64_t k = offsets[i], kk = k * cols;                              \
-                                int32_t b = c[-k], a = c[k];                                        \
-                                ridge = across && CROSSES(b, a);                                    \
-                                if (ridge) break;                                                   \
-                                b = c[-kk], a = c[kk];                                              \
-                                ridge = along && CROSSES(b, a);                                     \
+                const int inside =                                                                  \
+                    y0 >= 3 && y0 + TILE + 3 <= rows && x0 >= 3 && x0 + TILE + 3 <= cols;           \
+                for (int64_t y = y0; y < y0 + TILE; y++)                                            \
+                    for (int64_t x = x0; x < x0 + TILE; x++) {                                      \
+                        int same;                                                                   \
+                        if (inside) { /* the tile and its neighbours in the plane: no clamping */   \
+                            const T *c = p + y * cols + x;                                          \
+                            if ((int32_t)c[0] != value || seen++ % step) continue;                  \
+                            for (int k = 2, i = 0; k <= 3; k++, i += 4) {                           \
+                                n[i] = c[-k], n[i + 1] = c[k];                                      \
+                                n[i + 2] = c[-k * cols], n[i + 3] = c[k * cols];                    \
                             }                                                                       \
-                            if (ridge && ((int32_t)c[1] == value || (int32_t)c[-1] == value ||      \
-                                          (int32_t)c[cols] == value || (int32_t)c[-cols] == value)) \
-                                hits++;                                                             \
+                            same = (int32_t)c[1] == value || (int32_t)c[-1] == value ||             \
+                                   (int32_t)c[cols] == value || (int32_t)c[-cols] == value;         \
+                        } else {                                                                    \
+                            if (at_##K(p, rows, cols, gh, gw, y, x, filler) != value) continue;     \
+                            if (seen++ % step) continue;                                            \
+                            for (int k = 2, i = 0; k <= 3; k++, i += 4) {                           \
+                                n[i] = at_##K(p, rows, cols, gh, gw, y, x - k, filler);             \
+                                n[i + 1] = at_##K(p, rows, cols, gh, gw, y, x + k, filler);         \
+                                n[i + 2] = at_##K(p, rows, cols, gh, gw, y - k, x, filler);         \
+                                n[i + 3] = at_##K(p, rows, cols, gh, gw, y + k, x, filler);         \
+                            }                                                                       \
+                            same = at_##K(p, rows, cols, gh, gw, y, x + 1, filler) == value ||      \
+                                   at_##K(p, rows, cols, gh, gw, y, x - 1, filler) == value ||      \
+                                   at_##K(p, rows, cols, gh, gw, y + 1, x, filler) == value ||      \
+                                   at_##K(p, rows, cols, gh, gw, y - 1, x, filler) == value;        \
                         }                                                                           \
+                        if (!same) continue;                                                        \
+                        int bits = stroke_bits(n, above, below, above2, below2);                    \
+                        hits[0] += bits & 1;                                                        \
+                        hits[1] += (bits >> 1) & 1;                                                 \
+                        hits[2] += (bits >> 2) & 1;                                                 \
                     }                                                                               \
-                    out[ti * tw + tj] = hits;                                                       \
-                    continue;                                                                       \
-                }                                                                                   \
-                for (int64_t y = ti * TILE; y < (ti + 1) * TILE; y++)                               \
-                    for (int64_t x = tj * TILE; x < (tj + 1) * TILE; x++) {                         \
-                        if (at_##K(p, rows, cols, gh, gw, y, x, filler) != value) continue;         \
-                        if (seen++ % step) continue;                                                \
-                        int ridge = 0;                                                              \
-                        for (int i = 0; i < 2 && !ridge; i++) {                                     \
-                            int k = offsets[i];                                                     \
-                            int32_t b = at_##K(p, rows, cols, gh, gw, y, x - k, filler);            \
-                            int32_t a = at_##K(p, rows, cols, gh, gw, y, x + k, filler);            \
-                            ridge = across && CROSSES(b, a);                                        \
-                            if (ridge) break;                                                       \
-                            b = at_##K(p, rows, cols, gh, gw, y - k, x, filler);                    \
-                            a = at_##K(p, rows, cols, gh, gw, y + k, x, filler);                    \
-                            ridge = along && CROSSES(b, a);                                         \
-                        }                                                                           \
-                        if (!ridge) continue;                                                       \
-                        if (at_##K(p, rows, cols, gh, gw, y, x + 1, filler) == value ||             \
-                            at_##K(p, rows, cols, gh, gw, y, x - 1, filler) == value ||             \
-                            at_##K(p, rows, cols, gh, gw, y + 1, x, filler) == value ||             \
-                            at_##K(p, rows, cols, gh, gw, y - 1, x, filler) == value)               \
-                            hits++;                                                                 \
-                    }                                                                               \
-                out[ti * tw + tj] = hits;                                                           \
+                out[ti * tw + tj] = hits[0];                                                        \
+                across[ti * tw + tj] = hits[1];                                                     \
+                along[ti * tw + tj] = hits[2];                                                      \
             }                                                                                       \
     }
 

@@ -47,7 +47,7 @@ def load() -> ctypes.CDLL | None:
         counts.argtypes = [ptr, i64, i64, i32, i32, i64, i64, ptr]
         counts.restype = None
         strokes = getattr(lib, f"screen_strokes_{kind}")
-        strokes.argtypes = [ptr, i64, i64, i32, i32, i32, i32, ptr, i64, i64, i64, i32, ptr]
+        strokes.argtypes = [ptr, i64, i64, i32, i32, i32, i32, i32, i32, ptr, i64, i64, i64, ptr, ptr, ptr]
         strokes.restype = None
     return lib
 
@@ -92,18 +92,19 @@ def tile_counts(plane: np.ndarray, value: int, filler: int, th: int, tw: int) ->
 
 
 def strokes(
-    plane: np.ndarray, value: int, above: int, below: int, filler: int, candidates: np.ndarray, step: int,
-    directions: int = 3,
-) -> np.ndarray | None:
-    """Per candidate tile: the sampled stroke pixels of ``value`` (see ``_screen.c``; ``directions``:
-    1 contrast across, 2 along, 3 either), or None."""
+    plane: np.ndarray, value: int, threshold: int, faint: int, filler: int, candidates: np.ndarray, step: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Per candidate tile: the sampled stroke pixels of ``value`` with contrast ``threshold``
+    either way, and with contrast ``faint`` across and along (see ``_screen.c``), or None."""
     kind = _kind(plane)
-    if kind is None or not plane.flags.c_contiguous or not _in_int32(value, above, below, filler):
+    limits = (value + threshold, value - threshold, value + faint, value - faint)
+    if kind is None or not plane.flags.c_contiguous or not _in_int32(value, filler, *limits):
         return None
     th, tw = candidates.shape
     wanted = np.ascontiguousarray(candidates, dtype=np.uint8)
-    out = np.empty((th, tw), dtype=np.int32)
+    either, across, along = (np.empty((th, tw), dtype=np.int32) for _ in range(3))
     getattr(load(), f"screen_strokes_{kind}")(
-        plane.ctypes.data, *plane.shape, value, above, below, filler, wanted.ctypes.data, th, tw, step, directions, out.ctypes.data
-    )
-    return out
+        plane.ctypes.data, *plane.shape, value, *limits, filler, wanted.ctypes.data, th, tw, step,
+        either.ctypes.data, across.ctypes.data, along.ctypes.data,
+    )  # fmt: skip
+    return either, across, along

@@ -51,7 +51,6 @@ EXTREME_NOISE = 10  # a pen at the frame's minimum or maximum need only contrast
 BOTH_EACH_PIXELS = 12
 BOTH_TILE, BOTH_WINDOW = 24, 40
 FAINT_NOISE = 4
-ACROSS, ALONG, EITHER = 1, 2, 3  # the sides a stroke pixel is compared with
 USUAL_PENS = (255, 4095)  # pens software often uses: examined on a weaker spike (see spike_values)
 MAX_LOOKS, MAX_STEP = 6000, 3
 PAD = 16  # grow each firing region by this much before the detector looks
@@ -247,38 +246,26 @@ class _Plane:
         # Many candidates (the rim of a padding area): look at every few of them; a text tile
         # holds several times the strokes needed, so it still fires.
         step = min(MAX_STEP, -(-int(counts[candidates].sum()) // MAX_LOOKS))
-        threshold = self.threshold
+        threshold = faint = self.threshold
         if value in (self.low, self.high):
             # Nothing lies beyond an extreme, so a stroke there stands out of the anatomy on
             # one side only: ask contrast over the noise, not a share of the range (a line
             # at 0 over a phantom's air at about 25, range 0..1805, is legible in a window).
             threshold = min(threshold, max(2, int(EXTREME_NOISE * self.noise)))
-        strokes = self._stroke_counts(value, threshold, candidates, step, EITHER, mask)
-        fired = candidates & (strokes > 0) & _dense(strokes * step)
-        rest = candidates & ~fired
-        if rest.any():  # the second look: strokes both ways (see BOTH_EACH_PIXELS)
-            if value in (self.low, self.high):
-                threshold = min(threshold, max(2, int(FAINT_NOISE * self.noise)))
-            across = self._stroke_counts(value, threshold, rest, step, ACROSS, mask)
-            along = self._stroke_counts(value, threshold, rest, step, ALONG, mask)
-            each, most = np.minimum(across, along) * step, np.maximum(across, along) * step
-            both_ways = (each > 0) & _window_reaches(each, BOTH_EACH_PIXELS)
-            both_ways &= (most >= BOTH_TILE) | _window_reaches(most, BOTH_WINDOW)
-            fired |= rest & both_ways
-        return fired
-
-    def _stroke_counts(
-        self, value: int, threshold: int, candidates: np.ndarray, step: int, directions: int, mask: np.ndarray | None
-    ) -> np.ndarray:
-        """Per candidate tile: the sampled stroke pixels of ``value`` (compiled, or numpy)."""
-        strokes = None
+            faint = min(threshold, max(2, int(FAINT_NOISE * self.noise)))  # (strokes both ways)
+        counted = None
         if _COMPILED:
-            strokes = _screen_native.strokes(
-                self.source, value, value + threshold, value - threshold, self.filler, candidates, step, directions
-            )
-        if strokes is None:
-            strokes = self._strokes(self.plane == value if mask is None else mask, value, threshold, candidates, step, directions)
-        return strokes
+            counted = _screen_native.strokes(self.source, value, threshold, faint, self.filler, candidates, step)
+        if counted is None:
+            counted = self._strokes(self.plane == value if mask is None else mask, value, threshold, faint, candidates, step)
+        strokes, across, along = counted
+        fired = candidates & (strokes > 0) & _dense(strokes * step)
+        # The second look, at the tiles left (see BOTH_EACH_PIXELS): strokes both ways.
+        rest = candidates & ~fired
+        each = np.where(rest, np.minimum(across, along), 0) * step
+        most = np.where(rest, np.maximum(across, along), 0) * step
+        both_ways = (each > 0) & _window_reaches(each, BOTH_EACH_PIXELS)
+        return fired | (both_ways & ((most >= BOTH_TILE) | _window_reaches(most, BOTH_WINDOW)))
 
     def _tile_counts(self, mask: np.ndarray) -> np.ndarray:
         """(numpy) Per tile: the pixels of ``mask`` (the whole-tile plane's pixels of a value)."""
@@ -289,10 +276,11 @@ class _Plane:
         return columns.reshape(th, tw, TILE).sum(axis=2, dtype=np.int32)
 
     def _strokes(
-        self, mask: np.ndarray, value: int, threshold: int, candidates: np.ndarray, step: int, directions: int = EITHER
-    ) -> np.ndarray:
+        self, mask: np.ndarray, value: int, threshold: int, faint: int, candidates: np.ndarray, step: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(numpy) Per candidate tile: every ``step``-th pixel of ``mask`` (the pixels holding
-        ``value``) that is a stroke pixel (the test below; ``directions``: the sides compared)."""
+        ``value``) that is a stroke pixel (the test below) with contrast ``threshold`` either
+        way; and with contrast ``faint`` (<= ``threshold``) across, and along."""
         th, tw = self.th, self.tw
         ti, tj = np.nonzero(candidates)
         k_tile, y, x = np.nonzero(mask.reshape(th, TILE, tw, TILE)[ti, :, tj, :])  # (n, TILE, TILE) blocks
@@ -302,20 +290,21 @@ class _Plane:
         at = (ti[k_tile] * TILE + y + _EDGE) * self.stride + (tj[k_tile] * TILE + x + _EDGE)
         flat, stride = self.flat, self.stride
         info = np.iinfo(flat.dtype)
-        above, below = min(value + threshold, int(info.max)), max(value - threshold, int(info.min))
-        # (clamped to the type: nothing is above its maximum, as nothing is above value + threshold)
+
+        def limits(contrast: int) -> tuple[int, int]:  # (clamped to the type: nothing is above its maximum)
+            return min(value + contrast, int(info.max)), max(value - contrast, int(info.min))
 
         # A stroke pixel contrasts with the pixels k steps away on *both* sides (left and
         # right, or above and below): a ridge or a valley, not the step of an edge...
-        ridge = np.zeros(at.size, dtype=bool)
-        sides = [side for side, bit in ((1, ACROSS), (stride, ALONG)) if directions & bit]
+        ridge, across, along = (np.zeros(at.size, dtype=bool) for _ in range(3))
         for k in STROKE_OFFSETS:
-            for offset in (k * side for side in sides):
+            for offset, one_way in ((k, across), (k * stride, along)):
                 before, after = flat[at - offset], flat[at + offset]
-                ridge |= ((before > above) & (after > above)) | ((before < below) & (after < below))
+                for (above, below), hits in ((limits(threshold), ridge), (limits(faint), one_way)):
+                    hits |= ((before > above) & (after > above)) | ((before < below) & (after < below))
         # ...and continues into a neighbour of the same value (a stroke, not a speck of noise).
         same = (flat[at + 1] == value) | (flat[at - 1] == value) | (flat[at + stride] == value) | (flat[at - stride] == value)
-        return np.bincount(tile[ridge & same], minlength=th * tw).reshape(th, tw)
+        return tuple(np.bincount(tile[hits & same], minlength=th * tw).reshape(th, tw) for hits in (ridge, across, along))
 
 
 def _dense(counts: np.ndarray) -> np.ndarray:
