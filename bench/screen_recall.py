@@ -181,6 +181,11 @@ def covered_mask(shape: tuple[int, int], boxes: list[Box]) -> np.ndarray:
     return covered
 
 
+def contrast(d: Draw) -> float:
+    """How far the pen lies from what its visible ink covers (median, in stored values)."""
+    return float(np.median(np.abs(d.slice.pixels[d.ink].astype(np.int64) - d.value)))
+
+
 def judge(d: Draw, boxes: list[Box]) -> tuple[bool, bool]:
     """(found: the visible ink's bounding box inside the boxes' union, every visible ink pixel inside)."""
     covered = covered_mask(d.slice.pixels.shape, boxes)
@@ -346,10 +351,11 @@ def main() -> None:
               f"{len(fired) - shared}/{len(every) - n_shared} of pydicom-data) {[s.name for s in fired] or ''}")  # fmt: skip
 
     print(f"\nmisses of the screen ({len(misses)}): seed, draw, slice, text kind/length, font, size, pen (value), "
-          f"line's visible ink box x0,y0,x1,y1, ink pixels, screen boxes")  # fmt: skip
+          f"line's visible ink box x0,y0,x1,y1, ink pixels, contrast (median |pen - value beneath| over the "
+          f"visible ink, stored values), screen boxes")  # fmt: skip
     for d, boxes in misses:
         print(f"  {d.seed} {d.index:4d} {d.slice.name} {d.kind}/{len(d.text)} {d.font} {d.size}px {d.pen} ({d.value}) "
-              f"{d.box} {int(d.ink.sum())} {boxes or 'none'}")  # fmt: skip
+              f"{d.box} {int(d.ink.sum())} {contrast(d):.0f} {boxes or 'none'}")  # fmt: skip
         if args.save_misses:
             save_miss(args.save_misses, d, boxes)
     if args.save_misses and misses:
