@@ -197,43 +197,31 @@ def judge(d: Draw, boxes: list[Box]) -> tuple[bool, bool]:
 
 
 @contextlib.contextmanager
-def per_tile_only() -> Iterator[None]:
-    """The 2 x 2 window density off: ``screen._dense`` reads MIN_WINDOW_PIXELS at each call."""
-    saved = screen.MIN_WINDOW_PIXELS
-    screen.MIN_WINDOW_PIXELS = 1 << 40
+def patched(name: str, value: object) -> Iterator[None]:
+    """``screen.<name>`` set to ``value`` while the block runs (the screen reads its
+    constants and helpers at each call)."""
+    saved = getattr(screen, name)
+    setattr(screen, name, value)
     try:
         yield
     finally:
-        screen.MIN_WINDOW_PIXELS = saved
+        setattr(screen, name, saved)
 
 
-@contextlib.contextmanager
-def no_weak_pens() -> Iterator[None]:
-    """spike_values without the weak excess for 255/4095 and the always-examined maximum."""
-    original = screen.spike_values
-    screen.spike_values = lambda plane, edge_aware=False, usual=(), top=False: original(plane, edge_aware=edge_aware)
-    try:
-        yield
-    finally:
-        screen.spike_values = original
+def _spike_values_without_weak_pens(plane: np.ndarray, edge_aware: bool = False, usual: tuple = (), top: bool = False
+) -> list[int]:
+    return _spike_values(plane, edge_aware=edge_aware)
 
 
-@contextlib.contextmanager
-def one_way_only() -> Iterator[None]:
-    """The second look (strokes running both ways, screen.BOTH_EACH_PIXELS) off."""
-    saved = screen.BOTH_EACH_PIXELS
-    screen.BOTH_EACH_PIXELS = 1 << 40
-    try:
-        yield
-    finally:
-        screen.BOTH_EACH_PIXELS = saved
-
-
+_spike_values = screen.spike_values
 VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
     "screen": contextlib.nullcontext,
-    "one way only": one_way_only,
-    "per tile only": per_tile_only,
-    "no weak pens": no_weak_pens,
+    # the second look (strokes running both ways) off: the screen before it
+    "one way only": lambda: patched("BOTH_EACH_PIXELS", 1 << 40),
+    # the 2 x 2 window density off
+    "per tile only": lambda: patched("MIN_WINDOW_PIXELS", 1 << 40),
+    # spike_values without the weak excess for 255/4095 and the always-examined maximum
+    "no weak pens": lambda: patched("spike_values", _spike_values_without_weak_pens),
 }
 
 
