@@ -97,8 +97,11 @@ static inline int stroke_bits(const int32_t *n, int32_t above, int32_t below, in
     int bits = 0;
     for (int i = 0; i < 8; i += 2) {
         int32_t b = n[i], a = n[i + 1];
-        if ((b > above && a > above) || (b < below && a < below)) bits |= 1;
-        if ((b > above2 && a > above2) || (b < below2 && a < below2)) bits |= (i & 2) ? 4 : 2;
+        /* (a pair beyond the first threshold is beyond the second: above2 <= above, below2 >= below) */
+        if ((b > above2 && a > above2) || (b < below2 && a < below2)) {
+            bits |= (i & 2) ? 4 : 2;
+            if ((b > above && a > above) || (b < below && a < below)) bits |= 1;
+        }
     }
     return bits;
 }
@@ -138,7 +141,7 @@ static inline int stroke_bits(const int32_t *n, int32_t above, int32_t below, in
                     y0 >= 3 && y0 + TILE + 3 <= rows && x0 >= 3 && x0 + TILE + 3 <= cols;           \
                 for (int64_t y = y0; y < y0 + TILE; y++)                                            \
                     for (int64_t x = x0; x < x0 + TILE; x++) {                                      \
-                        int same;                                                                   \
+                        int bits;                                                                   \
                         if (inside) { /* the tile and its neighbours in the plane: no clamping */   \
                             const T *c = p + y * cols + x;                                          \
                             if ((int32_t)c[0] != value || seen++ % step) continue;                  \
@@ -146,8 +149,10 @@ static inline int stroke_bits(const int32_t *n, int32_t above, int32_t below, in
                                 n[i] = c[-k], n[i + 1] = c[k];                                      \
                                 n[i + 2] = c[-k * cols], n[i + 3] = c[k * cols];                    \
                             }                                                                       \
-                            same = (int32_t)c[1] == value || (int32_t)c[-1] == value ||             \
-                                   (int32_t)c[cols] == value || (int32_t)c[-cols] == value;         \
+                            bits = stroke_bits(n, above, below, above2, below2);                    \
+                            if (!bits || !((int32_t)c[1] == value || (int32_t)c[-1] == value ||     \
+                                           (int32_t)c[cols] == value || (int32_t)c[-cols] == value)) \
+                                continue;                                                           \
                         } else {                                                                    \
                             if (at_##K(p, rows, cols, gh, gw, y, x, filler) != value) continue;     \
                             if (seen++ % step) continue;                                            \
@@ -157,13 +162,14 @@ static inline int stroke_bits(const int32_t *n, int32_t above, int32_t below, in
                                 n[i + 2] = at_##K(p, rows, cols, gh, gw, y - k, x, filler);         \
                                 n[i + 3] = at_##K(p, rows, cols, gh, gw, y + k, x, filler);         \
                             }                                                                       \
-                            same = at_##K(p, rows, cols, gh, gw, y, x + 1, filler) == value ||      \
-                                   at_##K(p, rows, cols, gh, gw, y, x - 1, filler) == value ||      \
-                                   at_##K(p, rows, cols, gh, gw, y + 1, x, filler) == value ||      \
-                                   at_##K(p, rows, cols, gh, gw, y - 1, x, filler) == value;        \
+                            bits = stroke_bits(n, above, below, above2, below2);                    \
+                            if (!bits) continue;                                                    \
+                            if (!(at_##K(p, rows, cols, gh, gw, y, x + 1, filler) == value ||       \
+                                  at_##K(p, rows, cols, gh, gw, y, x - 1, filler) == value ||       \
+                                  at_##K(p, rows, cols, gh, gw, y + 1, x, filler) == value ||       \
+                                  at_##K(p, rows, cols, gh, gw, y - 1, x, filler) == value))        \
+                                continue;                                                           \
                         }                                                                           \
-                        if (!same) continue;                                                        \
-                        int bits = stroke_bits(n, above, below, above2, below2);                    \
                         hits[0] += bits & 1;                                                        \
                         hits[1] += (bits >> 1) & 1;                                                 \
                         hits[2] += (bits >> 2) & 1;                                                 \

@@ -261,9 +261,10 @@ class _Plane:
         strokes, across, along = counted
         fired = candidates & (strokes > 0) & _dense(strokes * step)
         # The second look, at the tiles left (see BOTH_EACH_PIXELS): strokes both ways.
-        rest = candidates & ~fired
-        each = np.where(rest, np.minimum(across, along), 0) * step
-        most = np.where(rest, np.maximum(across, along), 0) * step
+        each = np.where(fired, 0, np.minimum(across, along)) * step
+        if int(each.sum()) < BOTH_EACH_PIXELS:  # (the usual case: a text-free slice's rim tiles)
+            return fired
+        most = np.where(fired, 0, np.maximum(across, along)) * step
         both_ways = (each > 0) & _window_reaches(each, BOTH_EACH_PIXELS)
         return fired | (both_ways & ((most >= BOTH_TILE) | _window_reaches(most, BOTH_WINDOW)))
 
