@@ -97,7 +97,7 @@ static inline int stroke_bits(const int32_t *n, int32_t above, int32_t below, in
     int bits = 0;
     for (int i = 0; i < 8; i += 2) {
         int32_t b = n[i], a = n[i + 1];
-        /* (a pair beyond the first threshold is beyond the second: above2 <= above, below2 >= below) */
+        /* (beyond the first threshold is beyond the second: above2 <= above, below2 >= below) */
         if ((b > above2 && a > above2) || (b < below2 && a < below2)) {
             bits |= (i & 2) ? 4 : 2;
             if ((b > above && a > above) || (b < below && a < below)) bits |= 1;

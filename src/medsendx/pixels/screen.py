@@ -10,9 +10,9 @@ unlike the large flat areas a padding value or a clipped background forms. Tiles
 such thin pixels are dense (in the tile, or over a 2 x 2 window of tiles: a small line
 straddles tile boundaries), or where fewer or fainter ones run both ways (vertical and
 horizontal strokes: letters, not a straight line), are returned, merged into rectangles;
-the learned detector then runs only inside those. Cost: one histogram and a few passes per spike value, compiled
-(``_screen.c``: about 0.7 ms on a 512 x 512 CT slice; the numpy passes here, about twice
-that, are the reference and the fallback; see bench/redact.py).
+the learned detector then runs only inside those. Cost: one histogram and a few passes per
+spike value, compiled (``_screen.c``: about 0.7 ms on a 512 x 512 CT slice; the numpy
+passes here, about twice that, are the reference and the fallback; see bench/redact.py).
 
 What the screen cannot see: text whose pixels do not share one value (a photographed or
 digitised film, heavily smoothed text). Objects where that happens (secondary capture,
@@ -292,8 +292,8 @@ class _Plane:
         flat, stride = self.flat, self.stride
         info = np.iinfo(flat.dtype)
 
-        def limits(contrast: int) -> tuple[int, int]:  # (clamped to the type: nothing is above its maximum)
-            return min(value + contrast, int(info.max)), max(value - contrast, int(info.min))
+        # (limits clamped to the type: nothing is above its maximum, as nothing is above value + threshold)
+        strong, weak = ((min(value + c, int(info.max)), max(value - c, int(info.min))) for c in (threshold, faint))
 
         # A stroke pixel contrasts with the pixels k steps away on *both* sides (left and
         # right, or above and below): a ridge or a valley, not the step of an edge...
@@ -301,7 +301,7 @@ class _Plane:
         for k in STROKE_OFFSETS:
             for offset, one_way in ((k, across), (k * stride, along)):
                 before, after = flat[at - offset], flat[at + offset]
-                for (above, below), hits in ((limits(threshold), ridge), (limits(faint), one_way)):
+                for (above, below), hits in ((strong, ridge), (weak, one_way)):
                     hits |= ((before > above) & (after > above)) | ((before < below) & (after < below))
         # ...and continues into a neighbour of the same value (a stroke, not a speck of noise).
         same = (flat[at + 1] == value) | (flat[at - 1] == value) | (flat[at + stride] == value) | (flat[at - stride] == value)
